@@ -1,0 +1,176 @@
+"""Settings: read once from the environment and `.env`, validated with messages that say what to fix.
+
+Everything has an embedded default except the Discord token, which only the bot itself needs
+(the link server and the admin CLI run without one).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from dotenv import load_dotenv
+
+GENERATOR_KINDS = ("procedural", "sdwebui")
+
+
+class ConfigError(Exception):
+    """One or more settings are wrong; the message lists each with what to do."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    discord_token: str | None
+    data_dir: Path
+    master_key: bytes | None  # None: use or create <data_dir>/master.key
+    public_url: str
+    web_host: str
+    web_port: int
+    web_enabled: bool
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    generator: str
+    sd_url: str | None
+    generator_timeout_s: float
+    dev_guild_id: int | None
+    max_upload_bytes: int
+    max_pixels: int
+    per_user_queue_limit: int
+    log_level: str = "INFO"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "veil.db"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+
+def _int(env: dict[str, str], name: str, default: int, errors: list[str], *, lo: int = 0,
+         hi: int | None = None) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        errors.append(f"{name} must be a whole number, got {raw!r}.")
+        return default
+    if value < lo or (hi is not None and value > hi):
+        bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+        errors.append(f"{name} must be {bound}, got {value}.")
+    return value
+
+
+def _flag(env: dict[str, str], name: str, default: bool, errors: list[str]) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    errors.append(f"{name} must be on or off (1/0, true/false), got {raw!r}.")
+    return default
+
+
+def parse_master_key(raw: str) -> bytes:
+    """Decode a 32-byte key given as 64 hex digits or url-safe base64."""
+    raw = raw.strip()
+    try:
+        if len(raw) == 64:
+            key = bytes.fromhex(raw)
+        else:
+            key = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+    except (ValueError, binascii.Error) as exc:
+        raise ValueError("is neither 64 hex digits nor url-safe base64") from exc
+    if len(key) != 32:
+        raise ValueError(f"decodes to {len(key)} bytes; it must be 32")
+    return key
+
+
+def load_settings(env: dict[str, str] | None = None, *, require_token: bool = True,
+                  dotenv_path: str | os.PathLike[str] | None = ".env") -> Settings:
+    """Read settings from ``env`` (default: the process environment after loading `.env`).
+
+    Raises ConfigError naming every problem at once, so one start-up shows everything to fix.
+    """
+    if env is None:
+        if dotenv_path is not None:
+            load_dotenv(dotenv_path, override=False)
+        env = dict(os.environ)
+    errors: list[str] = []
+
+    token = env.get("DISCORD_TOKEN", "").strip() or None
+    if require_token and token is None:
+        errors.append("DISCORD_TOKEN is not set. Create a bot in the Discord developer portal "
+                      "(see README: 'Create the Discord application') and put its token in .env.")
+
+    data_dir = Path(env.get("VEIL_DATA_DIR", "").strip() or "./data").expanduser()
+
+    master_key = None
+    raw_key = env.get("VEIL_MASTER_KEY", "").strip()
+    if raw_key:
+        try:
+            master_key = parse_master_key(raw_key)
+        except ValueError as exc:
+            errors.append(f"VEIL_MASTER_KEY {exc}. Generate one with "
+                          "`python -c \"import secrets; print(secrets.token_hex(32))\"`, "
+                          "or leave it empty to keep the key in the data folder.")
+
+    web_host = env.get("VEIL_WEB_HOST", "").strip() or "127.0.0.1"
+    web_port = _int(env, "VEIL_WEB_PORT", 8080, errors, lo=0, hi=65535)
+    public_url = (env.get("VEIL_PUBLIC_URL", "").strip()
+                  or f"http://{web_host}:{web_port}").rstrip("/")
+    if not public_url.startswith(("http://", "https://")):
+        errors.append(f"VEIL_PUBLIC_URL must start with http:// or https://, got {public_url!r}.")
+
+    proxies = []
+    for item in filter(None, (p.strip() for p in env.get("VEIL_TRUSTED_PROXIES", "").split(","))):
+        try:
+            proxies.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            errors.append(f"VEIL_TRUSTED_PROXIES has {item!r}, which is not an address or network.")
+
+    generator = env.get("VEIL_GENERATOR", "").strip().lower() or "procedural"
+    if generator not in GENERATOR_KINDS:
+        errors.append(f"VEIL_GENERATOR must be one of {', '.join(GENERATOR_KINDS)}, "
+                      f"got {generator!r}.")
+    sd_url = env.get("VEIL_SD_URL", "").strip().rstrip("/") or None
+    if generator == "sdwebui" and sd_url is None:
+        errors.append("VEIL_GENERATOR=sdwebui needs VEIL_SD_URL, e.g. http://127.0.0.1:7860.")
+
+    dev_guild = env.get("VEIL_DEV_GUILD_ID", "").strip()
+    dev_guild_id = None
+    if dev_guild:
+        if dev_guild.isdigit():
+            dev_guild_id = int(dev_guild)
+        else:
+            errors.append(f"VEIL_DEV_GUILD_ID must be a server id (digits), got {dev_guild!r}.")
+
+    settings = Settings(
+        discord_token=token,
+        data_dir=data_dir,
+        master_key=master_key,
+        public_url=public_url,
+        web_host=web_host,
+        web_port=web_port,
+        web_enabled=_flag(env, "VEIL_WEB_ENABLED", True, errors),
+        trusted_proxies=tuple(proxies),
+        generator=generator,
+        sd_url=sd_url,
+        generator_timeout_s=float(_int(env, "VEIL_GENERATOR_TIMEOUT", 120, errors, lo=1)),
+        dev_guild_id=dev_guild_id,
+        max_upload_bytes=_int(env, "VEIL_MAX_UPLOAD_MB", 25, errors, lo=1, hi=500) * 1024 * 1024,
+        max_pixels=_int(env, "VEIL_MAX_MEGAPIXELS", 40, errors, lo=1, hi=400) * 1_000_000,
+        per_user_queue_limit=_int(env, "VEIL_QUEUE_PER_USER", 2, errors, lo=1, hi=20),
+        log_level=(env.get("VEIL_LOG_LEVEL", "").strip().upper() or "INFO"),
+    )
+    if errors:
+        raise ConfigError("Veil cannot start; fix these settings (in .env or the environment):\n"
+                          + "\n".join(f"  - {e}" for e in errors))
+    return settings

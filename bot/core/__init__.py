@@ -1,0 +1,1 @@
+"""The rules of Veil, free of Discord and HTTP: who may see what, and where it may go."""

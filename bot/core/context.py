@@ -1,0 +1,112 @@
+"""What every service shares: the database, the blob store, the key ring, the clock, the audit log.
+
+Also the row-to-record mapping for images and the one query that answers "does this viewer hold
+a live grant on this image", used by every path that hands out image bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bot.core.blobs import LocalBlobStore
+from bot.core.crypto import KeyRing, new_key
+from bot.core.models import ImageRecord, Viewer
+from bot.images import ImageLimits
+from db import Database, Row, Transaction
+
+Clock = Callable[[], float]
+
+IMAGE_COLUMNS = ("id, public_id, owner_id, guild_id, visibility, source, created_at, expires_at,"
+                 " byte_size, format, width, height, blob_name")
+
+# Easy to read aloud and type: no 0/o, 1/l/i. 10 characters from 31 give about 49 bits.
+_ID_ALPHABET = "23456789abcdefghjkmnpqrstuvwxyz"
+
+
+def new_public_id(length: int = 10) -> str:
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
+
+
+def image_from_row(row: Row) -> ImageRecord:
+    return ImageRecord(*(row[i] for i in range(13)))
+
+
+# "The viewer holds a live grant": a user grant, a role grant for a role the viewer has on this
+# very request, or a group grant for a personal group the viewer is in; on this image or on all
+# of its owner's images. Bounded by the owner's grants on this one image plus their all-images
+# grants (index grants_unique), whatever the size of the library.
+LIVE_GRANT_SQL = """
+SELECT id FROM grants
+WHERE owner_id = :owner AND coalesce(image_id, 0) IN (0, :image)
+  AND (expires_at IS NULL OR expires_at > :now)
+  AND (   (grantee_kind = 'user' AND grantee_id = :user)
+       OR (grantee_kind = 'role' AND grantee_id IN (SELECT value FROM json_each(:roles)))
+       OR (grantee_kind = 'group' AND grantee_id IN
+              (SELECT group_id FROM group_members WHERE user_id = :user)))
+ORDER BY image_id IS NULL, id
+LIMIT 1
+"""
+
+
+def roles_json(role_ids: frozenset[int]) -> str:
+    return json.dumps(sorted(role_ids))
+
+
+@dataclass
+class Context:
+    db: Database
+    blobs: LocalBlobStore
+    keys: KeyRing
+    clock: Clock = time.time
+    limits: ImageLimits = field(default_factory=ImageLimits)
+
+    def now(self) -> float:
+        return self.clock()
+
+    async def owner_key(self, user_id: int) -> bytes | None:
+        wrapped = await self.db.fetchval("SELECT wrapped_key FROM users WHERE user_id = ?",
+                                         (user_id,))
+        return None if wrapped is None else self.keys.unwrap_owner_key(user_id, wrapped)
+
+    async def ensure_user(self, tx: Transaction, user_id: int) -> bytes:
+        """The owner's key, creating the user (private mode on, fresh key) on first use."""
+        wrapped = await tx.fetchval("SELECT wrapped_key FROM users WHERE user_id = ?", (user_id,))
+        if wrapped is not None:
+            return self.keys.unwrap_owner_key(user_id, wrapped)
+        key = new_key()
+        await tx.execute(
+            "INSERT INTO users (user_id, wrapped_key, created_at) VALUES (?, ?, ?)",
+            (user_id, self.keys.wrap_owner_key(user_id, key), self.now()),
+        )
+        return key
+
+    async def image(self, public_id: str) -> ImageRecord | None:
+        row = await self.db.fetchone(
+            f"SELECT {IMAGE_COLUMNS} FROM images WHERE public_id = ?", (public_id.strip().lower(),))
+        return None if row is None else image_from_row(row)
+
+    async def live_grant(self, image: ImageRecord, viewer: Viewer) -> int | None:
+        if viewer.user_id == image.owner_id:
+            return None
+        return await self.db.fetchval(LIVE_GRANT_SQL, {
+            "owner": image.owner_id, "image": image.id, "now": self.now(),
+            "user": viewer.user_id, "roles": roles_json(viewer.role_ids)})
+
+    async def has_open_report(self, image: ImageRecord) -> bool:
+        return bool(await self.db.fetchval(
+            "SELECT 1 FROM reports WHERE image_id = ? AND closed_at IS NULL LIMIT 1", (image.id,)))
+
+    async def audit(self, tx: Transaction, action: str, *, actor_id: int | None,
+                    guild_id: int | None = None, target_user: int | None = None,
+                    image_ref: str | None = None, detail: str | None = None) -> None:
+        """Record an action by ids only: never a token, key or prompt goes in ``detail``."""
+        await tx.execute(
+            "INSERT INTO audit_log (at, guild_id, actor_id, action, target_user, image_ref, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (self.now(), guild_id, actor_id, action, target_user, image_ref, detail),
+        )
+

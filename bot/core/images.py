@@ -1,0 +1,390 @@
+"""Images: create (sanitize, encrypt, store), view with a live access check, change visibility,
+list a gallery, record deliveries, and remove for real.
+
+``remove`` is the one deletion path: the owner's /delete, forget-me, a moderator's purge or
+takedown and the retention sweeper all end there, so every deletion revokes links and grants,
+queues the retraction of every posted message, destroys the data key and unlinks the blob.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import replace
+
+from bot.core import failpoints
+from bot.core.access import Decision, can_manage, can_remove, can_view, effective_visibility
+from bot.core.blobs import new_blob_name
+from bot.core.context import IMAGE_COLUMNS, Context, image_from_row, new_public_id, roles_json
+from bot.core.crypto import new_key, seal, unseal
+from bot.core.crypto import image_aad as aad
+from bot.core.errors import InvalidInput, NotFound, PolicyViolation
+from bot.core.models import (
+    DeliveryKind,
+    GalleryItem,
+    GalleryPage,
+    ImageContent,
+    ImageRecord,
+    Removal,
+    Retraction,
+    Viewer,
+    Visibility,
+)
+from bot.images import sanitize_image_async
+from db import Transaction
+
+NOT_VISIBLE = "There is no image with id `{}` that you can see."
+PAGE_SIZE = 25
+_CHUNK = 500
+MAX_PROMPT_CHARS = 2000
+
+# Own images, and images shared with the viewer one by one or through an all-images grant;
+# each branch is cut to the page's end first so a large library costs no more than a small one.
+GALLERY_SQL = f"""
+WITH me (kind, gid) AS (
+    SELECT 'user', :user
+    UNION ALL SELECT 'role', value FROM json_each(:roles)
+    UNION ALL SELECT 'group', group_id FROM group_members WHERE user_id = :user
+)
+SELECT {IMAGE_COLUMNS}, max(mine) FROM (
+    SELECT * FROM (SELECT {IMAGE_COLUMNS}, 1 AS mine FROM images
+                   WHERE owner_id = :user AND (expires_at IS NULL OR expires_at > :now)
+                   ORDER BY id DESC LIMIT :upto)
+    UNION ALL
+    SELECT * FROM (SELECT {', '.join('i.' + c for c in IMAGE_COLUMNS.split(', '))}, 0 AS mine
+                   FROM me JOIN grants g ON g.grantee_kind = me.kind AND g.grantee_id = me.gid
+                   JOIN images i ON i.id = g.image_id
+                   WHERE (g.expires_at IS NULL OR g.expires_at > :now)
+                     AND (i.expires_at IS NULL OR i.expires_at > :now)
+                   ORDER BY i.id DESC LIMIT :upto)
+    UNION ALL
+    SELECT * FROM (SELECT {', '.join('i.' + c for c in IMAGE_COLUMNS.split(', '))}, 0 AS mine
+                   FROM me JOIN grants g ON g.grantee_kind = me.kind AND g.grantee_id = me.gid
+                        AND g.image_id IS NULL
+                   JOIN images i ON i.owner_id = g.owner_id
+                   WHERE (g.expires_at IS NULL OR g.expires_at > :now)
+                     AND (i.expires_at IS NULL OR i.expires_at > :now)
+                   ORDER BY i.id DESC LIMIT :upto)
+)
+GROUP BY id ORDER BY id DESC LIMIT :limit OFFSET :offset
+"""
+
+
+class ImageService:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    # Create --------------------------------------------------------------------------------
+
+    async def create(self, owner_id: int, data: bytes, *, guild_id: int | None, source: str,
+                     prompt: str | None = None, requested_private: bool | None = None,
+                     expires_in: float | None = None) -> ImageRecord:
+        """Sanitize, encrypt and store an image. Refusals raise BadImage and leave nothing."""
+        if prompt is not None and len(prompt) > MAX_PROMPT_CHARS:
+            raise InvalidInput(f"The prompt is longer than {MAX_PROMPT_CHARS} characters.")
+        if expires_in is not None and expires_in <= 0:
+            raise InvalidInput("The lifetime must be longer than zero.")
+        clean = await sanitize_image_async(data, self.ctx.limits)
+        public_id, blob_name, data_key = new_public_id(), new_blob_name(), new_key()
+        full, thumb, prompt_ct = await asyncio.to_thread(
+            _seal_parts, data_key, public_id, clean.data, clean.thumbnail, prompt)
+        await self.ctx.blobs.stage(blob_name, {"full": full, "thumb": thumb})
+        failpoints.reach("create:staged")
+        now = self.ctx.now()
+        try:
+            async with self.ctx.db.transaction() as tx:
+                owner_key = await self.ctx.ensure_user(tx, owner_id)
+                private_mode = bool(await tx.fetchval(
+                    "SELECT private_mode FROM users WHERE user_id = ?", (owner_id,)))
+                forced = guild_id is not None and bool(await tx.fetchval(
+                    "SELECT force_private FROM guild_policy WHERE guild_id = ?", (guild_id,)))
+                visibility = effective_visibility(requested_private=requested_private,
+                                                  user_private_mode=private_mode,
+                                                  guild_forces_private=forced)
+                row_id = await tx.insert(
+                    "INSERT INTO images (public_id, owner_id, guild_id, visibility, source,"
+                    " created_at, expires_at, byte_size, format, width, height, prompt_ct,"
+                    " wrapped_key, blob_name) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (public_id, owner_id, guild_id, visibility, source, now,
+                     None if expires_in is None else now + expires_in, len(clean.data),
+                     clean.format, clean.width, clean.height, prompt_ct,
+                     seal(owner_key, data_key, aad(public_id, "key")), blob_name))
+                await self.ctx.audit(tx, "image.create", actor_id=owner_id, guild_id=guild_id,
+                                     image_ref=public_id, detail=f"{source}, {visibility}")
+                failpoints.reach("create:before-commit")
+        except BaseException:
+            await self.ctx.blobs.discard_staged(blob_name)
+            raise
+        failpoints.reach("create:committed")
+        await self.ctx.blobs.publish(blob_name)
+        return ImageRecord(row_id, public_id, owner_id, guild_id, visibility, source, now,
+                           None if expires_in is None else now + expires_in, len(clean.data),
+                           clean.format, clean.width, clean.height, blob_name)
+
+    # Look and view -------------------------------------------------------------------------
+
+    async def get_owned(self, public_id: str, viewer: Viewer) -> ImageRecord:
+        """The image, if ``viewer`` owns it; otherwise the same NotFound as a missing image."""
+        image = await self.ctx.image(public_id)
+        if image is None or not can_manage(image, viewer):
+            raise NotFound(NOT_VISIBLE.format(_shown(public_id)))
+        return image
+
+    async def check_view(self, public_id: str, viewer: Viewer) -> tuple[ImageRecord, Decision]:
+        """The image and why ``viewer`` may see it; NotFound (never Forbidden) otherwise, so a
+        stranger cannot tell a private image from one that does not exist."""
+        image = await self.ctx.image(public_id)
+        if image is not None:
+            decision = can_view(
+                image, viewer, now=self.ctx.now(),
+                live_grant_id=await self.ctx.live_grant(image, viewer),
+                open_report=viewer.is_moderator and await self.ctx.has_open_report(image))
+            if decision:
+                return image, decision
+        raise NotFound(NOT_VISIBLE.format(_shown(public_id)))
+
+    async def open(self, public_id: str, viewer: Viewer, *,
+                   thumbnail: bool = False) -> tuple[ImageContent, Decision]:
+        """Decrypted bytes for ``viewer``, checked now; views by others go to the owner's log."""
+        image, decision = await self.check_view(public_id, viewer)
+        content = await self.decrypt(image, thumbnail=thumbnail)
+        if decision.via != "owner":
+            await self.log_view(image, viewer_id=viewer.user_id, via=decision.via)
+        return content, decision
+
+    async def decrypt(self, image: ImageRecord, *, thumbnail: bool = False) -> ImageContent:
+        """Bytes of an image whose access was already checked by the caller."""
+        part = "thumb" if thumbnail else "full"
+        data_key = await self._data_key(image)
+        try:
+            sealed = await self.ctx.blobs.read(image.blob_name, part)
+        except FileNotFoundError:
+            raise NotFound(NOT_VISIBLE.format(image.public_id)) from None
+        data = await asyncio.to_thread(unseal, data_key, sealed, aad(image.public_id, part))
+        # A deletion that committed while we read must win: serve nothing after it.
+        if await self.ctx.image(image.public_id) is None:
+            raise NotFound(NOT_VISIBLE.format(image.public_id))
+        return ImageContent(image, data, thumbnail)
+
+    async def prompt(self, public_id: str, viewer: Viewer) -> str | None:
+        """The prompt of a generated image; only its owner may read it."""
+        image = await self.get_owned(public_id, viewer)
+        sealed = await self.ctx.db.fetchval("SELECT prompt_ct FROM images WHERE id = ?",
+                                            (image.id,))
+        if sealed is None:
+            return None
+        return unseal(await self._data_key(image), sealed, aad(image.public_id, "prompt")).decode()
+
+    async def _data_key(self, image: ImageRecord) -> bytes:
+        row = await self.ctx.db.fetchone(
+            "SELECT i.wrapped_key, u.wrapped_key FROM images i JOIN users u"
+            " ON u.user_id = i.owner_id WHERE i.id = ?", (image.id,))
+        if row is None:
+            raise NotFound(NOT_VISIBLE.format(image.public_id))
+        owner_key = self.ctx.keys.unwrap_owner_key(image.owner_id, row[1])
+        return unseal(owner_key, row[0], aad(image.public_id, "key"))
+
+    async def log_view(self, image: ImageRecord, *, viewer_id: int | None, via: str,
+                       link_id: str | None = None, agent: str | None = None) -> None:
+        async with self.ctx.db.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO view_log (image_id, owner_id, viewer_id, via, link_id, agent, at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (image.id, image.owner_id, viewer_id, via, link_id, agent, self.ctx.now()))
+
+    # Change --------------------------------------------------------------------------------
+
+    async def set_visibility(self, public_id: str, viewer: Viewer,
+                             visibility: Visibility) -> tuple[ImageRecord, int]:
+        """Make an image public or private. Going private retracts its channel posts at once
+        (guarantee 1 holds for images that were public before). Returns (image, retractions)."""
+        if visibility not in ("public", "private"):
+            raise InvalidInput("Visibility is either public or private.")
+        image = await self.get_owned(public_id, viewer)
+        queued = 0
+        async with self.ctx.db.transaction() as tx:
+            if visibility == "public" and image.guild_id is not None and await tx.fetchval(
+                    "SELECT force_private FROM guild_policy WHERE guild_id = ?",
+                    (image.guild_id,)):
+                raise PolicyViolation("This server keeps every image private; "
+                                      "its moderators turned on forced private mode.")
+            await tx.execute("UPDATE images SET visibility = ? WHERE id = ?",
+                             (visibility, image.id))
+            if visibility == "private":
+                queued = await queue_retractions(
+                    tx, self.ctx.now(), "image_id = ? AND kind = 'channel'", (image.id,))
+            await self.ctx.audit(tx, f"image.{visibility}", actor_id=viewer.user_id,
+                                 guild_id=image.guild_id, image_ref=image.public_id)
+        return replace(image, visibility=visibility), queued
+
+    async def delete(self, public_id: str, viewer: Viewer) -> Removal:
+        """The owner's (or, for takedowns, a moderator's) deletion of one image."""
+        image = await self.ctx.image(public_id)
+        if image is None or not can_remove(image, viewer):
+            raise NotFound(NOT_VISIBLE.format(_shown(public_id)))
+        action = "image.delete" if viewer.user_id == image.owner_id else "image.takedown"
+        return await self.remove([image], actor_id=viewer.user_id, guild_id=viewer.guild_id,
+                                 action=action)
+
+    async def remove(self, images: Sequence[ImageRecord], *, actor_id: int | None,
+                     guild_id: int | None, action: str) -> Removal:
+        """Delete images for good: rows (and with them grants, links, reports, view log, data
+        keys), queued retraction of every posted message, blob files, and the WAL's copies."""
+        if not images:
+            return Removal()
+        queued = ephemeral = 0
+        now = self.ctx.now()
+        async with self.ctx.db.transaction() as tx:
+            for start in range(0, len(images), _CHUNK):
+                chunk = images[start:start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                ids = [i.id for i in chunk]
+                ephemeral += await tx.fetchval(
+                    f"SELECT count(*) FROM deliveries WHERE kind = 'ephemeral'"
+                    f" AND image_id IN ({marks})", ids)
+                queued += await queue_retractions(tx, now, f"image_id IN ({marks})", ids)
+                await tx.executemany("INSERT OR IGNORE INTO blob_deletions (blob_name) VALUES (?)",
+                                     [(i.blob_name,) for i in chunk])
+                await tx.execute(f"DELETE FROM images WHERE id IN ({marks})", ids)
+                for image in chunk:
+                    await self.ctx.audit(tx, action, actor_id=actor_id, guild_id=guild_id,
+                                         target_user=image.owner_id, image_ref=image.public_id)
+        failpoints.reach("delete:committed")
+        await self.finish_blob_deletions()
+        await self.ctx.db.checkpoint()
+        return Removal(tuple(i.public_id for i in images), queued, ephemeral)
+
+    async def finish_blob_deletions(self) -> int:
+        """Unlink blobs whose rows are gone (also run at start-up to finish a crashed delete)."""
+        names = [r[0] for r in await self.ctx.db.fetchall("SELECT blob_name FROM blob_deletions")]
+        if names:
+            await self.ctx.blobs.delete(names)
+            async with self.ctx.db.transaction() as tx:
+                await tx.executemany("DELETE FROM blob_deletions WHERE blob_name = ?",
+                                     [(n,) for n in names])
+        return len(names)
+
+    async def repair(self) -> dict[str, int]:
+        """Start-up repair after a crash: publish staged blobs whose row committed, drop staged
+        blobs whose row did not, and finish interrupted deletions."""
+        published = dropped = 0
+        for name in self.ctx.blobs.staged_names():
+            if await self.ctx.db.fetchval("SELECT 1 FROM images WHERE blob_name = ?", (name,)):
+                await self.ctx.blobs.publish(name)
+                published += 1
+            else:
+                await self.ctx.blobs.discard_staged(name)
+                dropped += 1
+        finished = await self.finish_blob_deletions()
+        if finished:
+            await self.ctx.db.checkpoint()
+        return {"published": published, "dropped": dropped, "deleted": finished}
+
+    # Lists ---------------------------------------------------------------------------------
+
+    async def gallery(self, viewer: Viewer, page: int = 1,
+                      per_page: int = PAGE_SIZE) -> GalleryPage:
+        """Your images and those shared with you (live grants only), newest first."""
+        page = max(1, page)
+        offset = (page - 1) * per_page
+        rows = await self.ctx.db.fetchall(GALLERY_SQL, {
+            "user": viewer.user_id, "roles": roles_json(viewer.role_ids), "now": self.ctx.now(),
+            "upto": offset + per_page + 1, "limit": per_page + 1, "offset": offset})
+        items = tuple(GalleryItem(image_from_row(r), bool(r[13])) for r in rows[:per_page])
+        return GalleryPage(items, page, len(rows) > per_page)
+
+    async def owned(self, owner_id: int, *, prefix: str = "", limit: int = 25,
+                    guild_id: int | None = None) -> list[ImageRecord]:
+        """The owner's newest images (optionally only those from one server), for lists and
+        autocomplete."""
+        sql = f"SELECT {IMAGE_COLUMNS} FROM images WHERE owner_id = ? AND public_id LIKE ?"
+        params: list[object] = [owner_id, _like_prefix(prefix)]
+        if guild_id is not None:
+            sql += " AND guild_id = ?"
+            params.append(guild_id)
+        rows = await self.ctx.db.fetchall(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))
+        return [image_from_row(r) for r in rows]
+
+    async def suggest(self, viewer: Viewer, prefix: str = "", *, owned_only: bool,
+                      limit: int = 25) -> list[ImageRecord]:
+        """Image ids for autocomplete: ones the viewer may act on, matching what they typed."""
+        if owned_only:
+            return await self.owned(viewer.user_id, prefix=prefix, limit=limit)
+        page = await self.gallery(viewer, 1, per_page=100)
+        prefix = prefix.strip().lower()
+        return [i.record for i in page.items if i.record.public_id.startswith(prefix)][:limit]
+
+    # Deliveries and retractions --------------------------------------------------------------
+
+    async def record_delivery(self, image: ImageRecord, *, kind: DeliveryKind, channel_id: int,
+                              message_id: int | None, recipient_id: int | None,
+                              guild_id: int | None = None, grant_id: int | None = None) -> bool:
+        """Remember a posted message carrying ``image``. If the image was deleted meanwhile,
+        the message is queued for retraction instead, and False is returned."""
+        async with self.ctx.db.transaction() as tx:
+            if await tx.fetchval("SELECT 1 FROM images WHERE id = ?", (image.id,)):
+                await tx.execute(
+                    "INSERT INTO deliveries (image_id, recipient_id, guild_id, channel_id,"
+                    " message_id, kind, grant_id, created_at) VALUES (?,?,?,?,?,?,?,?)",
+                    (image.id, recipient_id, guild_id, channel_id, message_id, kind, grant_id,
+                     self.ctx.now()))
+                return True
+            if message_id is not None and kind != "ephemeral":
+                await tx.execute(
+                    "INSERT OR IGNORE INTO retractions (channel_id, message_id, next_attempt_at)"
+                    " VALUES (?, ?, ?)", (channel_id, message_id, self.ctx.now()))
+            return False
+
+    async def deliveries(self, public_id: str) -> list[tuple[str, int, int | None]]:
+        rows = await self.ctx.db.fetchall(
+            "SELECT d.kind, d.channel_id, d.message_id FROM deliveries d JOIN images i"
+            " ON i.id = d.image_id WHERE i.public_id = ? ORDER BY d.id", (public_id,))
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    async def due_retractions(self, limit: int = 50) -> list[Retraction]:
+        rows = await self.ctx.db.fetchall(
+            "SELECT id, channel_id, message_id, attempts FROM retractions"
+            " WHERE next_attempt_at <= ? ORDER BY id LIMIT ?", (self.ctx.now(), limit))
+        return [Retraction(*r) for r in rows]
+
+    async def pending_retraction_count(self) -> int:
+        return await self.ctx.db.fetchval("SELECT count(*) FROM retractions")
+
+    async def retraction_done(self, retraction_id: int) -> None:
+        async with self.ctx.db.transaction() as tx:
+            await tx.execute("DELETE FROM retractions WHERE id = ?", (retraction_id,))
+
+    async def retraction_failed(self, retraction_id: int) -> None:
+        """Try again later, backing off from 30 s to at most an hour."""
+        async with self.ctx.db.transaction() as tx:
+            await tx.execute(
+                "UPDATE retractions SET attempts = attempts + 1, next_attempt_at = ? + "
+                "min(3600, 30 * (1 << min(attempts, 7))) WHERE id = ?",
+                (self.ctx.now(), retraction_id))
+
+
+async def queue_retractions(tx: Transaction, now: float, where: str, params: Sequence[object]) -> int:
+    """Move matching deliveries into the retraction outbox (ephemeral ones cannot be deleted)."""
+    queued = await tx.execute(
+        "INSERT OR IGNORE INTO retractions (channel_id, message_id, next_attempt_at)"
+        f" SELECT channel_id, message_id, ? FROM deliveries WHERE {where}"
+        " AND kind != 'ephemeral' AND message_id IS NOT NULL", (now, *params))
+    await tx.execute(f"DELETE FROM deliveries WHERE {where} AND kind != 'ephemeral'", params)
+    return max(queued, 0)
+
+
+def _seal_parts(data_key: bytes, public_id: str, full: bytes, thumb: bytes,
+                prompt: str | None) -> tuple[bytes, bytes, bytes | None]:
+    return (seal(data_key, full, aad(public_id, "full")),
+            seal(data_key, thumb, aad(public_id, "thumb")),
+            None if prompt is None else seal(data_key, prompt.encode(), aad(public_id, "prompt")))
+
+
+def _like_prefix(prefix: str) -> str:
+    cleaned = "".join(c for c in prefix.strip().lower() if c.isalnum())
+    return cleaned + "%"
+
+
+def _shown(public_id: str) -> str:
+    """An id echoed back in a message: only the characters an id can have, and short."""
+    return "".join(c for c in public_id if c.isalnum())[:16] or "?"

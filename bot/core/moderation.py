@@ -1,0 +1,181 @@
+"""Server policy and moderation: permitted channels, forced private mode, link rules, retention,
+the moderator role, purge, takedown, reports and the audit log.
+
+Moderators remove; they do not view (guarantee 6). Nothing here returns image bytes, and a
+moderator can see one private image only through ImageService.open after a grantee reported it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from bot.core.context import IMAGE_COLUMNS, Context, image_from_row
+from bot.core.errors import Forbidden, InvalidInput, NotFound
+from bot.core.images import ImageService
+from bot.core.models import AuditEntry, GuildPolicy, Removal, Report, Viewer
+
+MAX_REASON = 500
+_POLICY_FIELDS = {"force_private", "links_enabled", "link_max_lifetime", "retention_days",
+                  "mod_role_id"}
+
+
+def is_moderator(policy: GuildPolicy, role_ids: frozenset[int], *, manage_guild: bool) -> bool:
+    """Manage Server, or the moderator role this server set."""
+    return manage_guild or (policy.mod_role_id is not None and policy.mod_role_id in role_ids)
+
+
+class ModerationService:
+    def __init__(self, ctx: Context, images: ImageService) -> None:
+        self.ctx = ctx
+        self.images = images
+
+    async def policy(self, guild_id: int) -> GuildPolicy:
+        row = await self.ctx.db.fetchone(
+            "SELECT force_private, links_enabled, link_max_lifetime, retention_days, mod_role_id"
+            " FROM guild_policy WHERE guild_id = ?", (guild_id,))
+        channels = await self.ctx.db.fetchall(
+            "SELECT channel_id FROM permitted_channels WHERE guild_id = ?", (guild_id,))
+        policy = GuildPolicy(guild_id, permitted_channels=frozenset(c[0] for c in channels))
+        if row is not None:
+            policy = replace(policy, force_private=bool(row[0]), links_enabled=bool(row[1]),
+                             link_max_lifetime=row[2], retention_days=row[3], mod_role_id=row[4])
+        return policy
+
+    async def update_policy(self, guild_id: int, actor_id: int, **changes: object) -> GuildPolicy:
+        unknown = set(changes) - _POLICY_FIELDS
+        if unknown:
+            raise ValueError(f"unknown policy fields: {sorted(unknown)}")
+        if "retention_days" in changes and changes["retention_days"] is not None and not (
+                1 <= int(changes["retention_days"]) <= 3650):
+            raise InvalidInput("Retention is between 1 and 3650 days (or off).")
+        if "link_max_lifetime" in changes and not (
+                60 <= float(changes["link_max_lifetime"]) <= 366 * 86400):
+            raise InvalidInput("The longest link lifetime is between 1 minute and a year.")
+        async with self.ctx.db.transaction() as tx:
+            await tx.execute("INSERT OR IGNORE INTO guild_policy (guild_id, updated_at)"
+                             " VALUES (?, ?)", (guild_id, self.ctx.now()))
+            for name, value in changes.items():
+                stored = int(value) if isinstance(value, bool) else value
+                await tx.execute(f"UPDATE guild_policy SET {name} = ?, updated_at = ?"
+                                 " WHERE guild_id = ?", (stored, self.ctx.now(), guild_id))
+                await self.ctx.audit(tx, f"admin.{name}", actor_id=actor_id, guild_id=guild_id,
+                                     detail=str(value))
+        return await self.policy(guild_id)
+
+    async def allow_channel(self, guild_id: int, channel_id: int, actor_id: int) -> None:
+        async with self.ctx.db.transaction() as tx:
+            await tx.execute("INSERT OR IGNORE INTO permitted_channels (guild_id, channel_id)"
+                             " VALUES (?, ?)", (guild_id, channel_id))
+            await self.ctx.audit(tx, "admin.channel-allow", actor_id=actor_id, guild_id=guild_id,
+                                 detail=f"channel:{channel_id}")
+
+    async def deny_channel(self, guild_id: int, channel_id: int, actor_id: int) -> None:
+        async with self.ctx.db.transaction() as tx:
+            await tx.execute("DELETE FROM permitted_channels WHERE guild_id = ? AND channel_id = ?",
+                             (guild_id, channel_id))
+            await self.ctx.audit(tx, "admin.channel-deny", actor_id=actor_id, guild_id=guild_id,
+                                 detail=f"channel:{channel_id}")
+
+    async def channel_permitted(self, guild_id: int | None, channel_id: int | None) -> bool:
+        if guild_id is None or channel_id is None:
+            return False
+        return bool(await self.ctx.db.fetchval(
+            "SELECT 1 FROM permitted_channels WHERE guild_id = ? AND channel_id = ?",
+            (guild_id, channel_id)))
+
+    async def purge(self, moderator: Viewer, member_id: int) -> Removal:
+        """Remove every image a member made in this server."""
+        guild_id = _guild_of(moderator)
+        rows = await self.ctx.db.fetchall(
+            f"SELECT {IMAGE_COLUMNS} FROM images WHERE owner_id = ? AND guild_id = ?",
+            (member_id, guild_id))
+        removal = await self.images.remove([image_from_row(r) for r in rows],
+                                           actor_id=moderator.user_id, guild_id=guild_id,
+                                           action="admin.purge")
+        async with self.ctx.db.transaction() as tx:
+            await self.ctx.audit(tx, "admin.purge", actor_id=moderator.user_id, guild_id=guild_id,
+                                 target_user=member_id, detail=f"{len(rows)} images")
+        return removal
+
+    async def takedown(self, moderator: Viewer, public_id: str) -> Removal:
+        """Remove one image that came from this server, without seeing it."""
+        guild_id = _guild_of(moderator)
+        image = await self.ctx.image(public_id)
+        if image is None or image.guild_id != guild_id:
+            raise NotFound("No image with that id came from this server.")
+        return await self.images.remove([image], actor_id=moderator.user_id, guild_id=guild_id,
+                                        action="admin.takedown")
+
+    async def report(self, reporter: Viewer, public_id: str, reason: str) -> Report:
+        """A person who can see an image reports it to the moderators of its server."""
+        image, _ = await self.images.check_view(public_id, reporter)
+        if image.guild_id is None:
+            raise InvalidInput("That image was not made in a server, so no moderators can "
+                               "review it.")
+        reason = " ".join(reason.split())[:MAX_REASON] or "no reason given"
+        async with self.ctx.db.transaction() as tx:
+            report_id = await tx.insert(
+                "INSERT INTO reports (image_id, guild_id, reporter_id, reason, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (image.id, image.guild_id, reporter.user_id, reason, self.ctx.now()))
+            await self.ctx.audit(tx, "image.report", actor_id=reporter.user_id,
+                                 guild_id=image.guild_id, image_ref=image.public_id,
+                                 detail=f"report:{report_id}")
+        return Report(report_id, image.public_id, image.guild_id, reporter.user_id, reason,
+                      self.ctx.now(), False)
+
+    async def reports(self, guild_id: int, *, open_only: bool = True) -> list[Report]:
+        rows = await self.ctx.db.fetchall(
+            "SELECT r.id, i.public_id, r.guild_id, r.reporter_id, r.reason, r.created_at,"
+            " r.closed_at IS NOT NULL FROM reports r JOIN images i ON i.id = r.image_id"
+            " WHERE r.guild_id = ?" + (" AND r.closed_at IS NULL" if open_only else "")
+            + " ORDER BY r.id DESC LIMIT 50", (guild_id,))
+        return [Report(*r[:6], bool(r[6])) for r in rows]
+
+    async def close_report(self, moderator: Viewer, report_id: int) -> None:
+        guild_id = _guild_of(moderator)
+        async with self.ctx.db.transaction() as tx:
+            closed = await tx.execute(
+                "UPDATE reports SET closed_at = ? WHERE id = ? AND guild_id = ?"
+                " AND closed_at IS NULL", (self.ctx.now(), report_id, guild_id))
+            if not closed:
+                raise NotFound("No open report with that number in this server.")
+            await self.ctx.audit(tx, "admin.report-close", actor_id=moderator.user_id,
+                                 guild_id=guild_id, detail=f"report:{report_id}")
+
+    async def audit(self, guild_id: int, *, member_id: int | None = None,
+                    limit: int = 20) -> list[AuditEntry]:
+        sql = ("SELECT id, at, guild_id, actor_id, action, target_user, image_ref, detail"
+               " FROM audit_log WHERE guild_id = ?")
+        params: list[object] = [guild_id]
+        if member_id is not None:
+            sql += " AND (actor_id = ? OR target_user = ?)"
+            params += [member_id, member_id]
+        rows = await self.ctx.db.fetchall(sql + " ORDER BY id DESC LIMIT ?",
+                                          (*params, max(1, min(limit, 100))))
+        return [AuditEntry(*r) for r in rows]
+
+    async def stats(self, guild_id: int) -> dict[str, int]:
+        db, now = self.ctx.db, self.ctx.now()
+        return {
+            "images": await db.fetchval("SELECT count(*) FROM images WHERE guild_id = ?",
+                                        (guild_id,)),
+            "private images": await db.fetchval(
+                "SELECT count(*) FROM images WHERE guild_id = ? AND visibility = 'private'",
+                (guild_id,)),
+            "owners": await db.fetchval(
+                "SELECT count(DISTINCT owner_id) FROM images WHERE guild_id = ?", (guild_id,)),
+            "live links": await db.fetchval(
+                "SELECT count(*) FROM links l JOIN images i ON i.id = l.image_id"
+                " WHERE i.guild_id = ? AND l.revoked_at IS NULL AND l.expires_at > ?",
+                (guild_id, now)),
+            "open reports": await db.fetchval(
+                "SELECT count(*) FROM reports WHERE guild_id = ? AND closed_at IS NULL",
+                (guild_id,)),
+        }
+
+
+def _guild_of(moderator: Viewer) -> int:
+    if moderator.guild_id is None or not moderator.is_moderator:
+        raise Forbidden("This works only for moderators, inside their server.")
+    return moderator.guild_id

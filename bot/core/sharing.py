@@ -1,0 +1,206 @@
+"""Grants and personal groups: who else may see an owner's images.
+
+A grant covers one image or all of the owner's images, for a user, a role (checked live against
+the roles Discord sends with each request) or a personal group. Revoking a grant, removing a
+member from a group or deleting a group also queues the retraction of every message Veil posted
+through that grant.
+"""
+
+from __future__ import annotations
+
+from bot.core.context import Context
+from bot.core.errors import InvalidInput, NotFound
+from bot.core.images import ImageService, queue_retractions
+from bot.core.models import Grant, GranteeKind, Group, Viewer
+
+MAX_GROUPS = 25
+MAX_GROUP_MEMBERS = 100
+MAX_GROUP_NAME = 32
+
+_GRANT_SELECT = """
+SELECT g.id, g.owner_id, i.public_id, g.grantee_kind, g.grantee_id, g.created_at, g.expires_at,
+       gr.name
+FROM grants g
+LEFT JOIN images i ON i.id = g.image_id
+LEFT JOIN groups gr ON g.grantee_kind = 'group' AND gr.id = g.grantee_id
+"""
+
+
+class SharingService:
+    def __init__(self, ctx: Context, images: ImageService) -> None:
+        self.ctx = ctx
+        self.images = images
+
+    # Grants --------------------------------------------------------------------------------
+
+    async def grant(self, owner: Viewer, kind: GranteeKind, grantee_id: int, *,
+                    image_public_id: str | None = None,
+                    expires_in: float | None = None) -> Grant:
+        """Share one image (or all, when ``image_public_id`` is None). Sharing again with the
+        same target renews it with the new expiry."""
+        if kind == "user" and grantee_id == owner.user_id:
+            raise InvalidInput("You can always see your own images; pick someone else.")
+        if expires_in is not None and expires_in <= 0:
+            raise InvalidInput("The share's lifetime must be longer than zero.")
+        image = None
+        if image_public_id is not None:
+            image = await self.images.get_owned(image_public_id, owner)
+        now = self.ctx.now()
+        expires_at = None if expires_in is None else now + expires_in
+        async with self.ctx.db.transaction() as tx:
+            await self.ctx.ensure_user(tx, owner.user_id)
+            if kind == "group" and not await tx.fetchval(
+                    "SELECT 1 FROM groups WHERE id = ? AND owner_id = ?",
+                    (grantee_id, owner.user_id)):
+                raise NotFound("You have no such group.")
+            image_id = None if image is None else image.id
+            existing = await tx.fetchval(
+                "SELECT id FROM grants WHERE owner_id = ? AND coalesce(image_id, 0) = ?"
+                " AND grantee_kind = ? AND grantee_id = ?",
+                (owner.user_id, image_id or 0, kind, grantee_id))
+            if existing is None:
+                grant_id = await tx.insert(
+                    "INSERT INTO grants (owner_id, image_id, grantee_kind, grantee_id,"
+                    " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (owner.user_id, image_id, kind, grantee_id, now, expires_at))
+            else:
+                grant_id = existing
+                await tx.execute("UPDATE grants SET expires_at = ?, created_at = ? WHERE id = ?",
+                                 (expires_at, now, grant_id))
+            await self.ctx.audit(tx, "grant.create", actor_id=owner.user_id,
+                                 guild_id=owner.guild_id,
+                                 target_user=grantee_id if kind == "user" else None,
+                                 image_ref=image.public_id if image else "all",
+                                 detail=f"{kind}:{grantee_id}")
+        row = await self.ctx.db.fetchone(_GRANT_SELECT + " WHERE g.id = ?", (grant_id,))
+        return _grant_from_row(row)
+
+    async def revoke(self, owner: Viewer, kind: GranteeKind, grantee_id: int, *,
+                     image_public_id: str | None = None) -> tuple[int, int]:
+        """Stop sharing with a target: one image, or (no image) everything shared with it.
+        Returns (grants removed, messages queued for retraction)."""
+        where = "owner_id = ? AND grantee_kind = ? AND grantee_id = ?"
+        params: list[object] = [owner.user_id, kind, grantee_id]
+        if image_public_id is not None:
+            image = await self.images.get_owned(image_public_id, owner)
+            where += " AND image_id = ?"
+            params.append(image.id)
+        async with self.ctx.db.transaction() as tx:
+            ids = [r[0] for r in await tx.fetchall(f"SELECT id FROM grants WHERE {where}", params)]
+            queued = await self._retract_through(tx, ids)
+            await tx.execute(f"DELETE FROM grants WHERE {where}", params)
+            if ids:
+                await self.ctx.audit(tx, "grant.revoke", actor_id=owner.user_id,
+                                     guild_id=owner.guild_id,
+                                     target_user=grantee_id if kind == "user" else None,
+                                     image_ref=image_public_id or "all",
+                                     detail=f"{kind}:{grantee_id}")
+        return len(ids), queued
+
+    async def _retract_through(self, tx, grant_ids: list[int],
+                               recipient_id: int | None = None) -> int:
+        if not grant_ids:
+            return 0
+        where = f"grant_id IN ({','.join('?' * len(grant_ids))})"
+        params: list[object] = list(grant_ids)
+        if recipient_id is not None:
+            where += " AND recipient_id = ?"
+            params.append(recipient_id)
+        return await queue_retractions(tx, self.ctx.now(), where, params)
+
+    async def grants_by(self, owner_id: int, *, live_only: bool = True) -> list[Grant]:
+        sql = _GRANT_SELECT + " WHERE g.owner_id = ?"
+        params: list[object] = [owner_id]
+        if live_only:
+            sql += " AND (g.expires_at IS NULL OR g.expires_at > ?)"
+            params.append(self.ctx.now())
+        rows = await self.ctx.db.fetchall(sql + " ORDER BY g.id", params)
+        return [_grant_from_row(r) for r in rows]
+
+    # Groups --------------------------------------------------------------------------------
+
+    async def create_group(self, owner_id: int, name: str) -> Group:
+        name = _group_name(name)
+        async with self.ctx.db.transaction() as tx:
+            await self.ctx.ensure_user(tx, owner_id)
+            if await tx.fetchval("SELECT count(*) FROM groups WHERE owner_id = ?",
+                                 (owner_id,)) >= MAX_GROUPS:
+                raise InvalidInput(f"You can have at most {MAX_GROUPS} groups.")
+            if await tx.fetchval("SELECT 1 FROM groups WHERE owner_id = ? AND name = ?",
+                                 (owner_id, name)):
+                raise InvalidInput(f"You already have a group called {name!r}.")
+            group_id = await tx.insert(
+                "INSERT INTO groups (owner_id, name, created_at) VALUES (?, ?, ?)",
+                (owner_id, name, self.ctx.now()))
+            await self.ctx.audit(tx, "group.create", actor_id=owner_id, detail=f"group:{group_id}")
+        return Group(group_id, owner_id, name)
+
+    async def group(self, owner_id: int, name: str) -> Group:
+        row = await self.ctx.db.fetchone(
+            "SELECT id, owner_id, name FROM groups WHERE owner_id = ? AND name = ?",
+            (owner_id, name.strip()))
+        if row is None:
+            raise NotFound(f"You have no group called {name.strip()[:MAX_GROUP_NAME]!r}.")
+        members = await self.ctx.db.fetchall(
+            "SELECT user_id FROM group_members WHERE group_id = ? ORDER BY user_id", (row[0],))
+        return Group(row[0], row[1], row[2], tuple(m[0] for m in members))
+
+    async def groups(self, owner_id: int) -> list[Group]:
+        rows = await self.ctx.db.fetchall(
+            "SELECT name FROM groups WHERE owner_id = ? ORDER BY name", (owner_id,))
+        return [await self.group(owner_id, r[0]) for r in rows]
+
+    async def add_member(self, owner_id: int, name: str, user_id: int) -> Group:
+        group = await self.group(owner_id, name)
+        if user_id == owner_id:
+            raise InvalidInput("You are always able to see your own images; add someone else.")
+        if len(group.member_ids) >= MAX_GROUP_MEMBERS:
+            raise InvalidInput(f"A group holds at most {MAX_GROUP_MEMBERS} members.")
+        async with self.ctx.db.transaction() as tx:
+            await tx.execute("INSERT OR IGNORE INTO group_members (group_id, user_id) VALUES (?, ?)",
+                             (group.id, user_id))
+            await self.ctx.audit(tx, "group.add", actor_id=owner_id, target_user=user_id,
+                                 detail=f"group:{group.id}")
+        return await self.group(owner_id, name)
+
+    async def remove_member(self, owner_id: int, name: str, user_id: int) -> tuple[Group, int]:
+        """Take someone out of a group; messages they got through the group are retracted."""
+        group = await self.group(owner_id, name)
+        if user_id not in group.member_ids:
+            raise NotFound("That person is not in this group.")
+        async with self.ctx.db.transaction() as tx:
+            grant_ids = [r[0] for r in await tx.fetchall(
+                "SELECT id FROM grants WHERE grantee_kind = 'group' AND grantee_id = ?",
+                (group.id,))]
+            queued = await self._retract_through(tx, grant_ids, recipient_id=user_id)
+            await tx.execute("DELETE FROM group_members WHERE group_id = ? AND user_id = ?",
+                             (group.id, user_id))
+            await self.ctx.audit(tx, "group.remove", actor_id=owner_id, target_user=user_id,
+                                 detail=f"group:{group.id}")
+        return await self.group(owner_id, name), queued
+
+    async def delete_group(self, owner_id: int, name: str) -> int:
+        """Delete a group and its shares; returns messages queued for retraction."""
+        group = await self.group(owner_id, name)
+        async with self.ctx.db.transaction() as tx:
+            grant_ids = [r[0] for r in await tx.fetchall(
+                "SELECT id FROM grants WHERE grantee_kind = 'group' AND grantee_id = ?",
+                (group.id,))]
+            queued = await self._retract_through(tx, grant_ids)
+            await tx.execute("DELETE FROM groups WHERE id = ?", (group.id,))
+            await self.ctx.audit(tx, "group.delete", actor_id=owner_id,
+                                 detail=f"group:{group.id}")
+        return queued
+
+
+def _group_name(name: str) -> str:
+    name = " ".join(name.split())
+    if not name:
+        raise InvalidInput("A group needs a name.")
+    if len(name) > MAX_GROUP_NAME:
+        raise InvalidInput(f"A group name has at most {MAX_GROUP_NAME} characters.")
+    return name
+
+
+def _grant_from_row(row) -> Grant:
+    return Grant(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7])

@@ -1,0 +1,80 @@
+"""The composition root of the core: one object holding every service over one data folder.
+
+``async with await Veil.open(data_dir) as veil:`` opens the database (running migrations),
+checks the master key, repairs what a crash left, and closes everything on exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from bot.core.blobs import LocalBlobStore
+from bot.core.context import Clock, Context
+from bot.core.images import ImageService
+from bot.core.keys import LoadedKey, load_master_key, rotate_master_key
+from bot.core.links import LinkService
+from bot.core.moderation import ModerationService
+from bot.core.retention import RetentionSweeper
+from bot.core.sharing import SharingService
+from bot.core.users import PrivacyService
+from bot.images import ImageLimits
+from db import Database
+
+log = logging.getLogger(__name__)
+
+
+class Veil:
+    def __init__(self, ctx: Context, data_dir: Path, *, key_from_env: bool) -> None:
+        self.ctx = ctx
+        self.data_dir = data_dir
+        self._key_from_env = key_from_env
+        self.images = ImageService(ctx)
+        self.sharing = SharingService(ctx, self.images)
+        self.privacy = PrivacyService(ctx, self.images, self.sharing)
+        self.links = LinkService(ctx, self.images)
+        self.moderation = ModerationService(ctx, self.images)
+        self.retention = RetentionSweeper(ctx, self.images)
+        self.key_file_created: Path | None = None
+
+    @classmethod
+    async def open(cls, data_dir: str | Path, *, master_key: bytes | None = None,
+                   clock: Clock = time.time, limits: ImageLimits | None = None) -> Veil:
+        data_dir = Path(data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(data_dir, 0o700)
+        db = await Database.open(data_dir / "veil.db")
+        try:
+            loaded: LoadedKey = await load_master_key(db, data_dir, master_key)
+            ctx = Context(db, LocalBlobStore(data_dir), loaded.keyring, clock,
+                          limits or ImageLimits())
+            veil = cls(ctx, data_dir, key_from_env=master_key is not None)
+            veil.key_file_created = loaded.created_file
+            repaired = await veil.images.repair()
+        except BaseException:
+            await db.close()
+            raise
+        if loaded.created_file is not None:
+            log.warning("Generated a new master key in %s (mode 0600). Back it up: without it "
+                        "the stored images cannot be read.", loaded.created_file)
+        if any(repaired.values()):
+            log.info("Start-up repair: %s", repaired)
+        return veil
+
+    async def rotate_master_key(self, new_key: bytes | None = None) -> int:
+        """Re-wrap every owner key under a new master key; returns how many were re-wrapped."""
+        ring, count = await rotate_master_key(self.ctx.db, self.data_dir, self.ctx.keys, new_key,
+                                              key_in_file=not self._key_from_env)
+        self.ctx.keys = ring
+        return count
+
+    async def close(self) -> None:
+        await self.ctx.db.close()
+
+    async def __aenter__(self) -> Veil:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

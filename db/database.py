@@ -1,0 +1,192 @@
+"""The aiosqlite access layer: connections, pragmas, migrations and transactions.
+
+Two connections to one WAL database: a writer, used only inside ``transaction()`` and serialised
+by a lock, and a reader for everything else. Readers never see a transaction that is still open
+(an open transaction on the same connection would otherwise be visible to concurrent reads), and
+reads do not wait behind writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+Row = sqlite3.Row
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+PRAGMAS = (
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA foreign_keys = ON",
+    "PRAGMA secure_delete = ON",
+    "PRAGMA busy_timeout = 5000",
+    "PRAGMA synchronous = NORMAL",
+)
+
+
+def migration_files() -> list[tuple[int, str, str]]:
+    """The numbered migrations shipped in db/migrations, in order: (version, name, sql)."""
+    found = []
+    for entry in resources.files("db").joinpath("migrations").iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    found.sort()
+    versions = [v for v, _, _ in found]
+    if len(set(versions)) != len(versions):
+        raise RuntimeError(f"two migrations share a number: {[n for _, n, _ in found]}")
+    return found
+
+
+class Database:
+    """One SQLite file. Open with ``await Database.open(path)``; close with ``await db.close()``."""
+
+    def __init__(self, path: Path, writer: aiosqlite.Connection,
+                 reader: aiosqlite.Connection) -> None:
+        self.path = path
+        self._writer = writer
+        self._reader = reader
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: str | Path) -> Database:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = await cls._connect(path)
+        try:
+            await cls._migrate(writer)
+            reader = await cls._connect(path)
+        except BaseException:
+            await writer.close()
+            raise
+        return cls(path, writer, reader)
+
+    @staticmethod
+    async def _connect(path: Path) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(path, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        for pragma in PRAGMAS:
+            await conn.execute(pragma)
+        return conn
+
+    @staticmethod
+    async def _migrate(conn: aiosqlite.Connection) -> None:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version ("
+            " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+        )
+        async with conn.execute("SELECT version FROM schema_version") as cur:
+            applied = {row[0] for row in await cur.fetchall()}
+        for version, name, sql in migration_files():
+            if version in applied:
+                continue
+            # One transaction per migration: a failing file leaves the schema as it was.
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _split_sql(sql):
+                    await conn.execute(statement)
+                await conn.execute(
+                    "INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
+                    (version, name, time.time()),
+                )
+                await conn.execute("COMMIT")
+            except BaseException:
+                await conn.execute("ROLLBACK")
+                raise
+
+    async def close(self) -> None:
+        await self._reader.close()
+        await self._writer.close()
+
+    async def schema_version(self) -> int:
+        return await self.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
+
+    # Reads -----------------------------------------------------------------------------
+
+    async def fetchall(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Row]:
+        async with self._reader.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    async def fetchone(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Row | None:
+        async with self._reader.execute(sql, params) as cur:
+            return await cur.fetchone()
+
+    async def fetchval(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
+        row = await self.fetchone(sql, params)
+        return None if row is None else row[0]
+
+    # Writes ----------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """An IMMEDIATE transaction on the writer; commits on success, rolls back on error."""
+        async with self._write_lock:
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield Transaction(self._writer)
+            except BaseException:
+                await self._writer.execute("ROLLBACK")
+                raise
+            await self._writer.execute("COMMIT")
+
+    async def checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it, so deleted pages leave no copy there."""
+        async with self._write_lock:
+            await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+class Transaction:
+    """The writer connection inside an open transaction."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> int:
+        """Run one statement; returns the number of rows it changed."""
+        async with self._conn.execute(sql, params) as cur:
+            return cur.rowcount
+
+    async def insert(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> int:
+        """Run one INSERT; returns the new row's id."""
+        async with self._conn.execute(sql, params) as cur:
+            return cur.lastrowid
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        await self._conn.executemany(sql, rows)
+
+    async def fetchall(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Row]:
+        async with self._conn.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    async def fetchone(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Row | None:
+        async with self._conn.execute(sql, params) as cur:
+            return await cur.fetchone()
+
+    async def fetchval(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
+        row = await self.fetchone(sql, params)
+        return None if row is None else row[0]
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a migration into statements, keeping trigger bodies (BEGIN ... END;) whole."""
+    statements, buf = [], []
+    for line in script.splitlines():
+        stripped = line.strip()
+        if not buf and (not stripped or stripped.startswith("--")):
+            continue
+        buf.append(line)
+        text = "\n".join(buf)
+        if stripped.endswith(";") and sqlite3.complete_statement(text):
+            statements.append(text)
+            buf = []
+    if "".join(buf).strip():
+        statements.append("\n".join(buf))
+    return statements

@@ -1,0 +1,140 @@
+"""Grants, roles, personal groups and the gallery (DESIGN guarantees 2 and 3, section 3)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.core.errors import InvalidInput, NotFound
+from tests.conftest import ALICE, ARTISTS, BOB, CAROL, GUILD, png, viewer
+
+
+async def _image(veil, owner=ALICE):
+    return await veil.images.create(owner, png(), guild_id=GUILD, source="upload")
+
+
+async def test_sharing_one_image_with_a_user_lets_them_see_that_image_only(veil):
+    shared, other = await _image(veil), await _image(veil)
+    await veil.sharing.grant(viewer(ALICE), "user", BOB, image_public_id=shared.public_id)
+    _, decision = await veil.images.open(shared.public_id, viewer(BOB))
+    assert decision.via == "grant"
+    with pytest.raises(NotFound):
+        await veil.images.open(other.public_id, viewer(BOB))
+
+
+async def test_sharing_all_images_covers_images_made_later_too(veil):
+    await veil.sharing.grant(viewer(ALICE), "user", BOB)
+    later = await _image(veil)
+    await veil.images.open(later.public_id, viewer(BOB))
+
+
+async def test_a_role_grant_works_only_while_the_viewer_has_the_role(veil):
+    image = await _image(veil)
+    await veil.sharing.grant(viewer(ALICE), "role", ARTISTS, image_public_id=image.public_id)
+    await veil.images.open(image.public_id, viewer(BOB, ARTISTS))
+    with pytest.raises(NotFound):
+        await veil.images.open(image.public_id, viewer(BOB))  # the role was taken away
+
+
+async def test_a_group_grant_follows_the_groups_membership(veil):
+    image = await _image(veil)
+    group = await veil.sharing.create_group(ALICE, "Close friends")
+    await veil.sharing.add_member(ALICE, "close friends", BOB)
+    await veil.sharing.grant(viewer(ALICE), "group", group.id, image_public_id=image.public_id)
+    await veil.images.open(image.public_id, viewer(BOB))
+    with pytest.raises(NotFound):
+        await veil.images.open(image.public_id, viewer(CAROL))
+    await veil.sharing.remove_member(ALICE, "Close friends", BOB)
+    with pytest.raises(NotFound):
+        await veil.images.open(image.public_id, viewer(BOB))
+
+
+async def test_deleting_a_group_deletes_its_grants(veil):
+    image = await _image(veil)
+    group = await veil.sharing.create_group(ALICE, "team")
+    await veil.sharing.add_member(ALICE, "team", BOB)
+    await veil.sharing.grant(viewer(ALICE), "group", group.id, image_public_id=image.public_id)
+    await veil.sharing.delete_group(ALICE, "team")
+    assert await veil.ctx.db.fetchval("SELECT count(*) FROM grants") == 0
+    with pytest.raises(NotFound):
+        await veil.images.open(image.public_id, viewer(BOB))
+
+
+async def test_a_grant_with_an_expiry_stops_on_the_dot(veil, clock):
+    image = await _image(veil)
+    await veil.sharing.grant(viewer(ALICE), "user", BOB, image_public_id=image.public_id,
+                             expires_in=3600)
+    clock.advance(3599.9)
+    await veil.images.open(image.public_id, viewer(BOB))
+    clock.advance(0.1)
+    with pytest.raises(NotFound):
+        await veil.images.open(image.public_id, viewer(BOB))
+
+
+async def test_revoking_stops_access_on_the_next_request_and_retracts_what_it_delivered(veil):
+    image = await _image(veil)
+    grant = await veil.sharing.grant(viewer(ALICE), "user", BOB, image_public_id=image.public_id)
+    _, decision = await veil.images.open(image.public_id, viewer(BOB))
+    await veil.images.record_delivery(image, kind="dm", channel_id=44, message_id=440,
+                                      recipient_id=BOB, grant_id=decision.grant_id)
+    assert decision.grant_id == grant.id
+    removed, queued = await veil.sharing.revoke(viewer(ALICE), "user", BOB)
+    assert (removed, queued) == (1, 1)
+    with pytest.raises(NotFound):
+        await veil.images.open(image.public_id, viewer(BOB))
+    assert [r.message_id for r in await veil.images.due_retractions()] == [440]
+
+
+async def test_only_the_owner_can_share_an_image(veil):
+    image = await _image(veil)
+    with pytest.raises(NotFound):
+        await veil.sharing.grant(viewer(BOB), "user", CAROL, image_public_id=image.public_id)
+
+
+async def test_sharing_with_yourself_or_an_unknown_group_is_explained(veil):
+    with pytest.raises(InvalidInput, match="your own"):
+        await veil.sharing.grant(viewer(ALICE), "user", ALICE)
+    with pytest.raises(NotFound, match="group"):
+        await veil.sharing.grant(viewer(ALICE), "group", 12345)
+
+
+async def test_sharing_again_renews_rather_than_duplicates(veil, clock):
+    await veil.sharing.grant(viewer(ALICE), "user", BOB, expires_in=60)
+    await veil.sharing.grant(viewer(ALICE), "user", BOB)
+    [grant] = await veil.sharing.grants_by(ALICE)
+    assert grant.expires_at is None
+
+
+async def test_the_gallery_lists_own_and_shared_images_newest_first_with_pages(veil):
+    mine = [await _image(veil, BOB) for _ in range(3)]
+    theirs = [await _image(veil, ALICE) for _ in range(2)]
+    hidden = await _image(veil, CAROL)
+    await veil.sharing.grant(viewer(ALICE), "role", ARTISTS)
+    page = await veil.images.gallery(viewer(BOB, ARTISTS), per_page=4)
+    ids = [i.record.public_id for i in page.items]
+    expected = [r.public_id for r in sorted(mine + theirs, key=lambda r: r.id, reverse=True)]
+    assert ids == expected[:4] and page.has_more
+    assert hidden.public_id not in ids
+    second = await veil.images.gallery(viewer(BOB, ARTISTS), page=2, per_page=4)
+    assert [i.record.public_id for i in second.items] == expected[4:]
+    assert not second.has_more
+    without_role = await veil.images.gallery(viewer(BOB), per_page=10)
+    assert {i.record.public_id for i in without_role.items} == {r.public_id for r in mine}
+
+
+async def test_an_image_shared_twice_appears_once_in_the_gallery(veil):
+    image = await _image(veil)
+    await veil.sharing.grant(viewer(ALICE), "user", BOB)
+    await veil.sharing.grant(viewer(ALICE), "user", BOB, image_public_id=image.public_id)
+    page = await veil.images.gallery(viewer(BOB))
+    assert [i.record.public_id for i in page.items] == [image.public_id]
+
+
+async def test_group_names_are_validated_and_unique_per_owner(veil):
+    with pytest.raises(InvalidInput):
+        await veil.sharing.create_group(ALICE, "   ")
+    with pytest.raises(InvalidInput):
+        await veil.sharing.create_group(ALICE, "x" * 33)
+    await veil.sharing.create_group(ALICE, "Friends")
+    with pytest.raises(InvalidInput, match="already"):
+        await veil.sharing.create_group(ALICE, "friends")
+    await veil.sharing.create_group(BOB, "Friends")
