@@ -1,4 +1,5 @@
-"""Settings: read once from the environment and `.env`, validated with messages that say what to fix.
+"""Settings: read once from the environment and `.env`, validated with messages that say
+what to fix.
 
 Everything has an embedded default except the Discord token, which only the bot itself needs
 (the link server and the admin CLI run without one).

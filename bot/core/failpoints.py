@@ -14,5 +14,5 @@ _ARMED = os.environ.get("VEIL_FAILPOINT") or None
 
 
 def reach(name: str) -> None:
-    if _ARMED is not None and _ARMED == name:
+    if _ARMED is not None and name == _ARMED:
         os.kill(os.getpid(), signal.SIGKILL)

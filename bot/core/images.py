@@ -16,8 +16,8 @@ from bot.core import failpoints
 from bot.core.access import Decision, can_manage, can_remove, can_view, effective_visibility
 from bot.core.blobs import new_blob_name
 from bot.core.context import IMAGE_COLUMNS, Context, image_from_row, new_public_id, roles_json
-from bot.core.crypto import new_key, seal, unseal
 from bot.core.crypto import image_aad as aad
+from bot.core.crypto import new_key, seal, unseal
 from bot.core.errors import InvalidInput, NotFound, PolicyViolation
 from bot.core.models import (
     DeliveryKind,
@@ -27,6 +27,7 @@ from bot.core.models import (
     ImageRecord,
     Removal,
     Retraction,
+    ViewEntry,
     Viewer,
     Visibility,
 )
@@ -191,6 +192,20 @@ class ImageService:
                 "INSERT INTO view_log (image_id, owner_id, viewer_id, via, link_id, agent, at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (image.id, image.owner_id, viewer_id, via, link_id, agent, self.ctx.now()))
+
+    async def view_log(self, owner: Viewer, public_id: str | None = None,
+                       limit: int = 20) -> list[ViewEntry]:
+        """Who viewed the owner's images (or one of them), newest first."""
+        sql = ("SELECT i.public_id, v.viewer_id, v.via, v.link_id, v.agent, v.at FROM view_log v"
+               " JOIN images i ON i.id = v.image_id WHERE v.owner_id = ?")
+        params: list[object] = [owner.user_id]
+        if public_id is not None:
+            image = await self.get_owned(public_id, owner)
+            sql += " AND v.image_id = ?"
+            params.append(image.id)
+        rows = await self.ctx.db.fetchall(sql + " ORDER BY v.id DESC LIMIT ?",
+                                          (*params, max(1, min(limit, 100))))
+        return [ViewEntry(*r) for r in rows]
 
     # Change --------------------------------------------------------------------------------
 
@@ -363,7 +378,8 @@ class ImageService:
                 (self.ctx.now(), retraction_id))
 
 
-async def queue_retractions(tx: Transaction, now: float, where: str, params: Sequence[object]) -> int:
+async def queue_retractions(tx: Transaction, now: float, where: str,
+                            params: Sequence[object]) -> int:
     """Move matching deliveries into the retraction outbox (ephemeral ones cannot be deleted)."""
     queued = await tx.execute(
         "INSERT OR IGNORE INTO retractions (channel_id, message_id, next_attempt_at)"

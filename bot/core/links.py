@@ -14,8 +14,8 @@ import secrets
 from dataclasses import dataclass
 
 from bot.core.access import can_manage
-from bot.core.durations import format_duration
 from bot.core.context import IMAGE_COLUMNS, Context, image_from_row, new_public_id
+from bot.core.durations import format_duration
 from bot.core.errors import InvalidInput, NotFound, PolicyViolation
 from bot.core.images import ImageService
 from bot.core.models import ImageContent, ImageRecord, NewLink, ShareLink, Viewer

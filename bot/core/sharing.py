@@ -157,8 +157,8 @@ class SharingService:
         if len(group.member_ids) >= MAX_GROUP_MEMBERS:
             raise InvalidInput(f"A group holds at most {MAX_GROUP_MEMBERS} members.")
         async with self.ctx.db.transaction() as tx:
-            await tx.execute("INSERT OR IGNORE INTO group_members (group_id, user_id) VALUES (?, ?)",
-                             (group.id, user_id))
+            await tx.execute("INSERT OR IGNORE INTO group_members (group_id, user_id)"
+                             " VALUES (?, ?)", (group.id, user_id))
             await self.ctx.audit(tx, "group.add", actor_id=owner_id, target_user=user_id,
                                  detail=f"group:{group.id}")
         return await self.group(owner_id, name)

@@ -119,7 +119,8 @@ class PrivacyService:
             "images": records,
             "grants": grants,
             "groups": groups,
-            "views": [dict(zip(("image", "viewer_id", "via", "link", "agent", "at"), v))
+            "views": [dict(zip(("image", "viewer_id", "via", "link", "agent", "at"), v,
+                                    strict=True))
                       for v in views],
             "note": "Exported by Veil. Images are the sanitized copies Veil stores.",
         }

@@ -1,0 +1,98 @@
+"""The one small interface every image generator speaks: a request in, PNG bytes and progress out.
+
+A generator never decides who sees its output and never logs or echoes the prompt: its errors are
+``GeneratorUnavailable`` with a message written for the Discord user, and the bytes it returns go
+through the sanitize path before they are stored or delivered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from bot.core.errors import InvalidInput
+
+MIN_COUNT = 1
+MAX_COUNT = 4
+MIN_SIDE = 64
+MAX_SIDE = 2048
+MAX_PROMPT_CHARS = 2000
+# Seeds stay in the unsigned 32-bit range that Stable Diffusion WebUI and most samplers accept.
+SEED_LIMIT = 2**32
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What to draw: the prompt, how many images, an optional seed and the size in pixels."""
+
+    prompt: str
+    count: int = 1
+    seed: int | None = None
+    width: int = 768
+    height: int = 768
+
+    def __post_init__(self) -> None:
+        if not self.prompt.strip():
+            raise InvalidInput("Describe the image you want: the prompt is empty.")
+        if len(self.prompt) > MAX_PROMPT_CHARS:
+            raise InvalidInput(
+                f"The prompt is too long: keep it under {MAX_PROMPT_CHARS} characters."
+            )
+        if not MIN_COUNT <= self.count <= MAX_COUNT:
+            raise InvalidInput(f"Ask for {MIN_COUNT} to {MAX_COUNT} images at a time.")
+        if self.seed is not None and not 0 <= self.seed < SEED_LIMIT:
+            raise InvalidInput(f"The seed must be a whole number from 0 to {SEED_LIMIT - 1}.")
+        for side in (self.width, self.height):
+            if not MIN_SIDE <= side <= MAX_SIDE or side % 8:
+                raise InvalidInput(
+                    f"Width and height must be multiples of 8 from {MIN_SIDE} to {MAX_SIDE} pixels."
+                )
+
+    @property
+    def effective_seed(self) -> int:
+        """The seed to render with: the one asked for, or one derived from the prompt alone."""
+        if self.seed is not None:
+            return self.seed
+        digest = hashlib.sha256(b"veil-seed\0" + self.prompt.encode("utf-8")).digest()
+        return int.from_bytes(digest[:4], "big")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a generation has come: a fraction from 0.0 to 1.0 and a short stage for humans.
+
+    While a request waits in a ``GenerationQueue``, ``queue_position`` is its place in line
+    (1 = runs next), so an adapter can word it itself instead of parsing ``stage``.
+    """
+
+    fraction: float
+    stage: str
+    queue_position: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fraction <= 1.0:
+            raise ValueError(f"progress fraction must be within 0.0..1.0, got {self.fraction!r}")
+
+
+ProgressCallback = Callable[[Progress], Awaitable[None]]
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """Turns a request into PNG images, one ``bytes`` per image, reporting progress on the way."""
+
+    name: str
+
+    async def generate(
+        self, request: GenerationRequest, progress: ProgressCallback | None = None
+    ) -> list[bytes]: ...
+
+    async def close(self) -> None: ...
+
+
+async def report(progress: ProgressCallback | None, fraction: float, stage: str) -> None:
+    """Send one progress event if anyone listens; a tiny helper every generator shares."""
+    if progress is not None:
+        await progress(Progress(min(max(fraction, 0.0), 1.0), stage))

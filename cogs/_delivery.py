@@ -1,0 +1,147 @@
+"""Delivering images only where policy allows (DESIGN section 4), and retracting them later.
+
+The only code in Veil that posts image bytes to Discord. The place comes from
+``bot.core.access.place_for``: a channel only for a public image in a channel moderators
+permitted; otherwise a DM; and if the recipient's DMs are closed, an ephemeral followup that only
+they can see. Every message carrying an image is recorded so deletion can retract it.
+
+Commands that deliver images defer *ephemerally* (``deliver`` does it if they did not): the first
+followup after a defer inherits the defer's visibility, so a public defer could otherwise turn a
+fallback copy into a channel message.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import discord
+
+from bot.core.access import place_for
+from bot.core.errors import VeilError
+from bot.core.models import ImageContent
+
+log = logging.getLogger("veil.delivery")
+
+Place = Literal["channel", "dm", "ephemeral"]
+EPHEMERAL_WARNING = (
+    "Your DMs are closed to me, so here is a copy only you can see. Ephemeral copies cannot be "
+    "retracted if the image is deleted later; allow DMs from this server's members to keep "
+    "full control.")
+MAX_RETRACTION_ATTEMPTS = 12
+
+
+@dataclass(frozen=True)
+class Delivered:
+    place: Place
+    note: str
+    message: discord.Message | discord.WebhookMessage | None = None
+
+
+class DeliveryFailed(VeilError):
+    pass
+
+
+def _files(contents: Sequence[ImageContent]) -> list[discord.File]:
+    return [discord.File(io.BytesIO(c.data), filename=c.filename) for c in contents]
+
+
+def _fits(contents: Sequence[ImageContent], limit: int) -> bool:
+    return sum(len(c.data) for c in contents) <= limit
+
+
+class Deliverer:
+    def __init__(self, bot) -> None:
+        self.bot = bot
+
+    @property
+    def veil(self):
+        return self.bot.veil
+
+    async def deliver(self, interaction: discord.Interaction, contents: Sequence[ImageContent],
+                      *, caption: str, grant_id: int | None = None,
+                      view_factory=None) -> Delivered:
+        """Send ``contents`` (already access-checked for interaction.user) where allowed.
+
+        ``view_factory(contents)`` may add buttons (only on messages to the owner).
+        """
+        if not interaction.response.is_done():
+            await interaction.response.defer(ephemeral=True, thinking=True)
+        records = [c.record for c in contents]
+        in_guild = interaction.guild_id is not None
+        permitted = await self.veil.moderation.channel_permitted(interaction.guild_id,
+                                                                 interaction.channel_id)
+        places = {place_for(r, in_guild=in_guild, channel_permitted=permitted) for r in records}
+        limit = getattr(interaction, "filesize_limit", 10 * 1024 * 1024)
+        if not _fits(contents, limit):
+            raise DeliveryFailed("That image is larger than Discord lets me attach here. "
+                                 "Use /link create to share it through a Veil link instead.")
+        view = view_factory(contents) if view_factory is not None else None
+        note_prefix = ""
+        if places == {"channel"} and interaction.channel is not None:
+            try:
+                message = await interaction.channel.send(
+                    caption, files=_files(contents),
+                    **({"view": view} if view is not None else {}))
+            except discord.Forbidden:
+                note_prefix = ("I may not post images in this channel (missing permission), so "
+                               "I sent it privately instead. ")
+            else:
+                await self._record(records, message, "channel", interaction, None, grant_id)
+                return Delivered("channel", "Posted in this channel.", message)
+        return await self._deliver_privately(interaction, contents, caption, grant_id, view,
+                                             note_prefix)
+
+    async def _deliver_privately(self, interaction, contents, caption, grant_id, view,
+                                 note_prefix: str) -> Delivered:
+        records = [c.record for c in contents]
+        extra = {"view": view} if view is not None else {}
+        try:
+            message = await interaction.user.send(caption, files=_files(contents), **extra)
+        except discord.Forbidden:
+            pass  # DMs closed (50007) or blocked: fall back to an ephemeral copy
+        else:
+            await self._record(records, message, "dm", interaction, interaction.user.id,
+                               grant_id)
+            where = "your DMs" if interaction.guild_id is not None else "this chat"
+            return Delivered("dm", f"{note_prefix}Sent to {where}.", message)
+        message = await interaction.followup.send(caption, files=_files(contents),
+                                                  ephemeral=True, wait=True, **extra)
+        await self._record(records, message, "ephemeral", interaction, interaction.user.id,
+                           grant_id)
+        return Delivered("ephemeral", note_prefix + EPHEMERAL_WARNING, message)
+
+    async def _record(self, records, message, kind: Place, interaction, recipient_id,
+                      grant_id) -> None:
+        channel_id = message.channel.id if message.channel is not None else 0
+        for record in records:
+            await self.veil.images.record_delivery(
+                record, kind=kind, channel_id=channel_id, message_id=message.id,
+                recipient_id=recipient_id, guild_id=interaction.guild_id, grant_id=grant_id)
+
+    async def retract_due(self) -> int:
+        """Delete every posted message waiting in the retraction outbox; returns how many went.
+
+        A message already gone counts as done; a failure is retried later with back-off.
+        """
+        done = 0
+        for job in await self.veil.images.due_retractions():
+            try:
+                await self.bot.http.delete_message(job.channel_id, job.message_id,
+                                                   reason="Veil: image deleted or unshared")
+            except discord.NotFound:
+                pass
+            except discord.HTTPException as error:
+                if job.attempts + 1 >= MAX_RETRACTION_ATTEMPTS:
+                    log.error("Giving up retracting message %s in channel %s after %d tries "
+                              "(%s)", job.message_id, job.channel_id, job.attempts + 1,
+                              error.status)
+                else:
+                    await self.veil.images.retraction_failed(job.id)
+                    continue
+            await self.veil.images.retraction_done(job.id)
+            done += 1
+        return done

@@ -1,0 +1,50 @@
+"""Typed options shared by the cogs: durations and image ids with autocomplete."""
+
+from __future__ import annotations
+
+import discord
+from discord import app_commands
+
+from bot.core.durations import format_duration, parse_duration
+from cogs._viewer import viewer_from
+
+
+class DurationTransformer(app_commands.Transformer):
+    """`30m`, `12h`, `7d` -> seconds; a bad value becomes a message that shows the format."""
+
+    async def transform(self, interaction: discord.Interaction, value: str) -> float:
+        return parse_duration(value)
+
+
+Duration = app_commands.Transform[float, DurationTransformer]
+
+
+def _label(record, mine: bool) -> str:
+    who = "yours" if mine else "shared with you"
+    return f"{record.public_id} · {record.visibility} · {record.width}x{record.height} · {who}"
+
+
+async def owned_image_autocomplete(interaction: discord.Interaction,
+                                   current: str) -> list[app_commands.Choice[str]]:
+    """Ids of the caller's own images (for commands that change or share an image)."""
+    veil = interaction.client.veil
+    records = await veil.images.suggest(await viewer_from(interaction), current, owned_only=True)
+    return [app_commands.Choice(name=_label(r, True), value=r.public_id) for r in records]
+
+
+async def visible_image_autocomplete(interaction: discord.Interaction,
+                                     current: str) -> list[app_commands.Choice[str]]:
+    """Ids of images the caller may see: their own and those shared with them."""
+    viewer = await viewer_from(interaction)
+    records = await interaction.client.veil.images.suggest(viewer, current, owned_only=False)
+    return [app_commands.Choice(name=_label(r, r.owner_id == viewer.user_id), value=r.public_id)
+            for r in records]
+
+
+def when(timestamp: float | None) -> str:
+    """A Discord timestamp that each reader sees in their own time zone."""
+    return "never" if timestamp is None else f"<t:{int(timestamp)}:R>"
+
+
+__all__ = ["Duration", "format_duration", "owned_image_autocomplete",
+           "visible_image_autocomplete", "when"]

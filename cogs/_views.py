@@ -1,0 +1,107 @@
+"""Small reusable pieces of interface: a confirmation prompt and the owner's buttons.
+
+The owner's buttons (Share, Link, Delete) are dynamic items: their custom id carries the image
+id, so they keep working after a restart without any state kept in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import discord
+
+from bot.core.models import ImageContent
+
+
+class Confirm(discord.ui.View):
+    """Ask the invoker to confirm a destructive action; only they can answer."""
+
+    def __init__(self, invoker_id: int, *, confirm_label: str = "Delete",
+                 timeout: float = 60.0) -> None:
+        super().__init__(timeout=timeout)
+        self.invoker_id = invoker_id
+        self.value: bool | None = None
+        self.message: discord.InteractionMessage | None = None
+        self.confirm_button.label = confirm_label
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        if interaction.user.id != self.invoker_id:
+            await interaction.response.send_message("This question is not for you.",
+                                                    ephemeral=True)
+            return False
+        return True
+
+    async def _finish(self, interaction: discord.Interaction, value: bool) -> None:
+        self.value = value
+        for item in self.children:
+            item.disabled = True
+        await interaction.response.edit_message(view=self)
+        self.stop()
+
+    @discord.ui.button(label="Delete", style=discord.ButtonStyle.danger)
+    async def confirm_button(self, interaction: discord.Interaction,
+                             button: discord.ui.Button) -> None:
+        await self._finish(interaction, True)
+
+    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary)
+    async def cancel_button(self, interaction: discord.Interaction,
+                            button: discord.ui.Button) -> None:
+        await self._finish(interaction, False)
+
+
+async def confirm(interaction: discord.Interaction, question: str, *,
+                  confirm_label: str = "Delete",
+                  wait_s: float = 60.0) -> tuple[bool, Confirm]:
+    """Ask ``question`` ephemerally with Confirm/Cancel; returns (confirmed, view). On timeout
+    the buttons are disabled and the prompt says so."""
+    view = Confirm(interaction.user.id, confirm_label=confirm_label, timeout=wait_s)
+    await interaction.response.send_message(question, view=view, ephemeral=True)
+    timed_out = await view.wait()
+    if timed_out:
+        for item in view.children:
+            item.disabled = True
+        try:
+            await interaction.edit_original_response(
+                content=f"{question}\n\nNo answer within {int(wait_s)} s: nothing was changed.",
+                view=view)
+        except discord.HTTPException:
+            pass
+        return False, view
+    return bool(view.value), view
+
+
+OWNER_ACTIONS = {"share": ("Share", discord.ButtonStyle.secondary),
+                 "link": ("Link", discord.ButtonStyle.secondary),
+                 "delete": ("Delete", discord.ButtonStyle.danger)}
+
+
+class OwnerButton(discord.ui.DynamicItem[discord.ui.Button],
+                  template=r"veil:(?P<action>share|link|delete):(?P<image>[a-z0-9]{6,16})"):
+    """A button on a delivered image that only its owner may use; handled by cogs.gallery."""
+
+    def __init__(self, action: str, image_id: str) -> None:
+        label, style = OWNER_ACTIONS[action]
+        super().__init__(discord.ui.Button(label=label, style=style,
+                                           custom_id=f"veil:{action}:{image_id}"))
+        self.action = action
+        self.image_id = image_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button,
+                             match) -> OwnerButton:
+        return cls(match["action"], match["image"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        handler = interaction.client.owner_button_handler
+        await handler(interaction, self.action, self.image_id)
+
+
+def owner_buttons(contents: Sequence[ImageContent]) -> discord.ui.View | None:
+    """Share/Link/Delete rows for each image (at most 5 rows: one per image)."""
+    view = discord.ui.View(timeout=None)
+    for content in list(contents)[:5]:
+        for action in OWNER_ACTIONS:
+            button = OwnerButton(action, content.record.public_id)
+            button.item.row = len(view.children) // 3
+            view.add_item(button)
+    return view

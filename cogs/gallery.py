@@ -1,0 +1,214 @@
+"""Seeing and managing your images: `/gallery`, `/view`, `/visibility`, `/delete`,
+`/access-log`, `/report`, and the owner's buttons on delivered images."""
+
+from __future__ import annotations
+
+import io
+from typing import Literal
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.core.errors import NotFound
+from bot.core.models import Removal
+from cogs._options import owned_image_autocomplete, visible_image_autocomplete, when
+from cogs._replies import reply, report_error
+from cogs._viewer import viewer_from
+from cogs._views import confirm, owner_buttons
+
+GALLERY_PAGE = 10  # one embed and one thumbnail per image; Discord allows 10 per message
+
+
+def removal_text(removal: Removal, retracted: int) -> str:
+    text = (f"Deleted {len(removal.image_ids)} image{'s' if len(removal.image_ids) != 1 else ''}"
+            f": the file, its key, its links and shares are gone, and {retracted} "
+            f"message{'s' if retracted != 1 else ''} carrying it were retracted.")
+    if removal.ephemeral_copies:
+        text += (f" {removal.ephemeral_copies} ephemeral copies cannot be retracted; they vanish "
+                 "when the recipient's Discord is closed.")
+    return text
+
+
+class Gallery(commands.Cog):
+    def __init__(self, bot) -> None:
+        self.bot = bot
+        self.veil = bot.veil
+
+    async def cog_load(self) -> None:
+        self.bot.owner_button_handler = self.on_owner_button
+
+    async def cog_unload(self) -> None:
+        self.bot.owner_button_handler = None
+
+    @app_commands.command(name="gallery",
+                          description="Your images and those shared with you, newest first.")
+    @app_commands.describe(page="Page number (10 images a page)")
+    async def gallery(self, interaction: discord.Interaction,
+                      page: app_commands.Range[int, 1, 1000] = 1) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        viewer = await viewer_from(interaction)
+        result = await self.veil.images.gallery(viewer, page, per_page=GALLERY_PAGE)
+        if not result.items:
+            text = ("Nothing here yet. Make an image with /imagine or /upload." if page == 1
+                    else f"There is no page {page}.")
+            await interaction.followup.send(text, ephemeral=True)
+            return
+        embeds, files = [], []
+        for item in result.items:
+            thumb = await self.veil.images.decrypt(item.record, thumbnail=True)
+            files.append(discord.File(io.BytesIO(thumb.data), filename=thumb.filename))
+            owner = "yours" if item.mine else f"shared by <@{item.record.owner_id}>"
+            embed = discord.Embed(title=item.record.public_id,
+                                  description=f"{item.record.visibility} · {owner} · "
+                                              f"{when(item.record.created_at)}")
+            embed.set_thumbnail(url=f"attachment://{thumb.filename}")
+            embeds.append(embed)
+        more = f" More on page {page + 1}." if result.has_more else ""
+        message = await interaction.followup.send(
+            f"Page {page}. Use /view with an id to get the full image.{more}", embeds=embeds,
+            files=files, ephemeral=True, wait=True)
+        for item in result.items:
+            await self.veil.images.record_delivery(
+                item.record, kind="ephemeral", channel_id=message.channel.id if message.channel
+                else 0, message_id=message.id, recipient_id=viewer.user_id,
+                guild_id=interaction.guild_id)
+
+    @app_commands.command(name="view", description="Get one image you may see.")
+    @app_commands.describe(image="The image id")
+    @app_commands.autocomplete(image=visible_image_autocomplete)
+    async def view(self, interaction: discord.Interaction, image: str) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        viewer = await viewer_from(interaction)
+        content, decision = await self.veil.images.open(image, viewer)
+        mine = decision.via == "owner"
+        record = content.record
+        caption = f"Image `{record.public_id}` · {record.visibility}"
+        if not mine:
+            caption += f" · shared by <@{record.owner_id}>"
+        delivered = await self.bot.deliverer.deliver(
+            interaction, [content], caption=caption, grant_id=decision.grant_id,
+            view_factory=owner_buttons if mine else None)
+        await interaction.followup.send(delivered.note, ephemeral=True)
+
+    @app_commands.command(name="visibility", description="Make one of your images public or "
+                                                         "private.")
+    @app_commands.describe(image="The image id", setting="public or private")
+    @app_commands.autocomplete(image=owned_image_autocomplete)
+    async def visibility(self, interaction: discord.Interaction, image: str,
+                         setting: Literal["public", "private"]) -> None:
+        viewer = await viewer_from(interaction)
+        record, queued = await self.veil.images.set_visibility(image, viewer, setting)
+        text = f"`{record.public_id}` is now **{setting}**."
+        if setting == "public":
+            text += " It may appear in channels this server's moderators permitted."
+        if queued:
+            retracted = await self.bot.deliverer.retract_due()
+            text += f" Retracted {retracted} channel message{'s' if retracted != 1 else ''}."
+        await reply(interaction, text)
+
+    @app_commands.command(name="delete",
+                          description="Delete one of your images for good, everywhere.")
+    @app_commands.describe(image="The image id")
+    @app_commands.autocomplete(image=owned_image_autocomplete)
+    async def delete(self, interaction: discord.Interaction, image: str) -> None:
+        await self.confirm_and_delete(interaction, image)
+
+    async def confirm_and_delete(self, interaction: discord.Interaction, image: str) -> None:
+        viewer = await viewer_from(interaction)
+        record = await self.veil.images.get_owned(image, viewer)
+        ok, _ = await confirm(interaction, f"Delete `{record.public_id}` for good? Its links stop "
+                              "working and every message I posted with it is deleted.")
+        if not ok:
+            await interaction.followup.send("Kept it; nothing was deleted.", ephemeral=True)
+            return
+        removal = await self.veil.images.delete(record.public_id, viewer)
+        retracted = await self.bot.deliverer.retract_due()
+        await interaction.followup.send(removal_text(removal, retracted), ephemeral=True)
+
+    @app_commands.command(name="access-log",
+                          description="Who viewed your images, when, and through what.")
+    @app_commands.describe(image="Only this image (optional)")
+    @app_commands.autocomplete(image=owned_image_autocomplete)
+    async def access_log(self, interaction: discord.Interaction,
+                         image: str | None = None) -> None:
+        viewer = await viewer_from(interaction)
+        entries = await self.veil.images.view_log(viewer, image)
+        if not entries:
+            await reply(interaction, "Nobody else has viewed your images yet.")
+            return
+        lines = []
+        for e in entries:
+            who = (f"<@{e.viewer_id}>" if e.viewer_id else
+                   f"someone with link `{e.link_id}`" if e.link_id else "someone")
+            through = {"grant": "a share", "public": "public visibility", "link": "a link",
+                       "report": "a report to moderators"}.get(e.via, e.via)
+            agent = f" ({e.agent})" if e.agent else ""
+            lines.append(f"`{e.image_public_id}` · {who}{agent} · through {through} · "
+                         f"{when(e.at)}")
+        await reply(interaction, "\n".join(lines), allowed_mentions=discord.AllowedMentions.none())
+
+    @app_commands.command(name="report",
+                          description="Report an image shared with you to this server's "
+                                      "moderators.")
+    @app_commands.describe(image="The image id", reason="What is wrong with it")
+    @app_commands.autocomplete(image=visible_image_autocomplete)
+    async def report(self, interaction: discord.Interaction, image: str,
+                     reason: app_commands.Range[str, 1, 500]) -> None:
+        viewer = await viewer_from(interaction)
+        filed = await self.veil.moderation.report(viewer, image, reason)
+        await reply(interaction, f"Reported `{filed.image_public_id}` (report #{filed.id}). The "
+                                 "moderators of the server it came from can now review that one "
+                                 "image.")
+
+    # The owner's buttons on delivered images -------------------------------------------------
+
+    async def on_owner_button(self, interaction: discord.Interaction, action: str,
+                              image_id: str) -> None:
+        try:
+            viewer = await viewer_from(interaction)
+            record = await self.veil.images.get_owned(image_id, viewer)
+            if action == "delete":
+                await self.confirm_and_delete(interaction, record.public_id)
+            elif action == "link":
+                links_cog = self.bot.get_cog("Links")
+                await links_cog.create_and_reply(interaction, record.public_id, viewer)
+            else:
+                await interaction.response.send_message(
+                    f"Who should see `{record.public_id}`?",
+                    view=SharePicker(self, record.public_id), ephemeral=True)
+        except NotFound:
+            await reply(interaction, "Only the owner of this image can use these buttons.")
+        except Exception as error:  # buttons have no tree error handler of their own
+            await report_error(interaction, error)
+
+
+class SharePicker(discord.ui.View):
+    """A user/role picker shown by the Share button."""
+
+    def __init__(self, cog: Gallery, image_id: str) -> None:
+        super().__init__(timeout=120)
+        self.cog = cog
+        self.image_id = image_id
+
+    @discord.ui.select(cls=discord.ui.MentionableSelect, placeholder="Pick people or roles",
+                       min_values=1, max_values=10)
+    async def pick(self, interaction: discord.Interaction,
+                   select: discord.ui.MentionableSelect) -> None:
+        try:
+            viewer = await viewer_from(interaction)
+            names = []
+            for target in select.values:
+                kind = "role" if isinstance(target, discord.Role) else "user"
+                await self.cog.veil.sharing.grant(viewer, kind, target.id,
+                                                  image_public_id=self.image_id)
+                names.append(target.mention)
+            await interaction.response.edit_message(
+                content=f"Shared `{self.image_id}` with {', '.join(names)}.", view=None,
+                allowed_mentions=discord.AllowedMentions.none())
+        except Exception as error:
+            await report_error(interaction, error)
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(Gallery(bot))

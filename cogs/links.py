@@ -1,0 +1,87 @@
+"""Expiring links served by Veil's own web server: `/link create|list|revoke`."""
+
+from __future__ import annotations
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.core.models import ShareLink, Viewer
+from cogs._options import Duration, owned_image_autocomplete, when
+from cogs._replies import reply
+from cogs._viewer import viewer_from
+
+
+def describe_link(link: ShareLink, now: float) -> str:
+    views = f"{link.views}/{link.max_views}" if link.max_views else f"{link.views}"
+    return (f"`{link.public_id}` → `{link.image_public_id}` · {link.status(now)} · views {views}"
+            f" · expires {when(link.expires_at)}")
+
+
+async def link_autocomplete(interaction: discord.Interaction,
+                            current: str) -> list[app_commands.Choice[str]]:
+    veil = interaction.client.veil
+    links = await veil.links.links_of(Viewer(interaction.user.id))
+    now = veil.ctx.now()
+    return [app_commands.Choice(name=f"{link.public_id} → {link.image_public_id} "
+                                     f"({link.status(now)})", value=link.public_id)
+            for link in links if link.public_id.startswith(current.strip().lower())][:25]
+
+
+class Links(commands.GroupCog, group_name="link",
+            group_description="Expiring links to one of your images."):
+    def __init__(self, bot) -> None:
+        self.bot = bot
+        self.veil = bot.veil
+
+    async def create_and_reply(self, interaction: discord.Interaction, image: str,
+                               viewer: Viewer, *, expires: float | None = None,
+                               max_views: int | None = None, download: bool = False,
+                               watermark: bool = False) -> None:
+        new = await self.veil.links.create(image, viewer, expires_in=expires,
+                                           max_views=max_views, allow_download=download,
+                                           watermark=watermark)
+        url = f"{self.bot.settings.public_url}/l/{new.token}"
+        limit = f", {max_views} view{'s' if max_views != 1 else ''}" if max_views else ""
+        await reply(interaction,
+                    f"Link `{new.link.public_id}` to `{new.link.image_public_id}` "
+                    f"(expires {when(new.link.expires_at)}{limit}):\n{url}\n"
+                    "Anyone holding this URL can open the image until it expires or you run "
+                    "/link revoke. Chat previews of it show nothing and spend no view.")
+
+    @app_commands.command(name="create", description="Make an expiring link to one of your "
+                                                     "images.")
+    @app_commands.describe(image="The image id", expires="How long, like 30m, 12h, 7d "
+                           "(default 24h, capped by the server)", max_views="Stop after this "
+                           "many views", download="Let viewers download the file",
+                           watermark="Stamp the link id visibly on the image")
+    @app_commands.autocomplete(image=owned_image_autocomplete)
+    async def create(self, interaction: discord.Interaction, image: str,
+                     expires: Duration | None = None,
+                     max_views: app_commands.Range[int, 1, 1000] | None = None,
+                     download: bool = False, watermark: bool = False) -> None:
+        viewer = await viewer_from(interaction)
+        await self.create_and_reply(interaction, image, viewer, expires=expires,
+                                    max_views=max_views, download=download,
+                                    watermark=watermark)
+
+    @app_commands.command(name="list", description="List your links and their state.")
+    async def list_links(self, interaction: discord.Interaction) -> None:
+        links = await self.veil.links.links_of(Viewer(interaction.user.id))
+        if not links:
+            await reply(interaction, "You have no links. Make one with /link create.")
+            return
+        now = self.veil.ctx.now()
+        await reply(interaction, "\n".join(describe_link(link, now) for link in links[:30]))
+
+    @app_commands.command(name="revoke", description="Turn a link off now.")
+    @app_commands.describe(link="The link id (from /link list)")
+    @app_commands.autocomplete(link=link_autocomplete)
+    async def revoke(self, interaction: discord.Interaction, link: str) -> None:
+        revoked = await self.veil.links.revoke(link, await viewer_from(interaction))
+        await reply(interaction, f"Link `{revoked.public_id}` is off; it stops working on the "
+                                 "very next request.")
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(Links(bot))

@@ -1,0 +1,130 @@
+"""Your privacy: `/private on|off|status`, `/privacy`, `/export`, `/forget-me`."""
+
+from __future__ import annotations
+
+import io
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.core.durations import format_duration
+from cogs._replies import reply
+from cogs._views import confirm
+
+
+class Private(commands.GroupCog, group_name="private",
+              group_description="Private mode: everything you create from now on is private."):
+    def __init__(self, bot) -> None:
+        self.bot = bot
+        self.veil = bot.veil
+
+    @app_commands.command(name="on", description="Make everything you create from now on private.")
+    async def private_on(self, interaction: discord.Interaction) -> None:
+        await self.veil.privacy.set_private_mode(interaction.user.id, True)
+        await reply(interaction, "Private mode is **on**: new images reach only you and the "
+                                 "people you share them with.")
+
+    @app_commands.command(name="off",
+                          description="Let new images be public where moderators allow it.")
+    async def private_off(self, interaction: discord.Interaction) -> None:
+        await self.veil.privacy.set_private_mode(interaction.user.id, False)
+        status = await self.veil.privacy.status(interaction.user.id, interaction.guild_id)
+        text = ("Private mode is **off**: new images are public, and appear in channels that "
+                "this server's moderators permitted.")
+        if status.forced_by_server:
+            text += " This server forces private mode, so images made here stay private."
+        await reply(interaction, text)
+
+    @app_commands.command(name="status", description="Show whether private mode is on.")
+    async def private_status(self, interaction: discord.Interaction) -> None:
+        status = await self.veil.privacy.status(interaction.user.id, interaction.guild_id)
+        mode = "on" if status.private_mode else "off"
+        text = f"Private mode is **{mode}**."
+        if status.forced_by_server:
+            text += " This server forces private mode for everything made here."
+        await reply(interaction, text)
+
+
+class PrivacyTools(commands.Cog):
+    def __init__(self, bot) -> None:
+        self.bot = bot
+        self.veil = bot.veil
+
+    @app_commands.command(name="privacy",
+                          description="What Veil stores about you, and this server's policy.")
+    async def privacy(self, interaction: discord.Interaction) -> None:
+        status = await self.veil.privacy.status(interaction.user.id, interaction.guild_id)
+        lines = [
+            "**What Veil keeps about you**",
+            f"- Private mode: {'on' if status.private_mode else 'off'}",
+            f"- Images: {status.images} (encrypted; metadata removed before storing)",
+            f"- Active shares: {status.grants} · live links: {status.live_links} · "
+            f"groups: {status.groups}",
+            "- A key of yours that locks your images; `/forget-me` destroys it.",
+            "- Who viewed your images (`/access-log`), and ids of messages that carry them, so "
+            "`/delete` can retract them.",
+            "Veil never keeps original file names, and moderators cannot open your private "
+            "images unless someone you shared one with reports it.",
+        ]
+        if interaction.guild_id is not None:
+            policy = await self.veil.moderation.policy(interaction.guild_id)
+            retention = f"{policy.retention_days} days" if policy.retention_days else "none"
+            lines += [
+                "",
+                "**This server's policy**",
+                f"- Forced private mode: {'on' if policy.force_private else 'off'}",
+                f"- Links: {'on' if policy.links_enabled else 'off'}, at most "
+                f"{format_duration(policy.link_max_lifetime)}",
+                f"- Retention: {retention}",
+                f"- Channels where public images may appear: "
+                f"{' '.join(f'<#{c}>' for c in sorted(policy.permitted_channels)) or 'none'}",
+            ]
+        await reply(interaction, "\n".join(lines))
+
+    @app_commands.command(name="export", description="Get your images and records as a zip file.")
+    async def export(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        archive = await self.veil.privacy.export(interaction.user.id)
+        file = discord.File(io.BytesIO(archive), filename="veil-export.zip")
+        limit = getattr(interaction, "filesize_limit", 10 * 1024 * 1024)
+        if len(archive) > limit:
+            await interaction.followup.send(
+                "Your export is larger than Discord lets me send. Delete or download some images "
+                "with /view first, or ask the bot operator for `python -m bot` export help.",
+                ephemeral=True)
+            return
+        try:
+            await interaction.user.send("Your Veil export (images and records).", file=file)
+        except discord.Forbidden:
+            file = discord.File(io.BytesIO(archive), filename="veil-export.zip")
+            await interaction.followup.send("Your DMs are closed, so here is your export:",
+                                            file=file, ephemeral=True)
+            return
+        await interaction.followup.send("Sent your export to your DMs.", ephemeral=True)
+
+    @app_commands.command(name="forget-me",
+                          description="Delete everything Veil holds about you, key included.")
+    async def forget_me(self, interaction: discord.Interaction) -> None:
+        status = await self.veil.privacy.status(interaction.user.id)
+        ok, _ = await confirm(
+            interaction,
+            f"This deletes **all {status.images} of your images**, your shares, groups and links, "
+            "retracts every message I posted with your images, and destroys your key. "
+            "It cannot be undone.", confirm_label="Forget me")
+        if not ok:
+            await interaction.followup.send("Nothing was deleted.", ephemeral=True)
+            return
+        removal = await self.veil.privacy.forget(interaction.user.id)
+        retracted = await self.bot.deliverer.retract_due()
+        text = (f"Done. Deleted {len(removal.image_ids)} images and retracted {retracted} "
+                "messages. Veil no longer holds anything about you.")
+        if removal.ephemeral_copies:
+            text += (f" {removal.ephemeral_copies} ephemeral copies could not be retracted; "
+                     "they vanish when you close Discord.")
+        await interaction.followup.send(text, ephemeral=True)
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(Private(bot))
+    await bot.add_cog(PrivacyTools(bot))
