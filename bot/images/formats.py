@@ -1,0 +1,152 @@
+"""Which image formats Veil accepts, recognised by their bytes alone.
+
+A file's name and extension come from the uploader and prove nothing, so the type is read from
+the magic bytes at the start of the data. This module owns the allow-list, the mapping from an
+accepted input format to the format we store, and the names used to tell a user why a file of
+another type was refused.
+"""
+
+from typing import Final
+
+ACCEPTED_FORMATS_TEXT: Final = "PNG, JPEG, WebP or GIF"
+
+# Pillow format name of the input -> format of the sanitized output. GIF becomes PNG because we
+# keep only the first frame, and PNG stores that frame losslessly without GIF's 256-colour limit.
+OUTPUT_FORMAT: Final[dict[str, str]] = {
+    "PNG": "PNG",
+    "JPEG": "JPEG",
+    "WEBP": "WEBP",
+    "GIF": "PNG",
+}
+
+MIME_TYPE: Final[dict[str, str]] = {
+    "PNG": "image/png",
+    "JPEG": "image/jpeg",
+    "WEBP": "image/webp",
+}
+
+_PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
+
+# Types people commonly try to send, named so that the refusal can say what the file was.
+# Each entry is (offset, magic, name).
+_REFUSED_SIGNATURES: Final[tuple[tuple[int, bytes, str], ...]] = (
+    (0, b"BM", "BMP"),
+    (0, b"II*\x00", "TIFF"),
+    (0, b"MM\x00*", "TIFF"),
+    (0, b"%PDF", "PDF"),
+    (0, b"\x00\x00\x01\x00", "ICO"),
+    (0, b"8BPS", "Photoshop (PSD)"),
+    (0, b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (0, b"\xff\x4f\xff\x51", "JPEG 2000"),
+    (0, b"PK\x03\x04", "ZIP archive"),
+    (4, b"ftypavif", "AVIF"),
+    (4, b"ftypavis", "AVIF"),
+    (4, b"ftypheic", "HEIC"),
+    (4, b"ftypheix", "HEIC"),
+    (4, b"ftypmif1", "HEIF"),
+)
+
+
+def sniff_format(data: bytes) -> str | None:
+    """Return "PNG", "JPEG", "WEBP" or "GIF" if the bytes start like one of those, else None.
+
+    Only accepted formats are reported; anything else, however well known, is None.
+    """
+    if data.startswith(_PNG_SIGNATURE):
+        return "PNG"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    return None
+
+
+def name_refused_type(data: bytes) -> str | None:
+    """Name a well-known type we refuse (for the error message), or None if unrecognised."""
+    for offset, magic, name in _REFUSED_SIGNATURES:
+        if data[offset : offset + len(magic)] == magic:
+            return name
+    # SVG is XML text, so look for its root element near the start rather than a fixed magic.
+    head = data[:1024].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if head.startswith((b"<?xml", b"<svg", b"<!doctype svg")) and b"<svg" in head:
+        return "SVG"
+    return None
+
+
+def declared_size(data: bytes, source_format: str) -> tuple[int, int] | None:
+    """Width and height as the file's header declares them, read without decoding anything.
+
+    Returns None when the header is too short or unusual to read here; the caller then relies on
+    the size Pillow reports after its own (lazy) header parse.
+    """
+    if source_format == "PNG":
+        if data[12:16] != b"IHDR" or len(data) < 24:
+            return None
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if source_format == "GIF":
+        if len(data) < 10:
+            return None
+        return int.from_bytes(data[6:8], "little"), int.from_bytes(data[8:10], "little")
+    if source_format == "WEBP":
+        return _webp_size(data)
+    if source_format == "JPEG":
+        return _jpeg_size(data)
+    return None
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    chunk = data[12:16]
+    if chunk == b"VP8X" and len(data) >= 30:
+        # Extended format: the canvas size, each stored minus one in 24 bits.
+        return (
+            1 + int.from_bytes(data[24:27], "little"),
+            1 + int.from_bytes(data[27:30], "little"),
+        )
+    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a" and len(data) >= 30:
+        # Lossy key frame: 14-bit width and height after the start code.
+        return (
+            int.from_bytes(data[26:28], "little") & 0x3FFF,
+            int.from_bytes(data[28:30], "little") & 0x3FFF,
+        )
+    if chunk == b"VP8L" and len(data) >= 25 and data[20] == 0x2F:
+        # Lossless: two 14-bit fields, each minus one, after the 0x2F signature byte.
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    return None
+
+
+# Start-of-frame markers carry the frame size; C4 (DHT), C8 (JPG) and CC (DAC) share the range.
+_JPEG_SOF_MARKERS: Final = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# Markers that stand alone, without a length field: TEM and RST0-7 (and SOI).
+_JPEG_STANDALONE_MARKERS: Final = frozenset({0x01, *range(0xD0, 0xD9)})
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    position = 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:
+            # Fill byte before a marker.
+            position += 1
+            continue
+        if marker in _JPEG_STANDALONE_MARKERS:
+            position += 2
+            continue
+        if marker in (0xD9, 0xDA):
+            # End of image or start of scan before any frame header: nothing to read here.
+            return None
+        if marker in _JPEG_SOF_MARKERS:
+            if position + 9 > len(data):
+                return None
+            height = int.from_bytes(data[position + 5 : position + 7], "big")
+            width = int.from_bytes(data[position + 7 : position + 9], "big")
+            return width, height
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        if length < 2:
+            return None
+        position += 2 + length
+    return None

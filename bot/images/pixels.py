@@ -1,0 +1,132 @@
+"""Pixel-level sanitizing: upright orientation, a few plain modes, no hidden low bits, thumbnails.
+
+Everything here works on decoded pixels. It decides what the stored picture looks like; it does
+not read files or write bytes (that is the pipeline's job).
+"""
+
+import math
+from typing import Final
+
+from PIL import ExifTags, Image
+
+THUMBNAIL_SIDE: Final = 512
+# A thumbnail this close to THUMBNAIL_SIDE is accepted as is (see shrink_for_thumbnail).
+_CLOSE_ENOUGH: Final = 7 / 8
+
+# The transpose that undoes each EXIF orientation (values 2-8; 1 means "already upright").
+_UPRIGHT: Final[dict[int, Image.Transpose]] = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+# Alpha at or above this is treated as fully opaque. 254 only differs from 255 in the low bit,
+# which is exactly where stealth payloads live, and the low-bit scrub below maps it to 255.
+_OPAQUE_ALPHA: Final = 254
+
+# Lookup tables for Image.point, one 256-entry table per band.
+# Colour: zero the least significant bit, which destroys LSB payloads (A1111 stealth_rgbinfo and
+# the like) at a cost of at most 1/255 per channel, invisible to the eye.
+_COLOUR_LUT: Final = [value & 0xFE for value in range(256)]
+# Alpha: force the low bit to equal the top bit instead of zeroing it, so 0 (transparent) and
+# 255 (opaque) survive unchanged. The low bit then repeats what the picture already shows and
+# can carry nothing of its own, which defeats stealth_pnginfo/stealth_pngcomp.
+_ALPHA_LUT: Final = [value | 1 if value >= 128 else value & 0xFE for value in range(256)]
+_LOW_BIT_LUTS: Final[dict[str, list[int]]] = {
+    "L": _COLOUR_LUT,
+    "RGB": _COLOUR_LUT * 3,
+    "RGBA": _COLOUR_LUT * 3 + _ALPHA_LUT,
+}
+
+
+def upright(im: Image.Image) -> Image.Image:
+    """Rotate or flip the pixels as the EXIF orientation asks, so that dropping EXIF is safe.
+
+    Pillow's ImageOps.exif_transpose would also rewrite the EXIF we are about to discard and
+    copy the whole image when there is nothing to do; we only need the transpose.
+    """
+    try:
+        orientation = im.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:
+        # The EXIF is untrusted and is thrown away; a block too broken to parse simply gives no
+        # orientation, which is no reason to refuse otherwise good pixels.
+        return im
+    method = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
+    return im if method is None else im.transpose(method)
+
+
+def plain_mode(im: Image.Image) -> Image.Image:
+    """Convert to "L", "RGB" or "RGBA", the only modes we store.
+
+    Fewer modes mean fewer encoder paths to get right, and every output can be checked the same
+    way. An alpha channel that is opaque everywhere is dropped.
+    """
+    mode = im.mode
+    if mode in ("L", "RGB"):
+        return im
+    if mode == "RGBA":
+        return _without_opaque_alpha(im)
+    if mode == "1":
+        return im.convert("L")
+    if mode == "I" or mode.startswith("I;16"):
+        return _sixteen_bit_to_grey(im)
+    if mode == "CMYK":
+        return im.convert("RGB")
+    if mode == "LA":
+        return im.convert("L") if _alpha_is_opaque(im) else im.convert("RGBA")
+    if mode in ("P", "PA"):
+        if not im.has_transparency_data:
+            return im.convert("RGB")
+        return _without_opaque_alpha(im.convert("RGBA"))
+    # Anything else a decoder may hand us (premultiplied RGBa/La, YCbCr, ...) goes the same way.
+    if "A" in im.getbands() or "a" in im.getbands():
+        return _without_opaque_alpha(im.convert("RGBA"))
+    return im.convert("RGB")
+
+
+def scrub_low_bits(im: Image.Image) -> Image.Image:
+    """Make the least significant bit of every channel carry no hidden data (see the tables)."""
+    return im.point(_LOW_BIT_LUTS[im.mode])
+
+
+def shrink_for_thumbnail(im: Image.Image) -> Image.Image | None:
+    """A smaller copy whose longest side is at most THUMBNAIL_SIDE, or None if it already fits.
+
+    A box reduce by a whole factor reads the big image once and is the cheapest good
+    downscale Pillow has (a fraction of a Lanczos resize, or of decoding a JPEG again at a draft
+    scale). When the smallest factor that fits lands within an eighth of THUMBNAIL_SIDE, that
+    is the thumbnail; 2048 and 4096 pixel images land exactly on 512. Otherwise reduce by the
+    largest factor that stays above the target, then resize the remainder with bicubic.
+    """
+    width, height = im.size
+    longest = max(width, height)
+    if longest <= THUMBNAIL_SIDE:
+        return None
+    fitting_factor = math.ceil(longest / THUMBNAIL_SIDE)
+    if math.ceil(longest / fitting_factor) >= THUMBNAIL_SIDE * _CLOSE_ENOUGH:
+        return im.reduce(fitting_factor)
+    scale = THUMBNAIL_SIDE / longest
+    target = (max(1, round(width * scale)), max(1, round(height * scale)))
+    factor = longest // THUMBNAIL_SIDE
+    small = im.reduce(factor) if factor > 1 else im
+    return small.resize(target, Image.Resampling.BICUBIC)
+
+
+def _alpha_is_opaque(im: Image.Image) -> bool:
+    lowest, _ = im.getchannel("A").getextrema()
+    return lowest >= _OPAQUE_ALPHA
+
+
+def _without_opaque_alpha(im: Image.Image) -> Image.Image:
+    return im.convert("RGB") if _alpha_is_opaque(im) else im
+
+
+def _sixteen_bit_to_grey(im: Image.Image) -> Image.Image:
+    # Image.convert("L") clips 16-bit values at 255 instead of scaling them, which turns most
+    # of the picture white; divide by 257 first so that 65535 maps to 255 and 0 to 0.
+    wide = im if im.mode == "I" else im.convert("I")
+    return wide.point(lambda value: value / 257).convert("L")
