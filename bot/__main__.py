@@ -24,8 +24,10 @@ log = logging.getLogger("veil")
 
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    # discord.py's DEBUG output includes request bodies; never let it run below INFO.
-    logging.getLogger("discord").setLevel(max(logging.INFO, logging.getLevelName(level)))
+    # discord.py's DEBUG output includes request bodies and aiosqlite's includes SQL parameters
+    # (link selectors, wrapped keys): never let either run below INFO (guarantee 8).
+    for name in ("discord", "aiosqlite"):
+        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLevelName(level)))
 
 
 async def _open_veil(settings: Settings):

@@ -99,3 +99,18 @@ async def test_link_options_are_validated(veil):
         await veil.links.create(image.public_id, viewer(ALICE), max_views=0)
     with pytest.raises(NotFound):
         await veil.links.create(image.public_id, viewer(BOB))
+
+
+async def test_turning_links_off_stops_links_that_already_exist(veil):
+    _, new = await _link(veil)
+    await veil.moderation.update_policy(GUILD, MOD, links_enabled=False)
+    assert await veil.links.resolve(new.token) is None
+    await veil.moderation.update_policy(GUILD, MOD, links_enabled=True)
+    assert await veil.links.resolve(new.token) is not None
+
+
+async def test_a_lowered_server_maximum_shortens_existing_links(veil, clock):
+    _, new = await _link(veil, expires_in=86400)
+    await veil.moderation.update_policy(GUILD, MOD, link_max_lifetime=3600)
+    clock.advance(3601)
+    assert await veil.links.resolve(new.token) is None

@@ -188,10 +188,16 @@ class ImageService:
     async def log_view(self, image: ImageRecord, *, viewer_id: int | None, via: str,
                        link_id: str | None = None, agent: str | None = None) -> None:
         async with self.ctx.db.transaction() as tx:
-            await tx.execute(
-                "INSERT INTO view_log (image_id, owner_id, viewer_id, via, link_id, agent, at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (image.id, image.owner_id, viewer_id, via, link_id, agent, self.ctx.now()))
+            await self.log_view_in(tx, image, viewer_id=viewer_id, via=via, link_id=link_id,
+                                   agent=agent)
+
+    async def log_view_in(self, tx: Transaction, image: ImageRecord, *, viewer_id: int | None,
+                          via: str, link_id: str | None = None, agent: str | None = None) -> None:
+        """Add to the owner's view log: ids, the channel and a browser family; never a token."""
+        await tx.execute(
+            "INSERT INTO view_log (image_id, owner_id, viewer_id, via, link_id, agent, at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (image.id, image.owner_id, viewer_id, via, link_id, agent, self.ctx.now()))
 
     async def view_log(self, owner: Viewer, public_id: str | None = None,
                        limit: int = 20) -> list[ViewEntry]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bot.core.access import can_manage
 from bot.core.context import IMAGE_COLUMNS, Context, image_from_row, new_public_id
@@ -91,14 +91,22 @@ class LinkService:
             hmac.compare_digest(_hash(token[SELECTOR_CHARS:]), _DUMMY_HASH)
             return None
         row = await self.ctx.db.fetchone(
-            f"SELECT {_LINK_COLUMNS}, {', '.join('i.' + c for c in IMAGE_COLUMNS.split(', '))}"
-            " FROM links l JOIN images i ON i.id = l.image_id WHERE l.selector = ?",
+            f"SELECT {_LINK_COLUMNS}, {', '.join('i.' + c for c in IMAGE_COLUMNS.split(', '))},"
+            " p.links_enabled, p.link_max_lifetime"
+            " FROM links l JOIN images i ON i.id = l.image_id"
+            " LEFT JOIN guild_policy p ON p.guild_id = i.guild_id WHERE l.selector = ?",
             (token[:SELECTOR_CHARS],))
         expected = _DUMMY_HASH if row is None else row[10]
         if not hmac.compare_digest(_hash(token[SELECTOR_CHARS:]), expected) or row is None:
             return None
         link = _link_from_row(row)
-        image = image_from_row(row[11:])
+        image = image_from_row(row[11:24])
+        links_enabled, longest = row[24], row[25]
+        if links_enabled == 0:
+            return None  # moderators turned links off: existing links stop too
+        if longest is not None and link.expires_at > link.created_at + longest:
+            # A lowered server maximum shortens existing links as well.
+            link = replace(link, expires_at=link.created_at + longest)
         now = self.ctx.now()
         if link.status(now) != "live" or (image.expires_at is not None
                                           and now >= image.expires_at):
@@ -108,23 +116,28 @@ class LinkService:
     async def fetch(self, token: str, *, agent: str | None = None) -> tuple[ImageContent,
                                                                             ShareLink] | None:
         """Serve the image behind ``token``, counting one view atomically: with max_views=N,
-        exactly N fetches succeed however many run at once. None when the link is not live."""
+        exactly N fetches succeed however many run at once. None when the link is not live.
+
+        Decrypts before counting, so a failure to read the image spends no view; the count and
+        the owner's view log are written in one transaction."""
         target = await self.resolve(token)
         if target is None:
-            return None
-        async with self.ctx.db.transaction() as tx:
-            counted = await tx.execute(
-                "UPDATE links SET views = views + 1 WHERE id = ? AND revoked_at IS NULL"
-                " AND expires_at > ? AND (max_views IS NULL OR views < max_views)",
-                (target.row_id, self.ctx.now()))
-        if counted != 1:
             return None
         try:
             content = await self.images.decrypt(target.image)
         except NotFound:
             return None
-        await self.images.log_view(target.image, viewer_id=None, via="link",
-                                   link_id=target.link.public_id, agent=agent)
+        async with self.ctx.db.transaction() as tx:
+            now = self.ctx.now()
+            counted = await tx.execute(
+                "UPDATE links SET views = views + 1 WHERE id = ? AND revoked_at IS NULL"
+                " AND ? < ? AND (max_views IS NULL OR views < max_views)",
+                (target.row_id, now, target.link.expires_at))
+            if counted == 1:
+                await self.images.log_view_in(tx, target.image, viewer_id=None, via="link",
+                                              link_id=target.link.public_id, agent=agent)
+        if counted != 1:
+            return None
         return content, target.link
 
     async def revoke(self, link_public_id: str, owner: Viewer) -> ShareLink:
@@ -141,7 +154,7 @@ class LinkService:
                                  guild_id=owner.guild_id, image_ref=row[2],
                                  detail=f"link:{row[1]}")
         link = _link_from_row(row)
-        return ShareLink(**{**link.__dict__, "revoked": True})
+        return replace(link, revoked=True)
 
     async def links_of(self, owner: Viewer, image_public_id: str | None = None) -> list[ShareLink]:
         sql = (f"SELECT {_LINK_COLUMNS} FROM links l JOIN images i ON i.id = l.image_id"

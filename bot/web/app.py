@@ -1,0 +1,147 @@
+"""Veil's link server: the application factory, a runner to put it on a socket, and ``serve``.
+
+``create_app(veil, public_url=...)`` builds the aiohttp application over an open Veil (which the
+caller owns and closes). ``start_web(app, host, port)`` binds it and returns a ``WebServer``
+whose ``stop()`` lets requests in flight finish. ``serve(settings)`` is what ``python -m bot
+web`` runs: open Veil, serve until cancelled or sent SIGTERM, then close everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import quote, urlsplit
+
+from aiohttp import web
+
+from bot.web.logs import RedactingAccessLogger, install_log_redaction
+from bot.web.pages import Pages
+from bot.web.ratelimit import FailureLimiter, IPAddress, IPNetwork, RateLimit, parse_networks
+from bot.web.routes import LinkRoutes
+from bot.web.security import PAGES, add_security_headers, error_pages
+
+if TYPE_CHECKING:
+    from bot.config import Settings
+    from bot.core.veil import Veil
+
+log = logging.getLogger(__name__)
+
+WATERMARK_POOL = web.AppKey("veil_watermark_pool", ThreadPoolExecutor)
+# Watermarking is CPU work; two threads keep a burst of views from starving everything else.
+WATERMARK_THREADS = 2
+DEFAULT_RATE_LIMIT = RateLimit()
+
+
+def link_url(public_url: str, token: str) -> str:
+    """The address to hand out for a link: ``<public_url>/l/<token>``."""
+    return f"{public_url.rstrip('/')}/l/{quote(token, safe='')}"
+
+
+def create_app(veil: Veil, *, public_url: str,
+               trusted_proxies: Iterable[str | IPNetwork | IPAddress] = (),
+               clock: Callable[[], float] = time.time,
+               rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT) -> web.Application:
+    """The link server over ``veil``. ``rate_limit=None`` turns off the guessing throttle
+    (for tests that hammer one link from one address on purpose)."""
+    install_log_redaction()
+    app = web.Application(middlewares=[error_pages])
+    pages = Pages(urlsplit(public_url).path)
+    app[PAGES] = pages
+    limiter = FailureLimiter(rate_limit, clock) if rate_limit is not None else None
+    LinkRoutes(veil.links, veil.ctx.db, pages, limiter=limiter,
+               trusted_proxies=parse_networks(trusted_proxies), clock=clock,
+               executor=lambda: app.get(WATERMARK_POOL)).add_to(app)
+    app.on_response_prepare.append(add_security_headers)
+    app.cleanup_ctx.append(_watermark_pool)
+    return app
+
+
+async def _watermark_pool(app: web.Application) -> AsyncIterator[None]:
+    pool = ThreadPoolExecutor(max_workers=WATERMARK_THREADS,
+                              thread_name_prefix="veil-watermark")
+    app[WATERMARK_POOL] = pool
+    yield
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass(frozen=True)
+class WebServer:
+    """A running link server; ``stop()`` is graceful (requests in flight get to finish)."""
+
+    runner: web.AppRunner
+    site: web.TCPSite
+    host: str
+    port: int  # the bound port, also when 0 ("any free port") was asked for
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+    async def cleanup(self) -> None:
+        """The same as ``stop()``, for callers that treat the server like an AppRunner."""
+        await self.stop()
+
+
+async def start_web(app: web.Application, host: str, port: int, *,
+                    shutdown_timeout: float = 5.0) -> WebServer:
+    """Bind ``app`` to ``host:port`` (port 0: any free port; see ``WebServer.port``). The
+    access log goes through RedactingAccessLogger, which never writes a token."""
+    runner = web.AppRunner(app, access_log_class=RedactingAccessLogger,
+                           shutdown_timeout=shutdown_timeout, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound_host, bound_port = runner.addresses[0][:2]
+    return WebServer(runner, site, str(bound_host), int(bound_port))
+
+
+async def serve(settings: Settings) -> None:
+    """Run the link server from ``settings`` until cancelled or sent SIGTERM."""
+    from bot.core.veil import Veil  # the core loads only when a server really starts
+
+    veil = await Veil.open(settings.data_dir, master_key=settings.master_key)
+    async with veil:
+        app = create_app(veil, public_url=settings.public_url,
+                         trusted_proxies=settings.trusted_proxies)
+        server = await start_web(app, settings.web_host, settings.web_port)
+        log.info("Link server listening on %s; links point at %s", server.url,
+                 settings.public_url)
+        try:
+            await _until_terminated()
+        finally:
+            await server.stop()
+            log.info("Link server stopped")
+
+
+async def _until_terminated() -> None:
+    """Wait for SIGTERM (what a service manager or ``docker stop`` sends). Ctrl-C arrives as a
+    cancellation from ``asyncio.run``, which unwinds the same ``finally`` blocks."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    try:
+        loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    except (NotImplementedError, RuntimeError, ValueError):
+        # Windows, or not the main thread: cancellation is then the only way to stop.
+        await asyncio.Event().wait()
+        return
+    try:
+        await stopping.wait()
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(signal.SIGTERM)
+
