@@ -46,7 +46,25 @@ def migration_files() -> list[tuple[int, str, str]]:
     return found
 
 
-class Database:
+class _Reads:
+    """Queries that return rows, on whichever connection ``_conn`` is."""
+
+    _conn: aiosqlite.Connection
+
+    async def fetchall(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Row]:
+        async with self._conn.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    async def fetchone(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Row | None:
+        async with self._conn.execute(sql, params) as cur:
+            return await cur.fetchone()
+
+    async def fetchval(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
+        row = await self.fetchone(sql, params)
+        return None if row is None else row[0]
+
+
+class Database(_Reads):
     """One SQLite file. Open with ``await Database.open(path)``; close with ``await db.close()``."""
 
     def __init__(self, path: Path, writer: aiosqlite.Connection,
@@ -54,6 +72,7 @@ class Database:
         self.path = path
         self._writer = writer
         self._reader = reader
+        self._conn = reader  # reads outside a transaction never see one that is still open
         self._write_lock = asyncio.Lock()
 
     @classmethod
@@ -109,20 +128,6 @@ class Database:
     async def schema_version(self) -> int:
         return await self.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
 
-    # Reads -----------------------------------------------------------------------------
-
-    async def fetchall(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Row]:
-        async with self._reader.execute(sql, params) as cur:
-            return list(await cur.fetchall())
-
-    async def fetchone(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Row | None:
-        async with self._reader.execute(sql, params) as cur:
-            return await cur.fetchone()
-
-    async def fetchval(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
-        row = await self.fetchone(sql, params)
-        return None if row is None else row[0]
-
     # Writes ----------------------------------------------------------------------------
 
     @asynccontextmanager
@@ -143,7 +148,7 @@ class Database:
             await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
-class Transaction:
+class Transaction(_Reads):
     """The writer connection inside an open transaction."""
 
     def __init__(self, conn: aiosqlite.Connection) -> None:
@@ -161,18 +166,6 @@ class Transaction:
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         await self._conn.executemany(sql, rows)
-
-    async def fetchall(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Row]:
-        async with self._conn.execute(sql, params) as cur:
-            return list(await cur.fetchall())
-
-    async def fetchone(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Row | None:
-        async with self._conn.execute(sql, params) as cur:
-            return await cur.fetchone()
-
-    async def fetchval(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
-        row = await self.fetchone(sql, params)
-        return None if row is None else row[0]
 
 
 def _split_sql(script: str) -> list[str]:
