@@ -12,6 +12,7 @@ from PIL import Image
 
 from bot.core.models import Viewer
 from bot.core.veil import Veil
+from tests.e2e import veil_app  # noqa: F401  (the bot-against-the-double fixture, for every test)
 
 GUILD = 1_000_000_000_000_000_001
 OTHER_GUILD = 1_000_000_000_000_000_002

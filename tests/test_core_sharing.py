@@ -138,3 +138,9 @@ async def test_group_names_are_validated_and_unique_per_owner(veil):
     with pytest.raises(InvalidInput, match="already"):
         await veil.sharing.create_group(ALICE, "friends")
     await veil.sharing.create_group(BOB, "Friends")
+
+
+async def test_a_group_is_found_by_its_name_as_typed_even_with_extra_spaces(veil):
+    await veil.sharing.create_group(ALICE, "close   friends")
+    group = await veil.sharing.group(ALICE, " close  friends ")
+    assert group.name == "close friends"

@@ -136,11 +136,12 @@ class SharingService:
         return Group(group_id, owner_id, name)
 
     async def group(self, owner_id: int, name: str) -> Group:
+        name = " ".join(name.split())
         row = await self.ctx.db.fetchone(
             "SELECT id, owner_id, name FROM groups WHERE owner_id = ? AND name = ?",
-            (owner_id, name.strip()))
+            (owner_id, name))
         if row is None:
-            raise NotFound(f"You have no group called {name.strip()[:MAX_GROUP_NAME]!r}.")
+            raise NotFound(f"You have no group called {name[:MAX_GROUP_NAME]!r}.")
         members = await self.ctx.db.fetchall(
             "SELECT user_id FROM group_members WHERE group_id = ? ORDER BY user_id", (row[0],))
         return Group(row[0], row[1], row[2], tuple(m[0] for m in members))
