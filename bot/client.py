@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+import re
+import traceback
+from collections.abc import Awaitable, Callable, Mapping
 
 import discord
 from discord.ext import commands
@@ -27,6 +30,82 @@ log = logging.getLogger("veil.bot")
 
 RETRACT_EVERY_S = 30.0
 SWEEP_EVERY_S = 600.0
+
+# Loggers whose records may quote what travels on the wire. discord.py's DEBUG lines carry whole
+# gateway events (interaction tokens, command options such as prompts) and HTTP bodies (our
+# replies, link URLs included); aiosqlite's carry SQL parameters. A filter sees only the records
+# of the logger it is on, not those of its children, so each logger is named.
+WIRE_LOGGERS = ("discord.client", "discord.gateway", "discord.http", "discord.shard",
+                "discord.state", "discord.webhook.async_", "discord.app_commands.tree",
+                "discord.ui.view", "discord.ui.modal", "discord.ext.commands.bot", "aiosqlite")
+_TOKEN_IN_URL = re.compile(r"(/(?:interactions/\d+|webhooks/\d+)/)[A-Za-z0-9_.\-]+")
+
+
+def _withheld(value: object) -> object:
+    """A log argument, or a short stand-in when it is a payload that may hold secrets."""
+    if isinstance(value, dict) and "op" in value:
+        return f"<op {value.get('op')} {value.get('t') or ''} payload withheld>"
+    if isinstance(value, dict | list | tuple | set | bytes | bytearray | memoryview):
+        return f"<{type(value).__name__} withheld>"
+    if isinstance(value, functools.partial):
+        return f"<{getattr(value.func, '__name__', 'call')}(...) withheld>"
+    if isinstance(value, str) and value.lstrip().startswith(("{", "[")):
+        return "<body withheld>"
+    if type(value).__name__ in ("FormData", "WSMessage"):
+        return f"<{type(value).__name__} withheld>"
+    return value
+
+
+class WireLogRedactor(logging.Filter):
+    """Keeps every line of the libraries' logs, but never a payload, an interaction or webhook
+    token in a URL, or a registered secret such as the bot token (guarantee 8)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # A tuple replaced whole, never changed in place: aiosqlite logs from its own thread.
+        self.secrets: tuple[str, ...] = ()
+
+    def add_secrets(self, *secrets: str | None) -> None:
+        known = set(self.secrets) | {s for s in secrets if s}
+        self.secrets = tuple(sorted(known, key=len, reverse=True))
+
+    def scrub(self, text: str) -> str:
+        text = _TOKEN_IN_URL.sub(r"\1<token>", text)
+        for secret in self.secrets:
+            text = text.replace(secret, "<secret>")
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        template, args = str(record.msg), record.args
+        try:
+            if not args:
+                message = template
+            elif isinstance(args, Mapping) and "%(" in template:
+                message = template % {k: _withheld(v) for k, v in args.items()}
+            elif isinstance(args, Mapping):  # one dict argument, which logging unwraps
+                message = template % (_withheld(dict(args)),)
+            else:
+                message = template % tuple(_withheld(a) for a in args)
+        except (TypeError, ValueError, KeyError):
+            message = template
+        record.msg, record.args = self.scrub(message), None
+        if record.exc_info:
+            record.exc_text = self.scrub("".join(
+                traceback.format_exception(*record.exc_info))).rstrip("\n")
+            record.exc_info = None
+        return True
+
+
+LOG_REDACTOR = WireLogRedactor()
+
+
+def redact_wire_logs(*secrets: str | None) -> None:
+    """Install the redactor on the libraries' loggers (once) and register ``secrets``."""
+    LOG_REDACTOR.add_secrets(*secrets)
+    for name in WIRE_LOGGERS:
+        logger = logging.getLogger(name)
+        if LOG_REDACTOR not in logger.filters:
+            logger.addFilter(LOG_REDACTOR)
 
 
 class VeilBot(commands.Bot):
@@ -47,6 +126,12 @@ class VeilBot(commands.Bot):
         self._background: list[asyncio.Task] = []
         self._web_runner = None
         self.retract_wakeup = asyncio.Event()
+        self._retract_lock = asyncio.Lock()
+        redact_wire_logs(settings.discord_token)
+
+    async def login(self, token: str) -> None:
+        redact_wire_logs(token)
+        await super().login(token)
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:
@@ -83,15 +168,29 @@ class VeilBot(commands.Bot):
     def wake_retractions(self) -> None:
         self.retract_wakeup.set()
 
+    async def retract_now(self) -> int:
+        """Delete every message waiting in the retraction outbox now, in as many passes as it
+        takes (one pass handles a batch); returns how many went. What Discord refuses stays
+        queued, with back-off, for the background loop."""
+        done = 0
+        async with self._retract_lock:
+            while passed := await self.deliverer.retract_due():
+                done += passed
+        return done
+
     async def _retraction_loop(self) -> None:
         await self.wait_until_ready()
         while not self.is_closed():
             try:
-                await self.deliverer.retract_due()
+                async with self._retract_lock:
+                    await self.deliverer.retract_due()
             except Exception:
                 log.exception("Retraction pass failed; will try again")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.retract_wakeup.wait(), RETRACT_EVERY_S)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that
+            # arrives as the event is set, and close() would then wait for this loop forever.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RETRACT_EVERY_S):
+                    await self.retract_wakeup.wait()
             self.retract_wakeup.clear()
 
     async def _retention_loop(self) -> None:

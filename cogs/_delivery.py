@@ -1,9 +1,11 @@
 """Delivering images only where policy allows (DESIGN section 4), and retracting them later.
 
 The only code in Veil that posts image bytes to Discord. The place comes from
-``bot.core.access.place_for``: a channel only for a public image in a channel moderators
-permitted; otherwise a DM; and if the recipient's DMs are closed, an ephemeral followup that only
-they can see. Every message carrying an image is recorded so deletion can retract it.
+``bot.core.access.place_for``: a channel only for a public image, in the server it came from, in a
+channel moderators permitted; otherwise a DM; and if the recipient's DMs are closed, an ephemeral
+followup that only they can see. Every message carrying an image is recorded so deletion can
+retract it. When Discord itself fails a DM, nothing falls back to a copy we could not retract:
+the user is told the image is stored and how to get it (``DeliveryFailed``).
 
 Commands that deliver images defer *ephemerally* (``deliver`` does it if they did not): the first
 followup after a defer inherits the defer's visibility, so a public defer could otherwise turn a
@@ -22,7 +24,7 @@ import discord
 
 from bot.core.access import place_for
 from bot.core.errors import VeilError
-from bot.core.models import ImageContent
+from bot.core.models import ImageContent, ImageRecord
 
 log = logging.getLogger("veil.delivery")
 
@@ -32,6 +34,7 @@ EPHEMERAL_WARNING = (
     "retracted if the image is deleted later; allow DMs from this server's members to keep "
     "full control.")
 MAX_RETRACTION_ATTEMPTS = 12
+NO_PINGS = discord.AllowedMentions.none()
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,14 @@ class Delivered:
 
 class DeliveryFailed(VeilError):
     pass
+
+
+def not_delivered(records: Sequence[ImageRecord]) -> DeliveryFailed:
+    ids = ", ".join(f"`{r.public_id}`" for r in records)
+    where = ("it is stored, and /view with that id sends it" if len(records) == 1
+             else "they are stored, and /view with each id sends them")
+    return DeliveryFailed(f"Discord did not accept my message just now, so {ids} did not "
+                          f"arrive. Nothing was lost: {where} again in a minute.")
 
 
 def _files(contents: Sequence[ImageContent]) -> list[discord.File]:
@@ -74,7 +85,10 @@ class Deliverer:
         in_guild = interaction.guild_id is not None
         permitted = await self.veil.moderation.channel_permitted(interaction.guild_id,
                                                                  interaction.channel_id)
-        places = {place_for(r, in_guild=in_guild, channel_permitted=permitted) for r in records}
+        # A public image is public in the server it came from: in any other server's channel,
+        # even a permitted one, it goes privately to the person who asked.
+        places = {place_for(r, in_guild=in_guild and r.guild_id == interaction.guild_id,
+                            channel_permitted=permitted) for r in records}
         limit = getattr(interaction, "filesize_limit", 10 * 1024 * 1024)
         if not _fits(contents, limit):
             raise DeliveryFailed("That image is larger than Discord lets me attach here. "
@@ -84,11 +98,14 @@ class Deliverer:
         if places == {"channel"} and interaction.channel is not None:
             try:
                 message = await interaction.channel.send(
-                    caption, files=_files(contents),
+                    caption, files=_files(contents), allowed_mentions=NO_PINGS,
                     **({"view": view} if view is not None else {}))
             except discord.Forbidden:
                 note_prefix = ("I may not post images in this channel (missing permission), so "
                                "I sent it privately instead. ")
+            except discord.HTTPException:
+                note_prefix = ("Discord did not accept my post in this channel just now, so I "
+                               "sent it privately instead. ")
             else:
                 await self._record(records, message, "channel", interaction, None, grant_id)
                 return Delivered("channel", "Posted in this channel.", message)
@@ -103,13 +120,20 @@ class Deliverer:
             message = await interaction.user.send(caption, files=_files(contents), **extra)
         except discord.Forbidden:
             pass  # DMs closed (50007) or blocked: fall back to an ephemeral copy
+        except discord.HTTPException as error:
+            # A fault on Discord's side: an ephemeral copy could not be retracted later, so
+            # rather than fall back to one, say that the image is safe and how to get it.
+            raise not_delivered(records) from error
         else:
             await self._record(records, message, "dm", interaction, interaction.user.id,
                                grant_id)
             where = "your DMs" if interaction.guild_id is not None else "this chat"
             return Delivered("dm", f"{note_prefix}Sent to {where}.", message)
-        message = await interaction.followup.send(caption, files=_files(contents),
-                                                  ephemeral=True, wait=True, **extra)
+        try:
+            message = await interaction.followup.send(caption, files=_files(contents),
+                                                      ephemeral=True, wait=True, **extra)
+        except discord.HTTPException as error:
+            raise not_delivered(records) from error
         await self._record(records, message, "ephemeral", interaction, interaction.user.id,
                            grant_id)
         return Delivered("ephemeral", note_prefix + EPHEMERAL_WARNING, message)

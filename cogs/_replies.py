@@ -17,6 +17,8 @@ from bot.core.errors import VeilError
 
 log = logging.getLogger("veil.errors")
 
+CANNOT_DM = 50007  # Discord's "Cannot send messages to this user"
+
 
 async def reply(interaction: discord.Interaction, content: str | None = None, *,
                 ephemeral: bool = True, **kwargs) -> None:
@@ -44,6 +46,9 @@ def message_for(error: BaseException) -> str | None:
         if isinstance(current, app_commands.BotMissingPermissions):
             missing = ", ".join(p.replace("_", " ") for p in current.missing_permissions)
             return f"I am missing permissions here: {missing}. Ask a moderator to grant them."
+        if isinstance(current, discord.Forbidden) and current.code == CANNOT_DM:
+            return ("I cannot send you a direct message: your DMs are closed to me. Allow "
+                    "direct messages from this server's members, then try again.")
         if isinstance(current, discord.Forbidden):
             return ("Discord refused that: I am missing a permission in this channel. "
                     "Ask a moderator to check my role, or use me in DMs.")

@@ -35,16 +35,18 @@ class NotModerator(app_commands.CheckFailure):
     """Raised by ``moderators_only``; the error handler explains it."""
 
 
+async def ensure_moderator(interaction: discord.Interaction) -> bool:
+    """True for a moderator of the server the interaction comes from; otherwise raises an error
+    whose message the central error path shows to the user."""
+    if interaction.guild_id is None:
+        raise app_commands.NoPrivateMessage("Moderator commands work inside a server.")
+    if not (await viewer_from(interaction)).is_moderator:
+        raise NotModerator("Only this server's moderators (Manage Server, or the moderator "
+                           "role set with /admin mod-role) can do that.")
+    return True
+
+
 def moderators_only():
     """Enforce moderator rights on the server side. ``default_permissions`` is only a hint to
     Discord's interface; this check is what actually guards every admin command."""
-
-    async def predicate(interaction: discord.Interaction) -> bool:
-        if interaction.guild_id is None:
-            raise app_commands.NoPrivateMessage("Moderator commands work inside a server.")
-        if not (await viewer_from(interaction)).is_moderator:
-            raise NotModerator("Only this server's moderators (Manage Server, or the moderator "
-                               "role set with /admin mod-role) can do that.")
-        return True
-
-    return app_commands.check(predicate)
+    return app_commands.check(ensure_moderator)

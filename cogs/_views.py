@@ -62,7 +62,7 @@ async def confirm(interaction: discord.Interaction, question: str, *,
             item.disabled = True
         try:
             await interaction.edit_original_response(
-                content=f"{question}\n\nNo answer within {int(wait_s)} s: nothing was changed.",
+                content=f"{question}\n\nNo answer in time, so nothing was changed.",
                 view=view)
         except discord.HTTPException:
             pass
@@ -92,7 +92,11 @@ class OwnerButton(discord.ui.DynamicItem[discord.ui.Button],
         return cls(match["action"], match["image"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        handler = interaction.client.owner_button_handler
+        handler = getattr(interaction.client, "owner_button_handler", None)
+        if handler is None:  # the gallery cog is unloaded (being reloaded, for instance)
+            await interaction.response.send_message(
+                "These buttons are unavailable for a moment; try again shortly.", ephemeral=True)
+            return
         await handler(interaction, self.action, self.image_id)
 
 

@@ -14,15 +14,59 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.core.durations import format_duration
-from bot.core.models import GuildPolicy
+from bot.core.errors import InvalidInput
+from bot.core.models import GuildPolicy, Removal
 from cogs._options import Duration, when
 from cogs._replies import reply
-from cogs._viewer import NotModerator, viewer_from
+from cogs._viewer import ensure_moderator, viewer_from
 from cogs._views import confirm
 from cogs.gallery import removal_text
 
 OnOff = Literal["on", "off"]
 NO_PINGS = discord.AllowedMentions.none()
+MAX_REPLY_CHARS = 1900
+
+
+def fit_lines(lines: list[str], limit: int = MAX_REPLY_CHARS) -> str:
+    """As many whole lines as fit in one message (never a mention or timestamp cut in half),
+    and how many did not."""
+    kept: list[str] = []
+    size = 0
+    for index, line in enumerate(lines):
+        rest = len(lines) - index - 1
+        reserve = len(f"\n… and {rest} more") if rest else 0
+        if size + len(line) + 1 + reserve > limit:
+            return "\n".join(kept) + f"\n… and {len(lines) - index} more"
+        kept.append(line)
+        size += len(line) + 1
+    return "\n".join(kept)
+
+
+def removal_report(removal: Removal, retracted: int) -> str:
+    """``removal_text``, plus what is still waiting because Discord refused it for now."""
+    text = removal_text(removal, retracted)
+    waiting = removal.retractions_queued - retracted
+    if waiting > 0:
+        text += (f" {waiting} more will be retracted as soon as Discord lets me; "
+                 "I keep trying.")
+    return text
+
+
+def posting_problem(channel: discord.abc.GuildChannel | discord.Thread) -> str | None:
+    """Why Veil could not post an image in ``channel`` right now, or None when it can."""
+    me = channel.guild.me
+    if me is None:
+        return None
+    perms = channel.permissions_for(me)
+    send = perms.send_messages_in_threads if isinstance(channel, discord.Thread) \
+        else perms.send_messages
+    missing = [name for name, ok in (("View Channel", perms.view_channel),
+                                     ("Send Messages", send),
+                                     ("Attach Files", perms.attach_files)) if not ok]
+    if not missing:
+        return None
+    return (f"Note: I cannot post images in {channel.mention} yet (missing {', '.join(missing)}); "
+            "until my role gets that, images asked there go to DMs.")
 
 
 def describe_policy(policy: GuildPolicy) -> str:
@@ -41,7 +85,8 @@ def describe_policy(policy: GuildPolicy) -> str:
 
 async def report_image_autocomplete(interaction: discord.Interaction,
                                     current: str) -> list[app_commands.Choice[str]]:
-    if interaction.guild_id is None:
+    # Checks do not run for autocomplete, and reported ids are for moderators' eyes only.
+    if interaction.guild_id is None or not (await viewer_from(interaction)).is_moderator:
         return []
     reports = await interaction.client.veil.moderation.reports(interaction.guild_id)
     seen = []
@@ -60,12 +105,7 @@ class Admin(commands.GroupCog, group_name="admin",
         self.veil = bot.veil
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        if interaction.guild_id is None:
-            raise app_commands.NoPrivateMessage("Moderator commands work inside a server.")
-        if not (await viewer_from(interaction)).is_moderator:
-            raise NotModerator("Only this server's moderators (Manage Server, or the moderator "
-                               "role set with /admin mod-role) can do that.")
-        return True
+        return await ensure_moderator(interaction)
 
     async def _policy_reply(self, interaction: discord.Interaction, heading: str,
                             **changes: object) -> None:
@@ -83,8 +123,9 @@ class Admin(commands.GroupCog, group_name="admin",
                             channel: discord.TextChannel | discord.Thread) -> None:
         await self.veil.moderation.allow_channel(interaction.guild_id, channel.id,
                                                  interaction.user.id)
-        await reply(interaction, f"Public images may now be posted in {channel.mention}. "
-                                 "Private images never are.")
+        text = f"Public images may now be posted in {channel.mention}. Private images never are."
+        problem = posting_problem(channel)
+        await reply(interaction, f"{text}\n{problem}" if problem else text)
 
     @app_commands.command(name="channel-deny",
                           description="Stop public images from being posted in a channel.")
@@ -122,8 +163,9 @@ class Admin(commands.GroupCog, group_name="admin",
                                                     "here.")
     @app_commands.describe(setting="on or off")
     async def links(self, interaction: discord.Interaction, setting: OnOff) -> None:
-        await self._policy_reply(interaction, f"Links are now **{setting}**.",
-                                 links_enabled=setting == "on")
+        heading = ("Links are now **on**." if setting == "on" else
+                   "Links are now **off**: existing links to images made here stop working too.")
+        await self._policy_reply(interaction, heading, links_enabled=setting == "on")
 
     @app_commands.command(name="link-max-lifetime",
                           description="The longest a link to an image made here may live.")
@@ -131,7 +173,8 @@ class Admin(commands.GroupCog, group_name="admin",
     async def link_max_lifetime(self, interaction: discord.Interaction,
                                 duration: Duration) -> None:
         await self._policy_reply(interaction, f"Links now live at most "
-                                 f"**{format_duration(duration)}**.", link_max_lifetime=duration)
+                                 f"**{format_duration(duration)}**; existing links that would "
+                                 "live longer end sooner.", link_max_lifetime=duration)
 
     @app_commands.command(name="retention",
                           description="Delete images made here after this many days (0: off).")
@@ -141,16 +184,24 @@ class Admin(commands.GroupCog, group_name="admin",
         await self._policy_reply(interaction, f"Images made here are now kept {days} days."
                                  if days else "Retention is off.", retention_days=days or None)
         if days:
-            result = await self.veil.retention.sweep()
-            retracted = await self.bot.deliverer.retract_due()
-            await interaction.followup.send(f"Removed {result.images} images older than that "
-                                            f"and retracted {retracted} messages.", ephemeral=True)
+            before = (await self.veil.moderation.stats(interaction.guild_id))["images"]
+            await self.veil.retention.sweep()
+            retracted = await self.bot.retract_now()
+            after = (await self.veil.moderation.stats(interaction.guild_id))["images"]
+            removed = max(0, before - after)
+            await interaction.followup.send(
+                f"Removed {removed} image{'s' if removed != 1 else ''} made here more than "
+                f"{days} days ago, and retracted {retracted} "
+                f"message{'s' if retracted != 1 else ''} carrying them.", ephemeral=True)
 
     @app_commands.command(name="mod-role",
                           description="Give a role Veil's moderator rights (empty: clear).")
     @app_commands.describe(role="The moderator role; leave empty to clear it")
     async def mod_role(self, interaction: discord.Interaction,
                        role: discord.Role | None = None) -> None:
+        if role is not None and role.is_default():
+            raise InvalidInput("@everyone cannot be the moderator role: it would make every "
+                               "member a moderator. Pick or create a role for moderators.")
         await self._policy_reply(interaction, "Moderator role updated.",
                                  mod_role_id=role.id if role else None)
 
@@ -169,8 +220,8 @@ class Admin(commands.GroupCog, group_name="admin",
             await interaction.followup.send("Nothing was deleted.", ephemeral=True)
             return
         removal = await self.veil.moderation.purge(await viewer_from(interaction), member.id)
-        retracted = await self.bot.deliverer.retract_due()
-        await interaction.followup.send(removal_text(removal, retracted), ephemeral=True)
+        retracted = await self.bot.retract_now()
+        await interaction.followup.send(removal_report(removal, retracted), ephemeral=True)
 
     @app_commands.command(name="takedown", description="Delete one image made in this server, "
                                                        "without viewing it.")
@@ -179,8 +230,8 @@ class Admin(commands.GroupCog, group_name="admin",
     async def takedown(self, interaction: discord.Interaction, image: str) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         removal = await self.veil.moderation.takedown(await viewer_from(interaction), image)
-        retracted = await self.bot.deliverer.retract_due()
-        await interaction.followup.send(removal_text(removal, retracted), ephemeral=True)
+        retracted = await self.bot.retract_now()
+        await interaction.followup.send(removal_report(removal, retracted), ephemeral=True)
 
     # Oversight -----------------------------------------------------------------------------
 
@@ -202,7 +253,7 @@ class Admin(commands.GroupCog, group_name="admin",
             image = f" `{e.image_ref}`" if e.image_ref else ""
             detail = f" ({e.detail})" if e.detail else ""
             lines.append(f"{when(e.at)} {actor} **{e.action}**{image}{target}{detail}")
-        await reply(interaction, "\n".join(lines)[:1900], allowed_mentions=NO_PINGS)
+        await reply(interaction, fit_lines(lines), allowed_mentions=NO_PINGS)
 
     @app_commands.command(name="reports", description="Open reports about images made here.")
     async def reports(self, interaction: discord.Interaction) -> None:
@@ -212,8 +263,9 @@ class Admin(commands.GroupCog, group_name="admin",
             return
         lines = [f"#{r.id} `{r.image_public_id}` by <@{r.reporter_id}> {when(r.created_at)}: "
                  f"{r.reason}" for r in reports]
-        lines.append("Moderators may /view a reported image; /admin takedown removes it.")
-        await reply(interaction, "\n".join(lines)[:1900], allowed_mentions=NO_PINGS)
+        footer = "Moderators may /view a reported image; /admin takedown removes it."
+        body = fit_lines(lines, MAX_REPLY_CHARS - len(footer) - 1)
+        await reply(interaction, f"{body}\n{footer}", allowed_mentions=NO_PINGS)
 
     @app_commands.command(name="stats", description="How Veil is used in this server.")
     async def stats(self, interaction: discord.Interaction) -> None:

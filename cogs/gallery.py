@@ -18,15 +18,31 @@ from cogs._viewer import viewer_from
 from cogs._views import confirm, owner_buttons
 
 GALLERY_PAGE = 10  # one embed and one thumbnail per image; Discord allows 10 per message
+CONFIRM_WAIT_S = 60.0
+ONLY_THE_OWNER = "Only the owner of this image can use these buttons."
+GONE = "That image no longer exists: it was deleted."
 
 
-def removal_text(removal: Removal, retracted: int) -> str:
-    text = (f"Deleted {len(removal.image_ids)} image{'s' if len(removal.image_ids) != 1 else ''}"
-            f": the file, its key, its links and shares are gone, and {retracted} "
-            f"message{'s' if retracted != 1 else ''} carrying it were retracted.")
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
+
+
+def removal_text(removal: Removal, still_pending: int) -> str:
+    """What a deletion did. ``still_pending`` counts messages Discord did not let us delete yet
+    (they are retried in the background), so the text never claims more than happened."""
+    queued = removal.retractions_queued
+    messages = f"{plural(queued, 'message')} carrying it"
+    if still_pending:
+        retraction = (f"{messages} {'is' if queued == 1 else 'are'} being deleted (Discord "
+                      f"refused {still_pending} just now; I keep trying)")
+    else:
+        retraction = f"{messages} {'was' if queued == 1 else 'were'} deleted"
+    text = (f"Deleted {plural(len(removal.image_ids), 'image')}: the file, its key, its links "
+            f"and shares are gone, and {retraction}.")
     if removal.ephemeral_copies:
-        text += (f" {removal.ephemeral_copies} ephemeral copies cannot be retracted; they vanish "
-                 "when the recipient's Discord is closed.")
+        copies = plural(removal.ephemeral_copies, "ephemeral copy", "ephemeral copies")
+        text += (f" {copies} cannot be retracted; Discord removes those when the recipient's "
+                 "app reloads.")
     return text
 
 
@@ -34,6 +50,7 @@ class Gallery(commands.Cog):
     def __init__(self, bot) -> None:
         self.bot = bot
         self.veil = bot.veil
+        self.confirm_wait_s = CONFIRM_WAIT_S
 
     async def cog_load(self) -> None:
         self.bot.owner_button_handler = self.on_owner_button
@@ -85,7 +102,8 @@ class Gallery(commands.Cog):
         record = content.record
         caption = f"Image `{record.public_id}` · {record.visibility}"
         if not mine:
-            caption += f" · shared by <@{record.owner_id}>"
+            caption += {"grant": " · shared with you by", "report": " · reported, by"}.get(
+                decision.via, " · by") + f" <@{record.owner_id}>"
         delivered = await self.bot.deliverer.deliver(
             interaction, [content], caption=caption, grant_id=decision.grant_id,
             view_factory=owner_buttons if mine else None)
@@ -103,8 +121,11 @@ class Gallery(commands.Cog):
         if setting == "public":
             text += " It may appear in channels this server's moderators permitted."
         if queued:
-            retracted = await self.bot.deliverer.retract_due()
-            text += f" Retracted {retracted} channel message{'s' if retracted != 1 else ''}."
+            await self.bot.retract_now()
+            pending = min(queued, await self.veil.images.pending_retraction_count())
+            text += f" Deleted {plural(queued - pending, 'channel post')} of it."
+            if pending:
+                text += f" {plural(pending, 'more post')} will go as soon as Discord lets me."
         await reply(interaction, text)
 
     @app_commands.command(name="delete",
@@ -117,14 +138,18 @@ class Gallery(commands.Cog):
     async def confirm_and_delete(self, interaction: discord.Interaction, image: str) -> None:
         viewer = await viewer_from(interaction)
         record = await self.veil.images.get_owned(image, viewer)
-        ok, _ = await confirm(interaction, f"Delete `{record.public_id}` for good? Its links stop "
-                              "working and every message I posted with it is deleted.")
+        ok, view = await confirm(interaction, f"Delete `{record.public_id}` for good? Its links "
+                                 "stop working and every message I posted with it is deleted.",
+                                 wait_s=self.confirm_wait_s)
         if not ok:
-            await interaction.followup.send("Kept it; nothing was deleted.", ephemeral=True)
+            if view.value is False:  # on a timeout the prompt itself already says so
+                await interaction.followup.send("Kept it; nothing was deleted.", ephemeral=True)
             return
         removal = await self.veil.images.delete(record.public_id, viewer)
-        retracted = await self.bot.deliverer.retract_due()
-        await interaction.followup.send(removal_text(removal, retracted), ephemeral=True)
+        await self.bot.retract_now()
+        pending = min(removal.retractions_queued,
+                      await self.veil.images.pending_retraction_count())
+        await interaction.followup.send(removal_text(removal, pending), ephemeral=True)
 
     @app_commands.command(name="access-log",
                           description="Who viewed your images, when, and through what.")
@@ -178,7 +203,8 @@ class Gallery(commands.Cog):
                     f"Who should see `{record.public_id}`?",
                     view=SharePicker(self, record.public_id), ephemeral=True)
         except NotFound:
-            await reply(interaction, "Only the owner of this image can use these buttons.")
+            gone = await self.veil.ctx.image(image_id) is None
+            await reply(interaction, GONE if gone else ONLY_THE_OWNER)
         except Exception as error:  # buttons have no tree error handler of their own
             await report_error(interaction, error)
 
@@ -196,6 +222,9 @@ class SharePicker(discord.ui.View):
     async def pick(self, interaction: discord.Interaction,
                    select: discord.ui.MentionableSelect) -> None:
         try:
+            if any(getattr(target, "bot", False) for target in select.values):
+                await reply(interaction, "Bots cannot be shared with; pick people or roles.")
+                return
             viewer = await viewer_from(interaction)
             names = []
             for target in select.values:

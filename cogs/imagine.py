@@ -12,13 +12,16 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.core.errors import BadImage, GeneratorUnavailable
+from bot.core.errors import BadImage, GeneratorUnavailable, QueueFull
 from bot.core.models import ImageContent, ImageRecord, Viewer
 from bot.generate import GenerationRequest, Progress
+from cogs._delivery import DeliveryFailed
+from cogs._replies import report_error
 from cogs._viewer import viewer_from
 from cogs._views import owner_buttons
 
 PROGRESS_EVERY_S = 1.0
+RETRY_WAIT_S = 600.0  # shorter than an interaction token's 15 minutes, so expiry can be shown
 BAR_CELLS = 12
 
 
@@ -40,29 +43,51 @@ def summary(records: list[ImageRecord], note: str) -> str:
 
 
 class RetryView(discord.ui.View):
-    """Offered when the generator failed: one click tries the same request again."""
+    """Offered when the generator failed: one click tries the same request again. When the
+    offer times out (before the interaction's 15-minute token does) the button is disabled."""
 
-    def __init__(self, cog: Imagine, invoker_id: int, request: GenerationRequest,
-                 private: bool | None) -> None:
-        super().__init__(timeout=600)
-        self.cog, self.invoker_id = cog, invoker_id
-        self.request, self.private = request, private
+    def __init__(self, cog: Imagine, source: discord.Interaction, request: GenerationRequest,
+                 private: bool | None, text: str) -> None:
+        super().__init__(timeout=cog.retry_wait_s)
+        self.cog, self.source, self.invoker_id = cog, source, source.user.id
+        self.request, self.private, self.text = request, private, text
+
+    async def on_timeout(self) -> None:
+        for item in self.children:
+            item.disabled = True
+        try:
+            await self.source.edit_original_response(
+                content=f"{self.text}\n\nThis offer expired: run /imagine again.", view=self)
+        except discord.HTTPException:
+            pass  # the message is gone or its token expired: nothing left to tidy
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        return interaction.user.id == self.invoker_id
+        if interaction.user.id != self.invoker_id:
+            await interaction.response.send_message("Only the person who asked can try again.",
+                                                    ephemeral=True)
+            return False
+        return True
+
+    async def on_error(self, interaction: discord.Interaction, error: Exception,
+                       item: discord.ui.Item) -> None:
+        await report_error(interaction, error)
 
     @discord.ui.button(label="Try again", style=discord.ButtonStyle.primary)
     async def retry(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
         button.disabled = True
         await interaction.response.edit_message(content="Trying again…", view=self)
         self.stop()
-        await self.cog.run_generation(interaction, self.request, self.private, edit=False)
+        # The clicked message is this interaction's original response: progress, the result
+        # or a fresh "Try again" all land in that one message.
+        await self.cog.run_generation(interaction, self.request, self.private)
 
 
 class Imagine(commands.Cog):
     def __init__(self, bot) -> None:
         self.bot = bot
         self.veil = bot.veil
+        self.retry_wait_s = RETRY_WAIT_S
+        self.progress_every_s = PROGRESS_EVERY_S
 
     @app_commands.command(name="imagine", description="Generate images from a prompt.")
     @app_commands.describe(prompt="What to draw", private="Keep these private (default: your "
@@ -73,17 +98,17 @@ class Imagine(commands.Cog):
                       count: app_commands.Range[int, 1, 4] = 1) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         request = GenerationRequest(prompt=prompt, count=count)
-        await self.run_generation(interaction, request, private, edit=True)
+        await self.run_generation(interaction, request, private)
 
     async def run_generation(self, interaction: discord.Interaction, request: GenerationRequest,
-                             private: bool | None, *, edit: bool) -> None:
+                             private: bool | None) -> None:
         viewer = await viewer_from(interaction)
-        status = _StatusMessage(interaction, edit=edit)
+        status = _StatusMessage(interaction, self.progress_every_s)
         try:
             images = await self.bot.queue.submit(viewer.user_id, request, status.progress)
-        except GeneratorUnavailable as error:
-            await status.show(error.message, view=RetryView(self, viewer.user_id, request,
-                                                            private))
+        except (GeneratorUnavailable, QueueFull) as error:
+            await status.show(error.message, view=RetryView(self, interaction, request,
+                                                            private, error.message))
             return
         records = [await self.veil.images.create(
             viewer.user_id, data, guild_id=interaction.guild_id, source="generated",
@@ -93,10 +118,14 @@ class Imagine(commands.Cog):
     async def _deliver(self, interaction: discord.Interaction, viewer: Viewer,
                        records: list[ImageRecord], status: _StatusMessage) -> None:
         contents: list[ImageContent] = [await self.veil.images.decrypt(r) for r in records]
-        delivered = await self.bot.deliverer.deliver(
-            interaction, contents, caption=caption(records, viewer.user_id),
-            view_factory=owner_buttons)
-        await status.show(summary(records, delivered.note))
+        try:
+            delivered = await self.bot.deliverer.deliver(
+                interaction, contents, caption=caption(records, viewer.user_id),
+                view_factory=owner_buttons)
+        except DeliveryFailed as error:
+            await status.show(error.message, view=None)
+            return
+        await status.show(summary(records, delivered.note), view=None)
 
     @app_commands.command(name="upload",
                           description="Store an image privately (metadata is removed).")
@@ -105,10 +134,17 @@ class Imagine(commands.Cog):
     async def upload(self, interaction: discord.Interaction, image: discord.Attachment,
                      private: bool | None = None) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        limit = self.veil.ctx.limits.max_bytes
-        if image.size > limit:
+        limits = self.veil.ctx.limits
+        if image.size > limits.max_bytes:
             raise BadImage(f"The file is {image.size / 1e6:.1f} MB; the limit is "
-                           f"{limit / 1e6:.0f} MB.")
+                           f"{limits.max_bytes / 1e6:.0f} MB.")
+        # Discord reads the dimensions from the file's header: refuse a declared giant before
+        # downloading it (the pipeline checks the real header again after the download).
+        width, height = image.width or 0, image.height or 0
+        if width * height > limits.max_pixels or max(width, height) > limits.max_side:
+            raise BadImage(f"The image is {width}×{height} pixels; the limit is "
+                           f"{limits.max_pixels / 1e6:.0f} megapixels and {limits.max_side} "
+                           "pixels a side.")
         try:
             data = await image.read()
         except discord.HTTPException:
@@ -118,27 +154,35 @@ class Imagine(commands.Cog):
         record = await self.veil.images.create(viewer.user_id, data,
                                                guild_id=interaction.guild_id, source="upload",
                                                requested_private=private)
-        await self._deliver(interaction, viewer, [record], _StatusMessage(interaction, edit=True))
+        await self._deliver(interaction, viewer, [record],
+                            _StatusMessage(interaction, self.progress_every_s))
 
 
 class _StatusMessage:
-    """The one message that shows queue position and progress, edited in place (throttled)."""
+    """The one message that shows queue position and progress, edited in place (throttled):
+    the command's deferred reply, or the message whose "Try again" was clicked."""
 
-    def __init__(self, interaction: discord.Interaction, *, edit: bool) -> None:
+    def __init__(self, interaction: discord.Interaction, every_s: float) -> None:
         self.interaction = interaction
-        self.edit = edit
-        self._last = 0.0
-        self._last_stage = ""
+        self.every_s = every_s
+        self._last_bar: float | None = None
+        self._told_position: int | None = None
 
     async def progress(self, event: Progress) -> None:
-        now = time.monotonic()
-        stage_changed = event.stage != self._last_stage
-        if not stage_changed and now - self._last < PROGRESS_EVERY_S and event.fraction < 1.0:
-            return
-        self._last, self._last_stage = now, event.stage
+        # The generator awaits this callback, so an edit Discord rate-limits would stall the
+        # queue for everyone: at most one bar every ``every_s``, the first one at once.
         if event.queue_position is not None:
+            if event.queue_position == self._told_position:
+                return
+            self._told_position = event.queue_position
             text = f"Waiting for the generator: you are #{event.queue_position} in line."
         else:
+            now = time.monotonic()
+            if event.fraction >= 1.0:
+                return  # the result replaces the bar at once
+            if self._last_bar is not None and now - self._last_bar < self.every_s:
+                return
+            self._last_bar = now
             text = f"{progress_bar(event.fraction)} {event.stage}"
         try:
             await self.show(text)
@@ -146,11 +190,7 @@ class _StatusMessage:
             pass  # progress is a courtesy; the result still arrives
 
     async def show(self, text: str, **kwargs) -> None:
-        if self.edit:
-            await self.interaction.edit_original_response(content=text, **kwargs)
-        else:
-            await self.interaction.followup.send(text, ephemeral=True, **kwargs)
-            self.edit = True
+        await self.interaction.edit_original_response(content=text, **kwargs)
 
 
 async def setup(bot: commands.Bot) -> None:

@@ -10,12 +10,15 @@ from bot.core.models import ShareLink, Viewer
 from cogs._options import Duration, owned_image_autocomplete, when
 from cogs._replies import reply
 from cogs._viewer import viewer_from
+from cogs.share import fit_lines
 
 
 def describe_link(link: ShareLink, now: float) -> str:
     views = f"{link.views}/{link.max_views}" if link.max_views else f"{link.views}"
+    extras = "".join(f" · {name}" for name, on in (("download", link.allow_download),
+                                                     ("watermark", link.watermark)) if on)
     return (f"`{link.public_id}` → `{link.image_public_id}` · {link.status(now)} · views {views}"
-            f" · expires {when(link.expires_at)}")
+            f" · expires {when(link.expires_at)}{extras}")
 
 
 async def link_autocomplete(interaction: discord.Interaction,
@@ -23,9 +26,11 @@ async def link_autocomplete(interaction: discord.Interaction,
     veil = interaction.client.veil
     links = await veil.links.links_of(Viewer(interaction.user.id))
     now = veil.ctx.now()
-    return [app_commands.Choice(name=f"{link.public_id} → {link.image_public_id} "
-                                     f"({link.status(now)})", value=link.public_id)
-            for link in links if link.public_id.startswith(current.strip().lower())][:25]
+    # Only live links: revoking an expired, used-up or revoked one changes nothing.
+    return [app_commands.Choice(name=f"{link.public_id} → {link.image_public_id} · views "
+                                     f"{link.views}", value=link.public_id)
+            for link in links if link.status(now) == "live"
+            and link.public_id.startswith(current.strip().lower())][:25]
 
 
 class Links(commands.GroupCog, group_name="link",
@@ -47,7 +52,9 @@ class Links(commands.GroupCog, group_name="link",
                     f"Link `{new.link.public_id}` to `{new.link.image_public_id}` "
                     f"(expires {when(new.link.expires_at)}{limit}):\n{url}\n"
                     "Anyone holding this URL can open the image until it expires or you run "
-                    "/link revoke. Chat previews of it show nothing and spend no view.")
+                    "/link revoke. Chat previews of it show nothing and spend no view.",
+                    # No preview here: Discord's crawler need not be handed the token at all.
+                    suppress_embeds=True)
 
     @app_commands.command(name="create", description="Make an expiring link to one of your "
                                                      "images.")
@@ -72,7 +79,7 @@ class Links(commands.GroupCog, group_name="link",
             await reply(interaction, "You have no links. Make one with /link create.")
             return
         now = self.veil.ctx.now()
-        await reply(interaction, "\n".join(describe_link(link, now) for link in links[:30]))
+        await reply(interaction, fit_lines([describe_link(link, now) for link in links]))
 
     @app_commands.command(name="revoke", description="Turn a link off now.")
     @app_commands.describe(link="The link id (from /link list)")

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import io
+import zipfile
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot.core.durations import format_duration
+from bot.core.models import DeliveryKind, ImageRecord
+from bot.core.users import MAX_EXPORT_IMAGES
 from cogs._replies import reply
 from cogs._views import confirm
+
+RECORDS_FILE = "veil-export.json"
 
 
 class Private(commands.GroupCog, group_name="private",
@@ -85,23 +90,49 @@ class PrivacyTools(commands.Cog):
     @app_commands.command(name="export", description="Get your images and records as a zip file.")
     async def export(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        archive = await self.veil.privacy.export(interaction.user.id)
-        file = discord.File(io.BytesIO(archive), filename="veil-export.zip")
-        limit = getattr(interaction, "filesize_limit", 10 * 1024 * 1024)
-        if len(archive) > limit:
-            await interaction.followup.send(
-                "Your export is larger than Discord lets me send. Delete or download some images "
-                "with /view first, or ask the bot operator for `python -m bot` export help.",
-                ephemeral=True)
-            return
+        archive, carried, note = await self._build_export(interaction.user.id,
+                                                          interaction.filesize_limit)
+        caption = "Your Veil export." + note
+        if carried:
+            caption += " I remove this message if you delete any of these images."
         try:
-            await interaction.user.send("Your Veil export (images and records).", file=file)
+            message = await interaction.user.send(caption, file=_zip_file(archive))
         except discord.Forbidden:
-            file = discord.File(io.BytesIO(archive), filename="veil-export.zip")
-            await interaction.followup.send("Your DMs are closed, so here is your export:",
-                                            file=file, ephemeral=True)
+            message = await interaction.followup.send(
+                "Your DMs are closed, so here is your export (only you can see it). " + caption,
+                file=_zip_file(archive), ephemeral=True, wait=True)
+            await self._record(carried, message, "ephemeral", interaction)
             return
-        await interaction.followup.send("Sent your export to your DMs.", ephemeral=True)
+        await self._record(carried, message, "dm", interaction)
+        await interaction.followup.send("Sent your export to your DMs." + note, ephemeral=True)
+
+    async def _build_export(self, user_id: int,
+                            limit: int) -> tuple[bytes, list[ImageRecord], str]:
+        """The archive, the images it carries, and a note on anything left out."""
+        # Listed before and after building the archive, so every image it can hold is known.
+        before = await self.veil.images.owned(user_id, limit=MAX_EXPORT_IMAGES)
+        archive = await self.veil.privacy.export(user_id)
+        after = await self.veil.images.owned(user_id, limit=MAX_EXPORT_IMAGES)
+        carried = list({r.id: r for r in [*before, *after]}.values())
+        if len(archive) > limit:
+            note = (f" With your images it would be {len(archive) / 1e6:.1f} MB, over the "
+                    f"{limit / 1e6:.2g} MB Discord lets me send here, so it holds your records "
+                    "only; /view sends each image.")
+            return records_only(archive), [], note
+        total = (await self.veil.privacy.status(user_id)).images
+        if total > MAX_EXPORT_IMAGES:
+            return archive, carried, (f" It holds your newest {MAX_EXPORT_IMAGES} of {total} "
+                                      "images; /view sends any other one.")
+        return archive, carried, ""
+
+    async def _record(self, records: list[ImageRecord], message: discord.Message,
+                      kind: DeliveryKind, interaction: discord.Interaction) -> None:
+        """Remember the export as a message carrying these images, so deleting any of them (or
+        /forget-me) retracts it like every other copy (guarantee 5)."""
+        for record in records:
+            await self.veil.images.record_delivery(
+                record, kind=kind, channel_id=message.channel.id, message_id=message.id,
+                recipient_id=interaction.user.id, guild_id=interaction.guild_id)
 
     @app_commands.command(name="forget-me",
                           description="Delete everything Veil holds about you, key included.")
@@ -116,13 +147,30 @@ class PrivacyTools(commands.Cog):
             await interaction.followup.send("Nothing was deleted.", ephemeral=True)
             return
         removal = await self.veil.privacy.forget(interaction.user.id)
-        retracted = await self.bot.deliverer.retract_due()
+        retracted = await self.bot.retract_now()
         text = (f"Done. Deleted {len(removal.image_ids)} images and retracted {retracted} "
                 "messages. Veil no longer holds anything about you.")
+        waiting = removal.retractions_queued - retracted
+        if waiting > 0:
+            text += (f" {waiting} more messages will be retracted as soon as Discord lets me; "
+                     "I keep trying.")
         if removal.ephemeral_copies:
             text += (f" {removal.ephemeral_copies} ephemeral copies could not be retracted; "
                      "they vanish when you close Discord.")
         await interaction.followup.send(text, ephemeral=True)
+
+
+def _zip_file(archive: bytes) -> discord.File:
+    return discord.File(io.BytesIO(archive), filename="veil-export.zip")
+
+
+def records_only(archive: bytes) -> bytes:
+    """The export without its images: the records file alone, for exports too large to send."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(archive)) as full, \
+            zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as small:
+        small.writestr(RECORDS_FILE, full.read(RECORDS_FILE))
+    return out.getvalue()
 
 
 async def setup(bot: commands.Bot) -> None:

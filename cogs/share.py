@@ -7,7 +7,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.core.durations import format_duration
-from bot.core.models import Grant, Viewer
+from bot.core.models import Grant, Group, Viewer
 from cogs._options import Duration, owned_image_autocomplete, when
 from cogs._replies import reply
 from cogs._viewer import viewer_from
@@ -15,6 +15,8 @@ from cogs._views import confirm
 
 Target = discord.Member | discord.User | discord.Role
 NO_PINGS = discord.AllowedMentions.none()
+MESSAGE_LIMIT = 2000  # Discord's limit on a message's content
+MEMBERS_SHOWN = 10  # per group in /group list, so one big group cannot crowd out the rest
 
 
 def target_kind(target: Target) -> str:
@@ -25,24 +27,73 @@ def what(image: str | None) -> str:
     return f"`{image}`" if image else "all your images"
 
 
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def group_label(name: str) -> str:
+    """A group name as the owner typed it, shown in bold without breaking the markdown."""
+    return f"**{discord.utils.escape_markdown(name)}**"
+
+
+def fit_lines(lines: list[str], *, limit: int = MESSAGE_LIMIT) -> str:
+    """As many whole lines as fit in one message, then how many were left out."""
+    shown: list[str] = []
+    size = 0
+    for index, line in enumerate(lines):
+        tail = 0 if index == len(lines) - 1 else len(f"\n… and {len(lines)} more.")
+        if size + len(line) + tail > limit:
+            break
+        shown.append(line)
+        size += len(line) + 1
+    if len(shown) < len(lines):
+        shown.append(f"… and {len(lines) - len(shown)} more.")
+    return "\n".join(shown)
+
+
 def describe_grant(grant: Grant) -> str:
     who = {"user": f"<@{grant.grantee_id}>", "role": f"<@&{grant.grantee_id}>",
-           "group": f"group **{grant.group_name}**"}[grant.grantee_kind]
+           "group": f"group {group_label(grant.group_name or '?')}"}[grant.grantee_kind]
     item = f"`{grant.image_public_id}`" if grant.image_public_id else "all images"
     until = f" until {when(grant.expires_at)}" if grant.expires_at else ""
     return f"{item} → {who}{until}"
 
 
+async def still_covered(veil, owner_id: int, kind: str, grantee_id: int,
+                        image: str | None) -> bool:
+    """After unsharing one image: does a share of all the owner's images still reach the same
+    target? Then the image stays visible to them, and the owner must hear it."""
+    if image is None:
+        return False
+    return any(g.image_public_id is None and g.grantee_kind == kind and g.grantee_id == grantee_id
+               for g in await veil.sharing.grants_by(owner_id))
+
+
+async def retraction_text(bot, queued: int, whom: str) -> str:
+    """Retract what an unshare queued, and say how it went (what Discord refuses now is retried
+    by the background loop, so the owner is told it is still on its way)."""
+    if not queued:
+        return ""
+    retracted = await bot.retract_now()
+    text = f" Retracted {plural(retracted, 'message')} I had sent {whom}." if retracted else ""
+    if retracted < queued:
+        left = queued - retracted
+        text += (f" {plural(left, 'message')} I had sent {whom} {'is' if left == 1 else 'are'} "
+                 "not deleted yet: Discord refused for now, and I keep trying.")
+    return text
+
+
 async def unshare_reply(bot, interaction, removed: int, queued: int, who: str,
-                        image: str | None) -> None:
+                        image: str | None, covered: bool) -> None:
+    everything = (f" {who} can still see `{image}` because you share all your images with "
+                  f"them; /unshare without an image stops that.") if covered else ""
     if not removed:
-        await reply(interaction, f"You were not sharing {what(image)} with {who}.",
-                    allowed_mentions=NO_PINGS)
+        text = (everything.strip() if covered
+                else f"You were not sharing {what(image)} with {who}.")
+        await reply(interaction, text, allowed_mentions=NO_PINGS)
         return
-    retracted = await bot.deliverer.retract_due() if queued else 0
     text = f"Stopped sharing {what(image)} with {who}."
-    if retracted:
-        text += f" Retracted {retracted} message{'s' if retracted != 1 else ''} I had sent them."
+    text += await retraction_text(bot, queued, "them") + everything
     await reply(interaction, text, allowed_mentions=NO_PINGS)
 
 
@@ -77,7 +128,7 @@ class Share(commands.Cog):
                 else "their images")
         try:
             await target.send(f"<@{viewer.user_id}> shared {item} with you on Veil. "
-                              "See it with /gallery or /view.")
+                              "See it with /gallery or /view.", allowed_mentions=NO_PINGS)
         except discord.HTTPException:
             pass  # closed DMs: the share still works, they will find it in /gallery
 
@@ -88,9 +139,12 @@ class Share(commands.Cog):
     async def unshare(self, interaction: discord.Interaction, target: Target,
                       image: str | None = None) -> None:
         viewer = await viewer_from(interaction)
-        removed, queued = await self.veil.sharing.revoke(viewer, target_kind(target), target.id,
+        kind = target_kind(target)
+        removed, queued = await self.veil.sharing.revoke(viewer, kind, target.id,
                                                          image_public_id=image)
-        await unshare_reply(self.bot, interaction, removed, queued, target.mention, image)
+        covered = await still_covered(self.veil, viewer.user_id, kind, target.id, image)
+        await unshare_reply(self.bot, interaction, removed, queued, target.mention, image,
+                            covered)
 
     @app_commands.command(name="shares", description="List what you are sharing, and with whom.")
     async def shares(self, interaction: discord.Interaction) -> None:
@@ -98,17 +152,23 @@ class Share(commands.Cog):
         if not grants:
             await reply(interaction, "You are not sharing anything. Use /share to start.")
             return
-        lines = [describe_grant(g) for g in grants[:40]]
-        if len(grants) > 40:
-            lines.append(f"… and {len(grants) - 40} more.")
-        await reply(interaction, "\n".join(lines), allowed_mentions=NO_PINGS)
+        await reply(interaction, fit_lines([describe_grant(g) for g in grants]),
+                    allowed_mentions=NO_PINGS)
+
+
+def describe_group(group: Group) -> str:
+    members = " ".join(f"<@{m}>" for m in group.member_ids[:MEMBERS_SHOWN]) or "no members"
+    if len(group.member_ids) > MEMBERS_SHOWN:
+        members += f" and {len(group.member_ids) - MEMBERS_SHOWN} more"
+    return f"{group_label(group.name)}: {members}"
 
 
 async def group_autocomplete(interaction: discord.Interaction,
                              current: str) -> list[app_commands.Choice[str]]:
     groups = await interaction.client.veil.sharing.groups(interaction.user.id)
     current = current.lower()
-    return [app_commands.Choice(name=f"{g.name} ({len(g.member_ids)} members)", value=g.name)
+    return [app_commands.Choice(name=f"{g.name} ({plural(len(g.member_ids), 'member')})",
+                                value=g.name)
             for g in groups if current in g.name.lower()][:25]
 
 
@@ -123,7 +183,8 @@ class Groups(commands.GroupCog, group_name="group",
     async def create(self, interaction: discord.Interaction,
                      name: app_commands.Range[str, 1, 32]) -> None:
         group = await self.veil.sharing.create_group(interaction.user.id, name)
-        await reply(interaction, f"Created group **{group.name}**. Add people with /group add.")
+        await reply(interaction, f"Created group {group_label(group.name)}. Add people with "
+                                 "/group add.", allowed_mentions=NO_PINGS)
 
     @app_commands.command(name="add", description="Add a person to one of your groups.")
     @app_commands.describe(name="The group", member="Who to add")
@@ -134,8 +195,9 @@ class Groups(commands.GroupCog, group_name="group",
             await reply(interaction, "Bots cannot be in a group.")
             return
         group = await self.veil.sharing.add_member(interaction.user.id, name, member.id)
-        await reply(interaction, f"Added {member.mention} to **{group.name}** "
-                                 f"({len(group.member_ids)} members).", allowed_mentions=NO_PINGS)
+        await reply(interaction, f"Added {member.mention} to {group_label(group.name)} "
+                                 f"({plural(len(group.member_ids), 'member')}).",
+                    allowed_mentions=NO_PINGS)
 
     @app_commands.command(name="remove", description="Remove a person from one of your groups.")
     @app_commands.describe(name="The group", member="Who to remove")
@@ -144,11 +206,8 @@ class Groups(commands.GroupCog, group_name="group",
                      member: discord.Member | discord.User) -> None:
         group, queued = await self.veil.sharing.remove_member(interaction.user.id, name,
                                                               member.id)
-        retracted = await self.bot.deliverer.retract_due() if queued else 0
-        text = f"Removed {member.mention} from **{group.name}**."
-        if retracted:
-            text += f" Retracted {retracted} message{'s' if retracted != 1 else ''} they got " \
-                    "through the group."
+        text = f"Removed {member.mention} from {group_label(group.name)}."
+        text += await retraction_text(self.bot, queued, "them through the group")
         await reply(interaction, text, allowed_mentions=NO_PINGS)
 
     @app_commands.command(name="delete", description="Delete one of your groups and its shares.")
@@ -156,15 +215,16 @@ class Groups(commands.GroupCog, group_name="group",
     @app_commands.autocomplete(name=group_autocomplete)
     async def delete(self, interaction: discord.Interaction, name: str) -> None:
         group = await self.veil.sharing.group(interaction.user.id, name)
-        ok, _ = await confirm(interaction, f"Delete group **{group.name}** and everything shared "
-                              f"with it ({len(group.member_ids)} members lose access)?")
+        ok, _ = await confirm(interaction, f"Delete group {group_label(group.name)} and everything "
+                              "shared with it? Its members lose access now "
+                              f"({plural(len(group.member_ids), 'member')}).")
         if not ok:
             await interaction.followup.send("Kept the group.", ephemeral=True)
             return
         queued = await self.veil.sharing.delete_group(interaction.user.id, group.name)
-        retracted = await self.bot.deliverer.retract_due() if queued else 0
-        await interaction.followup.send(f"Deleted group **{group.name}**; retracted {retracted} "
-                                        "messages sent through it.", ephemeral=True)
+        text = f"Deleted group {group_label(group.name)} and its shares."
+        text += await retraction_text(self.bot, queued, "through it")
+        await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_PINGS)
 
     @app_commands.command(name="list", description="List your groups and their members.")
     async def list_groups(self, interaction: discord.Interaction) -> None:
@@ -172,9 +232,8 @@ class Groups(commands.GroupCog, group_name="group",
         if not groups:
             await reply(interaction, "You have no groups. Create one with /group create.")
             return
-        lines = [f"**{g.name}**: {' '.join(f'<@{m}>' for m in g.member_ids) or 'no members'}"
-                 for g in groups]
-        await reply(interaction, "\n".join(lines), allowed_mentions=NO_PINGS)
+        await reply(interaction, fit_lines([describe_group(g) for g in groups]),
+                    allowed_mentions=NO_PINGS)
 
     @app_commands.command(name="share", description="Share one image, or all, with a group.")
     @app_commands.describe(name="The group", image="One image (leave empty for all)",
@@ -187,7 +246,8 @@ class Groups(commands.GroupCog, group_name="group",
         await self.veil.sharing.grant(viewer, "group", group.id, image_public_id=image,
                                       expires_in=expires)
         until = f" for {format_duration(expires)}" if expires else ""
-        await reply(interaction, f"Shared {what(image)} with group **{group.name}**{until}.")
+        await reply(interaction, f"Shared {what(image)} with group {group_label(group.name)}"
+                                 f"{until}.", allowed_mentions=NO_PINGS)
 
     @app_commands.command(name="unshare", description="Stop sharing with a group.")
     @app_commands.describe(name="The group", image="One image (leave empty for everything)")
@@ -198,8 +258,9 @@ class Groups(commands.GroupCog, group_name="group",
         group = await self.veil.sharing.group(viewer.user_id, name)
         removed, queued = await self.veil.sharing.revoke(viewer, "group", group.id,
                                                          image_public_id=image)
-        await unshare_reply(self.bot, interaction, removed, queued, f"group **{group.name}**",
-                            image)
+        covered = await still_covered(self.veil, viewer.user_id, "group", group.id, image)
+        await unshare_reply(self.bot, interaction, removed, queued,
+                            f"group {group_label(group.name)}", image, covered)
 
 
 async def setup(bot: commands.Bot) -> None:

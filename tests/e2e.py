@@ -20,7 +20,6 @@ from bot.core.veil import Veil
 from bot.generate import GenerationQueue, ProceduralGenerator
 from tests.discord_double import DiscordDouble
 
-
 # Tasks in which discord.py runs our command and component callbacks.
 BOT_WORK_TASKS = ("CommandTree-invoker", "discord-ui-view-dispatch", "discord-ui-dynamic-item")
 
@@ -53,10 +52,10 @@ class App:
         await self.settle(handle)
         return handle
 
-    async def settle(self, handle=None, timeout: float = 10.0) -> None:
+    async def settle(self, handle=None, limit_s: float = 10.0) -> None:
         """Wait until the bot has finished every command and button callback it started (a
         quiet REST line alone is not enough: storing an image makes no REST call)."""
-        deadline = asyncio.get_running_loop().time() + timeout
+        deadline = asyncio.get_running_loop().time() + limit_s
         if handle is not None:
             await handle.wait_response()
         while True:

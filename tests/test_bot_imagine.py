@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
+import struct
+import zlib
 
 from PIL import Image, PngImagePlugin
 
-from tests.e2e import image_attachments, png_chunks, veil_app  # noqa: F401 (fixture)
+from bot.core.errors import GeneratorUnavailable
+from bot.generate import GenerationQueue, ProceduralGenerator, Progress
+from tests import e2e
+from tests.e2e import image_attachments, png_chunks
+
+# The end-to-end fixture, bound here so pytest finds it (an unused import would be flagged).
+veil_app = e2e.veil_app
 
 TEXT_CHUNKS = {b"tEXt", b"zTXt", b"iTXt", b"eXIf"}
 
@@ -79,3 +89,362 @@ async def test_a_corrupt_upload_gets_a_clear_message_and_stores_nothing(veil_app
     assert any("damaged" in m.content.lower() or "not" in m.content.lower()
                for m in handle.messages)
     assert await app.veil.ctx.db.fetchval("SELECT count(*) FROM images") == 0
+
+
+# Guarantee 1, checked the way a server member would notice it -------------------------------
+
+PUBLIC_LINK = "https://veil.example/l/"
+
+
+async def private_image_ids(app) -> set[str]:
+    rows = await app.veil.ctx.db.fetchall(
+        "SELECT public_id FROM images WHERE visibility = 'private'")
+    return {row[0] for row in rows}
+
+
+async def assert_no_private_image_in_any_channel(app, *, also_private=()) -> None:
+    """No message in a guild channel, deleted ones and every edit included, ever carried a
+    private image as an attachment or an embed, nor any Veil link."""
+    ids = await private_image_ids(app) | set(also_private)
+    private_bytes = {a.data for m in app.double.state.messages.values() for v in m.versions
+                     for a in v.attachments if any(i in a.filename for i in ids)}
+    for message in app.double.all_guild_channel_messages(include_deleted=True):
+        for version in message.versions:
+            assert PUBLIC_LINK not in version.content, "a Veil link was posted in a channel"
+            for attachment in version.attachments:
+                assert not any(i in attachment.filename for i in ids), attachment.filename
+                assert attachment.data not in private_bytes, "private bytes in a channel"
+            for embed in version.embeds:
+                text = json.dumps(embed)
+                assert PUBLIC_LINK not in text
+                assert not any(i in text for i in ids), "a private image embedded in a channel"
+
+
+async def newest_image(app, user) -> str:
+    [record] = await app.veil.images.owned(user.id, limit=1)
+    return record.public_id
+
+
+def button_id(message, label: str) -> str:
+    for component in message.iter_components():
+        if component.get("label") == label:
+            return component["custom_id"]
+    raise AssertionError(f"no {label!r} button on message {message.id}")
+
+
+def texts(handle) -> str:
+    return "\n".join(m.content for m in handle.messages)
+
+
+class FlakyGenerator:
+    """A generator that is down until a test says it is back."""
+
+    name = "flaky"
+
+    def __init__(self) -> None:
+        self.down = True
+        self.inner = ProceduralGenerator()
+
+    async def generate(self, request, progress=None):
+        if self.down:
+            raise GeneratorUnavailable("The image generator is not answering. Try again in a "
+                                       "minute.")
+        return await self.inner.generate(request, progress)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+class GatedGenerator:
+    """A generator that holds every request until the test opens the gate."""
+
+    name = "gated"
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.started = 0
+
+    async def generate(self, request, progress=None):
+        self.started += 1
+        await self.gate.wait()
+        if progress is not None:
+            await progress(Progress(0.5, "rendering"))
+        return [tiny_png() for _ in range(request.count)]
+
+    async def close(self) -> None:
+        pass
+
+
+def tiny_png(color=(40, 90, 200), size=(64, 48)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def bomb_png(width: int = 50_000, height: int = 50_000) -> bytes:
+    """A tiny PNG whose header claims a huge canvas (a decompression bomb's calling card)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    pixels = zlib.compress(b"\x00" * 4096, 9)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels)
+            + chunk(b"IEND", b""))
+
+
+async def stored_image_count(app) -> int:
+    return await app.veil.ctx.db.fetchval("SELECT count(*) FROM images")
+
+
+def blob_files(app) -> list:
+    return [p for p in app.veil.data_dir.joinpath("blobs").rglob("*") if p.is_file()]
+
+
+# Every delivery path keeps private images out of channels -------------------------------------
+
+async def test_every_imagine_path_keeps_private_images_out_of_channels(veil_app):
+    app = veil_app
+    await app.permit(app.world.general)
+    await app.run("imagine", user=app.world.alice, options={"prompt": "p1", "private": True})
+    await app.run("imagine", user=app.world.alice, options={"prompt": "p2", "count": 2})
+    await app.run("imagine", user=app.world.alice, guild=None,
+                  options={"prompt": "in a dm", "private": True})
+    app.double.close_dms(app.world.alice)
+    await app.run("imagine", user=app.world.alice, options={"prompt": "p3", "private": True})
+    assert len(await private_image_ids(app)) == 5
+    assert image_attachments(app.double.all_guild_channel_messages(include_deleted=True)) == []
+    await assert_no_private_image_in_any_channel(app)
+
+
+async def test_a_private_upload_in_a_permitted_channel_goes_by_dm_only(veil_app):
+    app = veil_app
+    await app.permit(app.world.general)
+    upload = app.double.upload(tiny_png(), "me.png", user=app.world.alice)
+    handle = await app.run("upload", user=app.world.alice,
+                           options={"image": upload, "private": True})
+    assert handle.ephemeral and "Sent to your DMs" in texts(handle)
+    [dm] = app.double.dm_messages(app.world.alice)
+    assert len(dm.attachments) == 1
+    await assert_no_private_image_in_any_channel(app)
+    assert image_attachments(app.double.all_guild_channel_messages(include_deleted=True)) == []
+
+
+async def test_an_imagine_in_a_dm_is_answered_in_that_dm(veil_app):
+    app = veil_app
+    handle = await app.run("imagine", user=app.world.alice, guild=None,
+                           options={"prompt": "quiet", "private": False})
+    [dm] = [m for m in app.double.dm_messages(app.world.alice) if m.attachments]
+    assert not dm.ephemeral
+    assert "Sent to this chat" in texts(handle)
+
+
+async def test_a_public_image_in_a_permitted_channel_i_may_not_post_in_goes_to_dms_and_says_why(
+        veil_app):
+    app = veil_app
+    await app.permit(app.world.gallery)
+    app.double.deny_channel(app.world.gallery)
+    handle = await app.run("imagine", user=app.world.alice, channel=app.world.gallery,
+                           options={"prompt": "sunrise", "private": False})
+    assert app.double.messages_in(app.world.gallery, include_deleted=True) == []
+    [dm] = app.double.dm_messages(app.world.alice)
+    assert len(dm.attachments) == 1
+    assert "missing permission" in texts(handle) and "privately" in texts(handle)
+    [(kind, _, _)] = await app.veil.images.deliveries(await newest_image(app, app.world.alice))
+    assert kind == "dm"
+
+
+# The generator and the queue ----------------------------------------------------------------
+
+async def test_a_generator_outage_shows_a_clear_message_and_try_again_works_once_it_is_back(
+        veil_app):
+    app = veil_app
+    await app.permit(app.world.general)
+    flaky = FlakyGenerator()
+    app.bot.queue = GenerationQueue(flaky)
+    try:
+        handle = await app.run("imagine", user=app.world.alice,
+                               options={"prompt": "a lighthouse", "private": True})
+        assert "not answering" in handle.original.content
+        assert app.double.dm_messages(app.world.alice) == []
+        assert await stored_image_count(app) == 0
+        flaky.down = False
+        await app.click(handle.original, button_id(handle.original, "Try again"),
+                        user=app.world.alice)
+        [dm] = app.double.dm_messages(app.world.alice)
+        assert len(dm.attachments) == 1
+        assert "Done:" in handle.original.content and "Sent to your DMs" in handle.original.content
+        assert handle.original.components == [], "the spent Try again button should go"
+        await assert_no_private_image_in_any_channel(app)
+    finally:
+        await flaky.close()
+
+
+async def test_try_again_while_the_generator_is_still_down_offers_try_again_in_the_same_message(
+        veil_app):
+    app = veil_app
+    flaky = FlakyGenerator()
+    app.bot.queue = GenerationQueue(flaky)
+    try:
+        handle = await app.run("imagine", user=app.world.alice, options={"prompt": "a boat"})
+        first = button_id(handle.original, "Try again")
+        await app.click(handle.original, first, user=app.world.alice)
+        assert "not answering" in handle.original.content
+        second = button_id(handle.original, "Try again")
+        assert second != first
+        assert not handle.original.find_component(second).get("disabled")
+        assert [m for m in handle.followups if m is not handle.original] == []
+        flaky.down = False
+        await app.click(handle.original, second, user=app.world.alice)
+        assert "Done:" in handle.original.content
+        assert handle.original.components == []
+        assert await stored_image_count(app) == 1
+    finally:
+        await flaky.close()
+
+
+async def test_an_unused_try_again_button_is_disabled_when_the_offer_expires(veil_app):
+    app = veil_app
+    app.bot.get_cog("Imagine").retry_wait_s = 0.1
+    flaky = FlakyGenerator()
+    app.bot.queue = GenerationQueue(flaky)
+    try:
+        handle = await app.run("imagine", user=app.world.alice, options={"prompt": "a boat"})
+        retry = button_id(handle.original, "Try again")
+        await app.double.wait_for(
+            lambda: handle.original.find_component(retry).get("disabled"),
+            timeout=2, what="the Try again button to be disabled")
+        assert "not answering" in handle.original.content
+        assert "expired" in handle.original.content
+    finally:
+        await flaky.close()
+
+
+async def test_more_requests_than_the_per_user_limit_at_once_are_refused_with_a_clear_message(
+        veil_app):
+    app = veil_app
+    gated = GatedGenerator()
+    app.bot.queue = GenerationQueue(gated, per_user_limit=2)
+    first = await app.run("imagine", user=app.world.alice, settle=False,
+                          options={"prompt": "one"})
+    second = await app.run("imagine", user=app.world.alice, settle=False,
+                           options={"prompt": "two"})
+    await app.double.wait_for(lambda: gated.started == 1 and app.bot.queue.waiting == 1,
+                              what="two requests in the queue")
+    third = await app.run("imagine", user=app.world.alice, settle=False,
+                          options={"prompt": "three"})
+    await third.wait_original()
+    assert "2 image requests waiting or running" in third.original.content
+    assert third.ephemeral
+    assert "#1 in line" in second.original.content
+    gated.gate.set()
+    await app.settle()
+    shown = [e.get("content") or "" for e in second.edits]
+    assert len(shown) == 3, shown
+    assert "#1 in line" in shown[0]
+    assert "50% rendering" in shown[1], "the first bar shows at once, even right after the line"
+    assert shown[2].startswith("Done:")
+    assert await stored_image_count(app) == 2
+    assert "Done:" in first.original.content and "Done:" in second.original.content
+    await app.click(third.original, button_id(third.original, "Try again"), user=app.world.alice)
+    assert "Done:" in third.original.content
+    assert await stored_image_count(app) == 3
+
+
+async def test_a_generation_edits_its_reply_with_a_progress_bar(veil_app):
+    app = veil_app
+    app.bot.get_cog("Imagine").progress_every_s = 0.0
+    handle = await app.run("imagine", user=app.world.alice,
+                           options={"prompt": "slow clouds", "count": 2})
+    shown = [e.get("content") or "" for e in handle.edits]
+    assert shown[0].startswith("▱▱▱▱▱▱▱▱▱▱▱▱ 0%") and "rendering image 1 of 2" in shown[0]
+    assert shown[1].startswith("▰▰▰▰▰▰▱▱▱▱▱▱ 50%") and "rendering image 2 of 2" in shown[1]
+    assert shown[-1].startswith("Done:") and "Done:" in handle.original.content
+
+
+class ChattyGenerator:
+    """Reports progress a hundred times in a blink, as a fast backend can."""
+
+    name = "chatty"
+
+    async def generate(self, request, progress=None):
+        for step in range(100):
+            await progress(Progress(step / 100, f"step {step}"))
+        return [tiny_png()]
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_progress_edits_are_throttled_so_a_chatty_generator_cannot_flood_discord(
+        veil_app):
+    app = veil_app
+    app.bot.queue = GenerationQueue(ChattyGenerator())
+    handle = await app.run("imagine", user=app.world.alice, options={"prompt": "fast"})
+    shown = [e.get("content") or "" for e in handle.edits]
+    assert len(shown) == 2, shown
+    assert "step 0" in shown[0] and shown[1].startswith("Done:")
+
+
+# Uploads that must be refused ---------------------------------------------------------------
+
+async def test_an_upload_declared_larger_than_the_limit_is_refused_before_it_is_downloaded(
+        veil_app):
+    app = veil_app
+    upload = app.double.upload(tiny_png(), "huge.png", user=app.world.alice, size=30_000_000)
+    handle = await app.run("upload", user=app.world.alice, options={"image": upload})
+    assert "30.0 MB" in texts(handle) and "limit" in texts(handle)
+    assert handle.ephemeral
+    assert app.double.attachment_requests == []
+    assert await stored_image_count(app) == 0
+    assert app.double.dm_messages(app.world.alice) == []
+
+
+async def test_a_decompression_bomb_upload_is_refused_before_download_and_nothing_is_stored(
+        veil_app):
+    app = veil_app
+    data = bomb_png()
+    assert len(data) < 200
+    upload = app.double.upload(data, "small.png", user=app.world.alice)
+    assert (upload.width, upload.height) == (50_000, 50_000)
+    handle = await app.run("upload", user=app.world.alice, options={"image": upload})
+    assert "50000×50000 pixels" in texts(handle) and "limit" in texts(handle)
+    assert handle.ephemeral
+    assert app.double.attachment_requests == []
+    assert await stored_image_count(app) == 0
+    assert blob_files(app) == []
+    assert app.double.dm_messages(app.world.alice) == []
+
+
+async def test_a_decompression_bomb_with_understated_dimensions_is_still_refused_clearly(
+        veil_app):
+    app = veil_app
+    upload = app.double.upload(bomb_png(), "small.png", user=app.world.alice,
+                               width=64, height=48)
+    handle = await app.run("upload", user=app.world.alice, options={"image": upload})
+    assert len(app.double.attachment_requests) == 1, "this one is only caught after download"
+    assert "50000×50000 pixels" in texts(handle) and "limit" in texts(handle)
+    assert await stored_image_count(app) == 0
+    assert blob_files(app) == []
+    assert list(app.veil.data_dir.joinpath("tmp").iterdir()) == []
+    assert app.double.dm_messages(app.world.alice) == []
+
+
+# Discord failing on us ----------------------------------------------------------------------
+
+async def test_a_discord_outage_on_the_dm_loses_nothing_and_says_how_to_get_the_image(veil_app):
+    app = veil_app
+    await app.permit(app.world.general)
+    app.double.fail_next("POST", r"/channels/\d+/messages$", status=503)
+    handle = await app.run("imagine", user=app.world.alice,
+                           options={"prompt": "a stored secret", "private": True})
+    image = await newest_image(app, app.world.alice)
+    assert app.double.dm_messages(app.world.alice) == []
+    assert image in handle.original.content and "/view" in handle.original.content
+    assert "Nothing was lost" in handle.original.content
+    again = await app.run("view", user=app.world.alice, options={"image": image})
+    [dm] = app.double.dm_messages(app.world.alice)
+    assert len(dm.attachments) == 1
+    assert "Sent to your DMs" in texts(again)
+    await assert_no_private_image_in_any_channel(app)

@@ -1,0 +1,266 @@
+"""`/private on|off|status`, `/privacy`, `/export`, `/forget-me` end to end against the double."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import zipfile
+
+from bot.core.models import Viewer
+from tests import e2e
+from tests.e2e import image_attachments
+
+veil_app = e2e.veil_app  # the end-to-end fixture, under the name the tests ask for
+
+
+def button(message, label: str) -> str:
+    """The custom id of the button labelled ``label`` on a message."""
+    for component in message.iter_components():
+        if component.get("type") == 2 and component.get("label") == label:
+            return component["custom_id"]
+    raise AssertionError(f"no {label!r} button on message {message.id}")
+
+
+async def image_ids(app, owner) -> set[str]:
+    rows = await app.veil.ctx.db.fetchall("SELECT public_id FROM images WHERE owner_id = ?",
+                                          (owner.id,))
+    return {r[0] for r in rows}
+
+
+async def visibility_of_latest_image(app, owner) -> str:
+    return await app.veil.ctx.db.fetchval(
+        "SELECT visibility FROM images WHERE owner_id = ? ORDER BY id DESC LIMIT 1", (owner.id,))
+
+
+async def test_a_new_user_starts_in_private_mode(veil_app):
+    app = veil_app
+    status = await app.run("private status", user=app.world.bob)
+    assert status.ephemeral
+    assert "Private mode is **on**" in status.content
+    await app.run("imagine", user=app.world.bob, options={"prompt": "first light"})
+    assert await visibility_of_latest_image(app, app.world.bob) == "private"
+
+
+async def test_private_off_makes_new_images_public_and_private_on_makes_them_private_again(
+        veil_app):
+    app = veil_app
+    alice = app.world.alice
+    off = await app.run("private off", user=alice)
+    assert off.ephemeral and "**off**" in off.content
+    await app.run("imagine", user=alice, options={"prompt": "open sky"})
+    assert await visibility_of_latest_image(app, alice) == "public"
+    assert "Private mode is **off**" in (await app.run("private status", user=alice)).content
+
+    on = await app.run("private on", user=alice)
+    assert on.ephemeral and "**on**" in on.content
+    await app.run("imagine", user=alice, options={"prompt": "closed room"})
+    assert await visibility_of_latest_image(app, alice) == "private"
+    assert "Private mode is **on**" in (await app.run("private status", user=alice)).content
+
+
+async def test_a_server_that_forces_private_mode_wins_over_a_public_request(veil_app):
+    app = veil_app
+    alice = app.world.alice
+    await app.permit(app.world.general)
+    await app.run("private off", user=alice)
+    forced = await app.run("admin force-private", user=app.world.moderator,
+                           options={"setting": "on"})
+    assert "Forced private mode is now **on**" in forced.content
+
+    await app.run("imagine", user=alice, options={"prompt": "a loud parade", "private": False})
+    assert await visibility_of_latest_image(app, alice) == "private"
+    assert image_attachments(app.double.all_guild_channel_messages()) == []
+    assert len(app.double.dm_messages(alice)) == 1
+    status = await app.run("private status", user=alice)
+    assert "forces private mode" in status.content
+    off = await app.run("private off", user=alice)
+    assert "forces private mode" in off.content
+
+
+async def test_privacy_lists_what_is_stored_and_the_server_policy_only_to_the_asker(veil_app):
+    app = veil_app
+    alice = app.world.alice
+    await app.permit(app.world.gallery)
+    await app.run("imagine", user=alice, options={"prompt": "a quiet lake", "count": 2})
+    handle = await app.run("privacy", user=alice)
+    assert handle.ephemeral
+    text = handle.content
+    assert "What Veil keeps about you" in text
+    assert "Images: 2" in text
+    assert "Private mode: on" in text
+    assert "This server's policy" in text
+    assert f"<#{app.world.gallery.id}>" in text
+    assert "a quiet lake" not in text
+    assert app.double.messages_in(app.world.general) == []
+
+
+async def test_privacy_in_a_dm_shows_only_what_is_stored(veil_app):
+    app = veil_app
+    handle = await app.run("privacy", user=app.world.alice, guild=None)
+    assert "What Veil keeps about you" in handle.content
+    assert "This server's policy" not in handle.content
+
+
+def read_zip(data: bytes) -> tuple[dict, dict[str, bytes]]:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    return json.loads(files.pop("veil-export.json")), files
+
+
+async def test_export_sends_a_zip_of_records_and_images_to_dms(veil_app):
+    app = veil_app
+    alice = app.world.alice
+    await app.run("imagine", user=alice, options={"prompt": "a paper boat", "count": 2})
+    ids = {r[0] for r in await app.veil.ctx.db.fetchall(
+        "SELECT public_id FROM images WHERE owner_id = ?", (alice.id,))}
+    before = len(app.double.dm_messages(alice))
+
+    handle = await app.run("export", user=alice)
+
+    assert handle.ephemeral
+    assert "Sent your export to your DMs" in handle.messages[-1].content
+    dm = app.double.dm_messages(alice)[before:]
+    [export] = [a for m in dm for a in m.attachments if a.filename == "veil-export.zip"]
+    document, images = read_zip(export.data)
+    assert document["user_id"] == str(alice.id)
+    assert {entry["public_id"] for entry in document["images"]} == ids
+    assert {entry["prompt"] for entry in document["images"]} == {"a paper boat"}
+    assert sorted(images) == sorted(f"images/veil-{i}.png" for i in ids)
+    assert all(data.startswith(b"\x89PNG") for data in images.values())
+    assert image_attachments(app.double.all_guild_channel_messages()) == []
+
+
+async def test_export_with_closed_dms_arrives_as_an_ephemeral_file(veil_app):
+    app = veil_app
+    alice = app.world.alice
+    await app.run("imagine", user=alice, options={"prompt": "a kite"})
+    app.double.close_dms(alice)
+    handle = await app.run("export", user=alice)
+    [carrier] = [m for m in handle.messages if m.attachments]
+    assert carrier.ephemeral
+    assert carrier.attachments[0].filename == "veil-export.zip"
+    document, images = read_zip(carrier.attachments[0].data)
+    assert len(document["images"]) == 1 and len(images) == 1
+    assert app.double.all_guild_channel_messages() == []
+
+
+async def forget_me_prompt(app, user):
+    handle = await app.run("forget-me", user=user, settle=False)
+    prompt = await handle.wait_original()
+    assert prompt.ephemeral
+    assert "cannot be undone" in prompt.content
+    return handle, prompt
+
+
+async def alice_with_a_library(app):
+    """Alice: one private image in DMs, one public image posted in a permitted channel, a
+    share with bob; bob has an image of his own."""
+    alice, bob = app.world.alice, app.world.bob
+    await app.permit(app.world.gallery)
+    await app.run("imagine", user=alice, options={"prompt": "private diary"})
+    await app.run("imagine", user=alice, channel=app.world.gallery,
+                  options={"prompt": "public mural", "private": False})
+    await app.veil.sharing.grant(Viewer(alice.id, guild_id=app.world.guild.id), "user", bob.id)
+    await app.run("imagine", user=bob, options={"prompt": "bob's own"})
+    assert len(app.double.messages_in(app.world.gallery)) == 1
+
+
+async def count(app, sql: str, *params) -> int:
+    return await app.veil.ctx.db.fetchval(sql, params)
+
+
+async def test_forget_me_cancelled_keeps_everything(veil_app):
+    app = veil_app
+    alice = app.world.alice
+    await alice_with_a_library(app)
+    handle, prompt = await forget_me_prompt(app, alice)
+    await app.click(prompt, button(prompt, "Cancel"), user=alice)
+    await app.settle(handle)
+
+    assert "Nothing was deleted" in handle.messages[-1].content
+    assert await count(app, "SELECT count(*) FROM images WHERE owner_id = ?", alice.id) == 2
+    assert await count(app, "SELECT count(*) FROM users WHERE user_id = ?", alice.id) == 1
+    assert await count(app, "SELECT count(*) FROM grants WHERE owner_id = ?", alice.id) == 1
+    assert app.double.deleted_messages == []
+
+
+async def test_forget_me_confirmed_retracts_every_message_and_erases_rows_and_key(veil_app):
+    app = veil_app
+    alice, bob = app.world.alice, app.world.bob
+    await alice_with_a_library(app)
+    shared = await app.veil.ctx.db.fetchval(
+        "SELECT public_id FROM images WHERE owner_id = ? AND visibility = 'private'", (alice.id,))
+    await app.run("view", user=bob, options={"image": shared})
+    await app.run("export", user=alice)
+    alice_messages = [m for m in app.double.dm_messages(alice) if m.attachments]
+    alice_messages += app.double.messages_in(app.world.gallery)
+    bob_copy = [m for m in app.double.dm_messages(bob) if shared in m.content and m.attachments]
+    assert len(alice_messages) == 3 and len(bob_copy) == 1
+    assert await app.veil.ctx.owner_key(alice.id) is not None
+
+    handle, prompt = await forget_me_prompt(app, alice)
+    await app.click(prompt, button(prompt, "Forget me"), user=alice)
+    await app.settle(handle)
+
+    assert "Done. Deleted 2 images and retracted 4 messages" in handle.messages[-1].content
+    assert all(m.deleted for m in alice_messages + bob_copy)
+    assert app.double.messages_in(app.world.gallery) == []
+    for table, column in (("users", "user_id"), ("images", "owner_id"), ("grants", "owner_id")):
+        assert await count(app, f"SELECT count(*) FROM {table} WHERE {column} = ?", alice.id) == 0
+    assert await count(app, "SELECT count(*) FROM grants WHERE grantee_id = ?", bob.id) == 0
+    assert await app.veil.ctx.owner_key(alice.id) is None
+    assert await count(app, "SELECT count(*) FROM images WHERE owner_id = ?", bob.id) == 1
+    assert [m for m in app.double.dm_messages(bob) if m.attachments]
+
+
+async def test_forget_me_in_a_dm_erases_images_made_in_dms(veil_app):
+    app = veil_app
+    alice = app.world.alice
+    await app.run("imagine", user=alice, guild=None, options={"prompt": "dm sketch"})
+    [dm] = [m for m in app.double.dm_messages(alice) if m.attachments]
+    handle = await app.run("forget-me", user=alice, guild=None, settle=False)
+    prompt = await handle.wait_original()
+    await app.click(prompt, button(prompt, "Forget me"), user=alice)
+    await app.settle(handle)
+    assert dm.deleted
+    assert await count(app, "SELECT count(*) FROM images WHERE owner_id = ?", alice.id) == 0
+
+
+async def test_deleting_an_exported_image_retracts_the_export_message_too(veil_app):
+    app = veil_app
+    alice = app.world.alice
+    await app.run("imagine", user=alice, options={"prompt": "a lantern", "count": 2})
+    await app.run("export", user=alice)
+    [export] = [m for m in app.double.dm_messages(alice)
+                if any(a.filename == "veil-export.zip" for a in m.attachments)]
+    assert "I remove this message if you delete any of these images" in export.content
+    image = sorted(await image_ids(app, alice))[0]
+
+    await app.veil.images.delete(image, Viewer(alice.id))
+    await app.bot.retract_now()
+
+    assert export.deleted
+
+
+async def test_an_export_too_large_for_discord_carries_the_records_only(veil_app):
+    app = veil_app
+    alice = app.world.alice
+    await app.run("imagine", user=alice, options={"prompt": "a big canvas", "count": 2})
+    app.double.attachment_size_limit = 20_000
+    handle = await app.run("export", user=alice)
+    [export] = [a for m in app.double.dm_messages(alice) for a in m.attachments
+                if a.filename == "veil-export.zip"]
+    document, images = read_zip(export.data)
+    assert len(document["images"]) == 2 and images == {}
+    assert "records only" in handle.messages[-1].content
+
+
+async def test_an_export_of_a_library_larger_than_the_export_limit_says_what_it_holds(
+        veil_app, monkeypatch):
+    app = veil_app
+    monkeypatch.setattr("bot.core.users.MAX_EXPORT_IMAGES", 1)
+    monkeypatch.setattr(sys.modules["cogs.private"], "MAX_EXPORT_IMAGES", 1)
+    await app.run("imagine", user=app.world.alice, options={"prompt": "many", "count": 2})
+    handle = await app.run("export", user=app.world.alice)
+    assert "newest 1 of 2 images" in handle.messages[-1].content
