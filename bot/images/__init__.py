@@ -7,6 +7,7 @@ from bot.images.formats import sniff_format
 from bot.images.pipeline import (
     CleanImage,
     ImageLimits,
+    check_declared_size,
     sanitize_image,
     sanitize_image_async,
 )
@@ -14,6 +15,7 @@ from bot.images.pipeline import (
 __all__ = [
     "CleanImage",
     "ImageLimits",
+    "check_declared_size",
     "sanitize_image",
     "sanitize_image_async",
     "sniff_format",

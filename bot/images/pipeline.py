@@ -112,9 +112,12 @@ def sanitize_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> CleanIm
     image = _open(data, source_format, limits)
     with _reading_untrusted_pixels():
         image.load()
+        _check_decoded(image)
+        # Still the file's own structures at work here (EXIF, palette, transparency), so a
+        # failure is the file's fault too.
+        clean = plain_mode(upright(image))
 
     output_format = OUTPUT_FORMAT[source_format]
-    clean = plain_mode(upright(image))
     # Some encoders fall back to the source's info for icc_profile, transparency or comment
     # when no argument is given, so the info dict goes before anything is encoded.
     clean.info = {}
@@ -147,13 +150,37 @@ async def sanitize_image_async(data: bytes, limits: ImageLimits = DEFAULT_LIMITS
     return await loop.run_in_executor(None, sanitize_image, data, limits)
 
 
+def check_declared_size(
+    limits: ImageLimits = DEFAULT_LIMITS,
+    *,
+    byte_count: int | None = None,
+    width: int | None = None,
+    height: int | None = None,
+) -> None:
+    """Refuse, before downloading anything, a file whose announced size breaks the limits.
+
+    For callers that are told a file's byte count and dimensions before they have its bytes
+    (Discord announces both for an attachment). The messages are the pipeline's own, so a user
+    reads the same refusal whichever check catches the file; sanitize_image checks the real
+    bytes again afterwards, as announced numbers prove nothing.
+    """
+    if byte_count is not None and byte_count > 0:
+        _check_byte_count(byte_count, limits)
+    if width and height:
+        _check_dimensions((width, height), limits)
+
+
 def _check_file_size(data: bytes, limits: ImageLimits) -> None:
     if not data:
         raise BadImage("The file is empty.")
-    if len(data) > limits.max_bytes:
+    _check_byte_count(len(data), limits)
+
+
+def _check_byte_count(count: int, limits: ImageLimits) -> None:
+    if count > limits.max_bytes:
         raise BadImage(
             # Rounded up, so a file just over the limit never reads as equal to it.
-            f"The file is {_describe_bytes(len(data), round_up=True)}; "
+            f"The file is {_describe_bytes(count, round_up=True)}; "
             f"the limit is {_describe_bytes(limits.max_bytes)}."
         )
 
@@ -193,6 +220,17 @@ def _open(data: bytes, source_format: str, limits: ImageLimits) -> ImageFile.Ima
     # declared size checked earlier.
     _check_dimensions(image.size, limits)
     return image
+
+
+def _check_decoded(image: Image.Image) -> None:
+    """Refuse a decode that Pillow completed without all it needs to give the pixels meaning.
+
+    A palette image whose palette never arrived (a PNG without PLTE, or with PLTE after the
+    image data, both invalid) decodes to bare indices; Pillow then asserts deep inside its own
+    code, an error no user could read. Found by fuzzing (tests/test_assurance_files.py).
+    """
+    if image.mode in ("P", "PA") and image.palette is None:
+        raise BadImage(_DAMAGED)
 
 
 @contextmanager

@@ -67,6 +67,10 @@ def plain_mode(im: Image.Image) -> Image.Image:
     """
     mode = im.mode
     if mode in ("L", "RGB"):
+        if "transparency" in im.info:
+            # A colour key (PNG tRNS): pixels of that one colour are transparent. The info dict
+            # is dropped before encoding, so the key becomes a real alpha channel here.
+            return _without_opaque_alpha(im.convert("RGBA"))
         return im
     if mode == "RGBA":
         return _without_opaque_alpha(im)
