@@ -1,4 +1,5 @@
-"""Answering an interaction whatever state it is in, and the one path for errors.
+"""Answering an interaction whatever state it is in, the one path for errors, and the small
+text helpers every reply uses (counted nouns, lists that must fit in one message).
 
 Our own errors (``VeilError``) carry a message written for the user and are shown as they are,
 ephemerally. Anything else is logged with a short reference id (and without the interaction's
@@ -18,6 +19,28 @@ from bot.core.errors import VeilError
 log = logging.getLogger("veil.errors")
 
 CANNOT_DM = 50007  # Discord's "Cannot send messages to this user"
+MESSAGE_LIMIT = 2000  # Discord's limit on a message's content
+
+
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """``1 image``, ``2 images``; ``nouns`` for irregular plurals (``ephemeral copies``)."""
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
+
+
+def fit_lines(lines: list[str], *, limit: int = MESSAGE_LIMIT) -> str:
+    """As many whole lines as fit in one message (never a mention or a timestamp cut in half),
+    then how many were left out."""
+    kept: list[str] = []
+    size = 0  # the kept lines, each with the newline that follows it
+    for index, line in enumerate(lines):
+        left_after = len(lines) - index - 1
+        tail = len(f"\n… and {left_after} more") if left_after else 0
+        if size + len(line) + tail > limit:
+            kept.append(f"… and {len(lines) - index} more")
+            break
+        kept.append(line)
+        size += len(line) + 1
+    return "\n".join(kept)
 
 
 async def reply(interaction: discord.Interaction, content: str | None = None, *,
@@ -27,6 +50,20 @@ async def reply(interaction: discord.Interaction, content: str | None = None, *,
         await interaction.followup.send(content, ephemeral=ephemeral, **kwargs)
     else:
         await interaction.response.send_message(content, ephemeral=ephemeral, **kwargs)
+
+
+async def reply_lines(interaction: discord.Interaction, lines: list[str], *, empty: str,
+                      footer: str = "") -> None:
+    """A list as one ephemeral message that pings nobody: as many whole lines as fit, then the
+    footer if any; or ``empty`` when there is nothing to list."""
+    if not lines:
+        await reply(interaction, empty)
+        return
+    if footer:
+        text = f"{fit_lines(lines, limit=MESSAGE_LIMIT - len(footer) - 1)}\n{footer}"
+    else:
+        text = fit_lines(lines)
+    await reply(interaction, text, allowed_mentions=discord.AllowedMentions.none())
 
 
 def message_for(error: BaseException) -> str | None:

@@ -1,4 +1,5 @@
-"""Small reusable pieces of interface: a confirmation prompt and the owner's buttons.
+"""Small reusable pieces of interface: views only their invoker may use, a confirmation prompt,
+and the owner's buttons.
 
 The owner's buttons (Share, Link, Delete) are dynamic items: their custom id carries the image
 id, so they keep working after a restart without any state kept in memory.
@@ -11,31 +12,49 @@ from collections.abc import Sequence
 import discord
 
 from bot.core.models import ImageContent
+from cogs._replies import report_error
 
 
-class Confirm(discord.ui.View):
-    """Ask the invoker to confirm a destructive action; only they can answer."""
+class InvokerView(discord.ui.View):
+    """Buttons and pickers that answer only the person who asked. A view has no command tree
+    to report its errors, so a failing callback ends in the central error message here, not in
+    Discord's bare "interaction failed"."""
 
-    def __init__(self, invoker_id: int, *, confirm_label: str = "Delete",
-                 timeout: float = 60.0) -> None:
+    not_yours = "This question is not for you."
+
+    def __init__(self, invoker_id: int, *, timeout: float) -> None:
         super().__init__(timeout=timeout)
         self.invoker_id = invoker_id
-        self.value: bool | None = None
-        self.message: discord.InteractionMessage | None = None
-        self.confirm_button.label = confirm_label
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         if interaction.user.id != self.invoker_id:
-            await interaction.response.send_message("This question is not for you.",
-                                                    ephemeral=True)
+            await interaction.response.send_message(self.not_yours, ephemeral=True)
             return False
         return True
 
-    async def _finish(self, interaction: discord.Interaction, value: bool) -> None:
-        self.value = value
+    async def on_error(self, interaction: discord.Interaction, error: Exception,
+                       item: discord.ui.Item) -> None:
+        await report_error(interaction, error)
+
+    def disable_all(self) -> None:
         for item in self.children:
             item.disabled = True
+
+
+class Confirm(InvokerView):
+    """Ask the invoker to confirm a destructive action; only they can answer. When answering
+    fails, the question stays open: the user is told so and may click again."""
+
+    def __init__(self, invoker_id: int, *, confirm_label: str = "Delete",
+                 timeout: float = 60.0) -> None:
+        super().__init__(invoker_id, timeout=timeout)
+        self.value: bool | None = None
+        self.confirm_button.label = confirm_label
+
+    async def _finish(self, interaction: discord.Interaction, value: bool) -> None:
+        self.disable_all()
         await interaction.response.edit_message(view=self)
+        self.value = value
         self.stop()
 
     @discord.ui.button(label="Delete", style=discord.ButtonStyle.danger)
@@ -58,8 +77,7 @@ async def confirm(interaction: discord.Interaction, question: str, *,
     await interaction.response.send_message(question, view=view, ephemeral=True)
     timed_out = await view.wait()
     if timed_out:
-        for item in view.children:
-            item.disabled = True
+        view.disable_all()
         try:
             await interaction.edit_original_response(
                 content=f"{question}\n\nNo answer in time, so nothing was changed.",

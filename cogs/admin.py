@@ -15,41 +15,15 @@ from discord.ext import commands
 
 from bot.core.durations import format_duration
 from bot.core.errors import InvalidInput
-from bot.core.models import GuildPolicy, Removal
+from bot.core.models import AuditEntry, GuildPolicy, Report
 from cogs._options import Duration, when
-from cogs._replies import reply
+from cogs._replies import plural, reply, reply_lines
 from cogs._viewer import ensure_moderator, viewer_from
 from cogs._views import confirm
-from cogs.gallery import removal_text
+from cogs.gallery import retract_and_describe
 
 OnOff = Literal["on", "off"]
 NO_PINGS = discord.AllowedMentions.none()
-MAX_REPLY_CHARS = 1900
-
-
-def fit_lines(lines: list[str], limit: int = MAX_REPLY_CHARS) -> str:
-    """As many whole lines as fit in one message (never a mention or timestamp cut in half),
-    and how many did not."""
-    kept: list[str] = []
-    size = 0
-    for index, line in enumerate(lines):
-        rest = len(lines) - index - 1
-        reserve = len(f"\n… and {rest} more") if rest else 0
-        if size + len(line) + 1 + reserve > limit:
-            return "\n".join(kept) + f"\n… and {len(lines) - index} more"
-        kept.append(line)
-        size += len(line) + 1
-    return "\n".join(kept)
-
-
-def removal_report(removal: Removal, retracted: int) -> str:
-    """``removal_text``, plus what is still waiting because Discord refused it for now."""
-    text = removal_text(removal, retracted)
-    waiting = removal.retractions_queued - retracted
-    if waiting > 0:
-        text += (f" {waiting} more will be retracted as soon as Discord lets me; "
-                 "I keep trying.")
-    return text
 
 
 def posting_problem(channel: discord.abc.GuildChannel | discord.Thread) -> str | None:
@@ -81,6 +55,19 @@ def describe_policy(policy: GuildPolicy) -> str:
         f"Moderator role: {mod_role}",
         f"Channels where public images may be posted: {channels}",
     ])
+
+
+def describe_audit_entry(entry: AuditEntry) -> str:
+    actor = f"<@{entry.actor_id}>" if entry.actor_id else "Veil"
+    target = f" → <@{entry.target_user}>" if entry.target_user else ""
+    image = f" `{entry.image_ref}`" if entry.image_ref else ""
+    detail = f" ({entry.detail})" if entry.detail else ""
+    return f"{when(entry.at)} {actor} **{entry.action}**{image}{target}{detail}"
+
+
+def describe_report(report: Report) -> str:
+    return (f"#{report.id} `{report.image_public_id}` by <@{report.reporter_id}> "
+            f"{when(report.created_at)}: {report.reason}")
 
 
 async def report_image_autocomplete(interaction: discord.Interaction,
@@ -190,9 +177,9 @@ class Admin(commands.GroupCog, group_name="admin",
             after = (await self.veil.moderation.stats(interaction.guild_id))["images"]
             removed = max(0, before - after)
             await interaction.followup.send(
-                f"Removed {removed} image{'s' if removed != 1 else ''} made here more than "
-                f"{days} days ago, and retracted {retracted} "
-                f"message{'s' if retracted != 1 else ''} carrying them.", ephemeral=True)
+                f"Removed {plural(removed, 'image')} made here more than {days} days ago, and "
+                f"retracted {plural(retracted, 'message')} carrying "
+                f"{'it' if removed == 1 else 'them'}.", ephemeral=True)
 
     @app_commands.command(name="mod-role",
                           description="Give a role Veil's moderator rights (empty: clear).")
@@ -220,8 +207,8 @@ class Admin(commands.GroupCog, group_name="admin",
             await interaction.followup.send("Nothing was deleted.", ephemeral=True)
             return
         removal = await self.veil.moderation.purge(await viewer_from(interaction), member.id)
-        retracted = await self.bot.retract_now()
-        await interaction.followup.send(removal_report(removal, retracted), ephemeral=True)
+        await interaction.followup.send(await retract_and_describe(self.bot, removal),
+                                        ephemeral=True)
 
     @app_commands.command(name="takedown", description="Delete one image made in this server, "
                                                        "without viewing it.")
@@ -230,8 +217,8 @@ class Admin(commands.GroupCog, group_name="admin",
     async def takedown(self, interaction: discord.Interaction, image: str) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         removal = await self.veil.moderation.takedown(await viewer_from(interaction), image)
-        retracted = await self.bot.retract_now()
-        await interaction.followup.send(removal_report(removal, retracted), ephemeral=True)
+        await interaction.followup.send(await retract_and_describe(self.bot, removal),
+                                        ephemeral=True)
 
     # Oversight -----------------------------------------------------------------------------
 
@@ -243,29 +230,16 @@ class Admin(commands.GroupCog, group_name="admin",
                     limit: app_commands.Range[int, 1, 50] = 20) -> None:
         entries = await self.veil.moderation.audit(
             interaction.guild_id, member_id=member.id if member else None, limit=limit)
-        if not entries:
-            await reply(interaction, "The audit log is empty.")
-            return
-        lines = []
-        for e in entries:
-            actor = f"<@{e.actor_id}>" if e.actor_id else "Veil"
-            target = f" → <@{e.target_user}>" if e.target_user else ""
-            image = f" `{e.image_ref}`" if e.image_ref else ""
-            detail = f" ({e.detail})" if e.detail else ""
-            lines.append(f"{when(e.at)} {actor} **{e.action}**{image}{target}{detail}")
-        await reply(interaction, fit_lines(lines), allowed_mentions=NO_PINGS)
+        await reply_lines(interaction, [describe_audit_entry(e) for e in entries],
+                          empty="The audit log is empty.")
 
     @app_commands.command(name="reports", description="Open reports about images made here.")
     async def reports(self, interaction: discord.Interaction) -> None:
         reports = await self.veil.moderation.reports(interaction.guild_id)
-        if not reports:
-            await reply(interaction, "No open reports.")
-            return
-        lines = [f"#{r.id} `{r.image_public_id}` by <@{r.reporter_id}> {when(r.created_at)}: "
-                 f"{r.reason}" for r in reports]
-        footer = "Moderators may /view a reported image; /admin takedown removes it."
-        body = fit_lines(lines, MAX_REPLY_CHARS - len(footer) - 1)
-        await reply(interaction, f"{body}\n{footer}", allowed_mentions=NO_PINGS)
+        await reply_lines(interaction, [describe_report(r) for r in reports],
+                          empty="No open reports.",
+                          footer="Moderators may /view a reported image; /admin takedown "
+                                 "removes it.")
 
     @app_commands.command(name="stats", description="How Veil is used in this server.")
     async def stats(self, interaction: discord.Interaction) -> None:

@@ -11,39 +11,58 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.core.errors import NotFound
-from bot.core.models import Removal
+from bot.core.models import Removal, ViewEntry
 from cogs._options import owned_image_autocomplete, visible_image_autocomplete, when
-from cogs._replies import reply, report_error
+from cogs._replies import plural, reply, reply_lines, report_error
 from cogs._viewer import viewer_from
-from cogs._views import confirm, owner_buttons
+from cogs._views import InvokerView, confirm, owner_buttons
+from cogs.share import notify_grantee, target_kind
 
 GALLERY_PAGE = 10  # one embed and one thumbnail per image; Discord allows 10 per message
+ACCESS_LOG_ENTRIES = 100  # the newest views; /access-log shows as many as fit in one message
 CONFIRM_WAIT_S = 60.0
 ONLY_THE_OWNER = "Only the owner of this image can use these buttons."
 GONE = "That image no longer exists: it was deleted."
 
 
-def plural(count: int, noun: str, nouns: str | None = None) -> str:
-    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
-
-
 def removal_text(removal: Removal, still_pending: int) -> str:
     """What a deletion did. ``still_pending`` counts messages Discord did not let us delete yet
     (they are retried in the background), so the text never claims more than happened."""
-    queued = removal.retractions_queued
-    messages = f"{plural(queued, 'message')} carrying it"
+    images = len(removal.image_ids)
+    it = "it" if images == 1 else "them"
+    gone = ("the file, its key, its links and shares are gone" if images == 1
+            else "their files, keys, links and shares are gone")
+    retracted = removal.retractions_queued - still_pending
+    text = f"Deleted {plural(images, 'image')}: {gone}"
+    if retracted or not still_pending:
+        text += (f", and {plural(retracted, 'message')} carrying {it} "
+                 f"{'was' if retracted == 1 else 'were'} retracted")
+    text += "."
     if still_pending:
-        retraction = (f"{messages} {'is' if queued == 1 else 'are'} being deleted (Discord "
-                      f"refused {still_pending} just now; I keep trying)")
-    else:
-        retraction = f"{messages} {'was' if queued == 1 else 'were'} deleted"
-    text = (f"Deleted {plural(len(removal.image_ids), 'image')}: the file, its key, its links "
-            f"and shares are gone, and {retraction}.")
+        text += (f" {plural(still_pending, 'message')} carrying {it} "
+                 f"{'is' if still_pending == 1 else 'are'} not retracted yet: Discord refused for "
+                 "now, and I keep trying.")
     if removal.ephemeral_copies:
         copies = plural(removal.ephemeral_copies, "ephemeral copy", "ephemeral copies")
         text += (f" {copies} cannot be retracted; Discord removes those when the recipient's "
                  "app reloads.")
     return text
+
+
+def describe_view(entry: ViewEntry) -> str:
+    who = (f"<@{entry.viewer_id}>" if entry.viewer_id else
+           f"someone with link `{entry.link_id}`" if entry.link_id else "someone")
+    agent = f" ({entry.agent})" if entry.agent else ""
+    through = {"grant": "a share", "public": "public visibility", "link": "a link",
+               "report": "a report to moderators"}.get(entry.via, entry.via)
+    return f"`{entry.image_public_id}` · {who}{agent} · through {through} · {when(entry.at)}"
+
+
+async def retract_and_describe(bot, removal: Removal) -> str:
+    """Retract at once what a removal queued, then say what it did (``removal_text``)."""
+    await bot.retract_now()
+    pending = min(removal.retractions_queued, await bot.veil.images.pending_retraction_count())
+    return removal_text(removal, pending)
 
 
 class Gallery(commands.Cog):
@@ -146,10 +165,8 @@ class Gallery(commands.Cog):
                 await interaction.followup.send("Kept it; nothing was deleted.", ephemeral=True)
             return
         removal = await self.veil.images.delete(record.public_id, viewer)
-        await self.bot.retract_now()
-        pending = min(removal.retractions_queued,
-                      await self.veil.images.pending_retraction_count())
-        await interaction.followup.send(removal_text(removal, pending), ephemeral=True)
+        await interaction.followup.send(await retract_and_describe(self.bot, removal),
+                                        ephemeral=True)
 
     @app_commands.command(name="access-log",
                           description="Who viewed your images, when, and through what.")
@@ -158,20 +175,9 @@ class Gallery(commands.Cog):
     async def access_log(self, interaction: discord.Interaction,
                          image: str | None = None) -> None:
         viewer = await viewer_from(interaction)
-        entries = await self.veil.images.view_log(viewer, image)
-        if not entries:
-            await reply(interaction, "Nobody else has viewed your images yet.")
-            return
-        lines = []
-        for e in entries:
-            who = (f"<@{e.viewer_id}>" if e.viewer_id else
-                   f"someone with link `{e.link_id}`" if e.link_id else "someone")
-            through = {"grant": "a share", "public": "public visibility", "link": "a link",
-                       "report": "a report to moderators"}.get(e.via, e.via)
-            agent = f" ({e.agent})" if e.agent else ""
-            lines.append(f"`{e.image_public_id}` · {who}{agent} · through {through} · "
-                         f"{when(e.at)}")
-        await reply(interaction, "\n".join(lines), allowed_mentions=discord.AllowedMentions.none())
+        entries = await self.veil.images.view_log(viewer, image, limit=ACCESS_LOG_ENTRIES)
+        await reply_lines(interaction, [describe_view(e) for e in entries],
+                          empty="Nobody else has viewed your images yet.")
 
     @app_commands.command(name="report",
                           description="Report an image shared with you to this server's "
@@ -201,7 +207,7 @@ class Gallery(commands.Cog):
             else:
                 await interaction.response.send_message(
                     f"Who should see `{record.public_id}`?",
-                    view=SharePicker(self, record.public_id), ephemeral=True)
+                    view=SharePicker(self, record.public_id, viewer.user_id), ephemeral=True)
         except NotFound:
             gone = await self.veil.ctx.image(image_id) is None
             await reply(interaction, GONE if gone else ONLY_THE_OWNER)
@@ -209,11 +215,11 @@ class Gallery(commands.Cog):
             await report_error(interaction, error)
 
 
-class SharePicker(discord.ui.View):
-    """A user/role picker shown by the Share button."""
+class SharePicker(InvokerView):
+    """A user/role picker shown by the Share button, to the image's owner only."""
 
-    def __init__(self, cog: Gallery, image_id: str) -> None:
-        super().__init__(timeout=120)
+    def __init__(self, cog: Gallery, image_id: str, owner_id: int) -> None:
+        super().__init__(owner_id, timeout=120)
         self.cog = cog
         self.image_id = image_id
 
@@ -221,22 +227,23 @@ class SharePicker(discord.ui.View):
                        min_values=1, max_values=10)
     async def pick(self, interaction: discord.Interaction,
                    select: discord.ui.MentionableSelect) -> None:
-        try:
-            if any(getattr(target, "bot", False) for target in select.values):
-                await reply(interaction, "Bots cannot be shared with; pick people or roles.")
-                return
-            viewer = await viewer_from(interaction)
-            names = []
-            for target in select.values:
-                kind = "role" if isinstance(target, discord.Role) else "user"
-                await self.cog.veil.sharing.grant(viewer, kind, target.id,
-                                                  image_public_id=self.image_id)
-                names.append(target.mention)
-            await interaction.response.edit_message(
-                content=f"Shared `{self.image_id}` with {', '.join(names)}.", view=None,
-                allowed_mentions=discord.AllowedMentions.none())
-        except Exception as error:
-            await report_error(interaction, error)
+        if any(getattr(target, "bot", False) for target in select.values):
+            await reply(interaction, "Bots cannot be shared with; pick people or roles.")
+            return
+        viewer = await viewer_from(interaction)
+        people = []
+        for target in select.values:
+            grant = await self.cog.veil.sharing.grant(viewer, target_kind(target), target.id,
+                                                      image_public_id=self.image_id)
+            if grant.grantee_kind == "user":
+                people.append((target, grant))
+        names = ", ".join(target.mention for target in select.values)
+        await interaction.response.edit_message(
+            content=f"Shared `{self.image_id}` with {names}.", view=None,
+            allowed_mentions=discord.AllowedMentions.none())
+        # After the answer, so a slow DM cannot make the picker's interaction fail.
+        for person, grant in people:
+            await notify_grantee(person, grant)
 
 
 async def setup(bot: commands.Bot) -> None:

@@ -16,9 +16,8 @@ from bot.core.errors import BadImage, GeneratorUnavailable, QueueFull
 from bot.core.models import ImageContent, ImageRecord, Viewer
 from bot.generate import GenerationRequest, Progress
 from cogs._delivery import DeliveryFailed
-from cogs._replies import report_error
 from cogs._viewer import viewer_from
-from cogs._views import owner_buttons
+from cogs._views import InvokerView, owner_buttons
 
 PROGRESS_EVERY_S = 1.0
 RETRY_WAIT_S = 600.0  # shorter than an interaction token's 15 minutes, so expiry can be shown
@@ -42,35 +41,25 @@ def summary(records: list[ImageRecord], note: str) -> str:
     return f"Done: {ids} ({kind}). {note}"
 
 
-class RetryView(discord.ui.View):
+class RetryView(InvokerView):
     """Offered when the generator failed: one click tries the same request again. When the
     offer times out (before the interaction's 15-minute token does) the button is disabled."""
 
+    not_yours = "Only the person who asked can try again."
+
     def __init__(self, cog: Imagine, source: discord.Interaction, request: GenerationRequest,
                  private: bool | None, text: str) -> None:
-        super().__init__(timeout=cog.retry_wait_s)
-        self.cog, self.source, self.invoker_id = cog, source, source.user.id
+        super().__init__(source.user.id, timeout=cog.retry_wait_s)
+        self.cog, self.source = cog, source
         self.request, self.private, self.text = request, private, text
 
     async def on_timeout(self) -> None:
-        for item in self.children:
-            item.disabled = True
+        self.disable_all()
         try:
             await self.source.edit_original_response(
                 content=f"{self.text}\n\nThis offer expired: run /imagine again.", view=self)
         except discord.HTTPException:
             pass  # the message is gone or its token expired: nothing left to tidy
-
-    async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        if interaction.user.id != self.invoker_id:
-            await interaction.response.send_message("Only the person who asked can try again.",
-                                                    ephemeral=True)
-            return False
-        return True
-
-    async def on_error(self, interaction: discord.Interaction, error: Exception,
-                       item: discord.ui.Item) -> None:
-        await report_error(interaction, error)
 
     @discord.ui.button(label="Try again", style=discord.ButtonStyle.primary)
     async def retry(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:

@@ -8,9 +8,8 @@ from discord.ext import commands
 
 from bot.core.models import ShareLink, Viewer
 from cogs._options import Duration, owned_image_autocomplete, when
-from cogs._replies import reply
+from cogs._replies import plural, reply, reply_lines
 from cogs._viewer import viewer_from
-from cogs.share import fit_lines
 
 
 def describe_link(link: ShareLink, now: float) -> str:
@@ -47,7 +46,7 @@ class Links(commands.GroupCog, group_name="link",
                                            max_views=max_views, allow_download=download,
                                            watermark=watermark)
         url = f"{self.bot.settings.public_url}/l/{new.token}"
-        limit = f", {max_views} view{'s' if max_views != 1 else ''}" if max_views else ""
+        limit = f", {plural(max_views, 'view')}" if max_views else ""
         await reply(interaction,
                     f"Link `{new.link.public_id}` to `{new.link.image_public_id}` "
                     f"(expires {when(new.link.expires_at)}{limit}):\n{url}\n"
@@ -75,11 +74,9 @@ class Links(commands.GroupCog, group_name="link",
     @app_commands.command(name="list", description="List your links and their state.")
     async def list_links(self, interaction: discord.Interaction) -> None:
         links = await self.veil.links.links_of(Viewer(interaction.user.id))
-        if not links:
-            await reply(interaction, "You have no links. Make one with /link create.")
-            return
         now = self.veil.ctx.now()
-        await reply(interaction, fit_lines([describe_link(link, now) for link in links]))
+        await reply_lines(interaction, [describe_link(link, now) for link in links],
+                          empty="You have no links. Make one with /link create.")
 
     @app_commands.command(name="revoke", description="Turn a link off now.")
     @app_commands.describe(link="The link id (from /link list)")

@@ -11,8 +11,7 @@ from discord.ext import commands
 
 from bot.core.durations import format_duration
 from bot.core.models import DeliveryKind, ImageRecord
-from bot.core.users import MAX_EXPORT_IMAGES
-from cogs._replies import reply
+from cogs._replies import plural, reply
 from cogs._views import confirm
 
 RECORDS_FILE = "veil-export.json"
@@ -107,25 +106,22 @@ class PrivacyTools(commands.Cog):
         await interaction.followup.send("Sent your export to your DMs." + note, ephemeral=True)
 
     async def _build_export(self, user_id: int,
-                            limit: int) -> tuple[bytes, list[ImageRecord], str]:
-        """The archive, the images it carries, and a note on anything left out."""
-        # Listed before and after building the archive, so every image it can hold is known.
-        before = await self.veil.images.owned(user_id, limit=MAX_EXPORT_IMAGES)
-        archive = await self.veil.privacy.export(user_id)
-        after = await self.veil.images.owned(user_id, limit=MAX_EXPORT_IMAGES)
-        carried = list({r.id: r for r in [*before, *after]}.values())
-        if len(archive) > limit:
-            note = (f" With your images it would be {len(archive) / 1e6:.1f} MB, over the "
+                            limit: int) -> tuple[bytes, tuple[ImageRecord, ...], str]:
+        """The archive to send, the images it carries, and a note on anything left out."""
+        export = await self.veil.privacy.export(user_id)
+        if len(export.archive) > limit:
+            note = (f" With your images it would be {len(export.archive) / 1e6:.1f} MB, over the "
                     f"{limit / 1e6:.2g} MB Discord lets me send here, so it holds your records "
                     "only; /view sends each image.")
-            return records_only(archive), [], note
-        total = (await self.veil.privacy.status(user_id)).images
-        if total > MAX_EXPORT_IMAGES:
-            return archive, carried, (f" It holds your newest {MAX_EXPORT_IMAGES} of {total} "
-                                      "images; /view sends any other one.")
-        return archive, carried, ""
+            return records_only(export.archive), (), note
+        if export.truncated:
+            total = (await self.veil.privacy.status(user_id)).images
+            return export.archive, export.images, (
+                f" It holds your newest {len(export.images)} of {total} images; /view sends "
+                "any other one.")
+        return export.archive, export.images, ""
 
-    async def _record(self, records: list[ImageRecord], message: discord.Message,
+    async def _record(self, records: tuple[ImageRecord, ...], message: discord.Message,
                       kind: DeliveryKind, interaction: discord.Interaction) -> None:
         """Remember the export as a message carrying these images, so deleting any of them (or
         /forget-me) retracts it like every other copy (guarantee 5)."""
@@ -148,15 +144,15 @@ class PrivacyTools(commands.Cog):
             return
         removal = await self.veil.privacy.forget(interaction.user.id)
         retracted = await self.bot.retract_now()
-        text = (f"Done. Deleted {len(removal.image_ids)} images and retracted {retracted} "
-                "messages. Veil no longer holds anything about you.")
+        text = (f"Done. Deleted {plural(len(removal.image_ids), 'image')} and retracted "
+                f"{plural(retracted, 'message')}. Veil no longer holds anything about you.")
         waiting = removal.retractions_queued - retracted
         if waiting > 0:
-            text += (f" {waiting} more messages will be retracted as soon as Discord lets me; "
-                     "I keep trying.")
+            text += (f" {plural(waiting, 'more message')} will be retracted as soon as Discord "
+                     "lets me; I keep trying.")
         if removal.ephemeral_copies:
-            text += (f" {removal.ephemeral_copies} ephemeral copies could not be retracted; "
-                     "they vanish when you close Discord.")
+            copies = plural(removal.ephemeral_copies, "ephemeral copy", "ephemeral copies")
+            text += f" {copies} could not be retracted; they vanish when you close Discord."
         await interaction.followup.send(text, ephemeral=True)
 
 

@@ -7,15 +7,14 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.core.durations import format_duration
-from bot.core.models import Grant, Group, Viewer
+from bot.core.models import Grant, Group
 from cogs._options import Duration, owned_image_autocomplete, when
-from cogs._replies import reply
+from cogs._replies import plural, reply, reply_lines
 from cogs._viewer import viewer_from
 from cogs._views import confirm
 
 Target = discord.Member | discord.User | discord.Role
 NO_PINGS = discord.AllowedMentions.none()
-MESSAGE_LIMIT = 2000  # Discord's limit on a message's content
 MEMBERS_SHOWN = 10  # per group in /group list, so one big group cannot crowd out the rest
 
 
@@ -27,28 +26,9 @@ def what(image: str | None) -> str:
     return f"`{image}`" if image else "all your images"
 
 
-def plural(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
-
-
 def group_label(name: str) -> str:
     """A group name as the owner typed it, shown in bold without breaking the markdown."""
     return f"**{discord.utils.escape_markdown(name)}**"
-
-
-def fit_lines(lines: list[str], *, limit: int = MESSAGE_LIMIT) -> str:
-    """As many whole lines as fit in one message, then how many were left out."""
-    shown: list[str] = []
-    size = 0
-    for index, line in enumerate(lines):
-        tail = 0 if index == len(lines) - 1 else len(f"\n… and {len(lines)} more.")
-        if size + len(line) + tail > limit:
-            break
-        shown.append(line)
-        size += len(line) + 1
-    if len(shown) < len(lines):
-        shown.append(f"… and {len(lines) - len(shown)} more.")
-    return "\n".join(shown)
 
 
 def describe_grant(grant: Grant) -> str:
@@ -57,6 +37,17 @@ def describe_grant(grant: Grant) -> str:
     item = f"`{grant.image_public_id}`" if grant.image_public_id else "all images"
     until = f" until {when(grant.expires_at)}" if grant.expires_at else ""
     return f"{item} → {who}{until}"
+
+
+async def notify_grantee(person: discord.abc.Messageable, grant: Grant) -> None:
+    """Tell a person by DM that something was shared with them (text only: never the image,
+    never a prompt)."""
+    item = f"image `{grant.image_public_id}`" if grant.image_public_id else "their images"
+    try:
+        await person.send(f"<@{grant.owner_id}> shared {item} with you on Veil. "
+                          "See it with /gallery or /view.", allowed_mentions=NO_PINGS)
+    except discord.HTTPException:
+        pass  # closed DMs: the share still works, they will find it in /gallery
 
 
 async def still_covered(veil, owner_id: int, kind: str, grantee_id: int,
@@ -120,17 +111,7 @@ class Share(commands.Cog):
         await reply(interaction, f"Shared {what(grant.image_public_id)} with {target.mention}"
                                  f"{until}. Undo with /unshare.", allowed_mentions=NO_PINGS)
         if target_kind(target) == "user":
-            await self._notify(viewer, target, grant)
-
-    async def _notify(self, viewer: Viewer, target, grant: Grant) -> None:
-        """Tell the person by DM (text only: never the image, never a prompt)."""
-        item = (f"image `{grant.image_public_id}`" if grant.image_public_id
-                else "their images")
-        try:
-            await target.send(f"<@{viewer.user_id}> shared {item} with you on Veil. "
-                              "See it with /gallery or /view.", allowed_mentions=NO_PINGS)
-        except discord.HTTPException:
-            pass  # closed DMs: the share still works, they will find it in /gallery
+            await notify_grantee(target, grant)
 
     @app_commands.command(name="unshare", description="Stop sharing with a person or a role.")
     @app_commands.describe(target="A person or a role",
@@ -149,11 +130,8 @@ class Share(commands.Cog):
     @app_commands.command(name="shares", description="List what you are sharing, and with whom.")
     async def shares(self, interaction: discord.Interaction) -> None:
         grants = await self.veil.sharing.grants_by(interaction.user.id)
-        if not grants:
-            await reply(interaction, "You are not sharing anything. Use /share to start.")
-            return
-        await reply(interaction, fit_lines([describe_grant(g) for g in grants]),
-                    allowed_mentions=NO_PINGS)
+        await reply_lines(interaction, [describe_grant(g) for g in grants],
+                          empty="You are not sharing anything. Use /share to start.")
 
 
 def describe_group(group: Group) -> str:
@@ -229,11 +207,8 @@ class Groups(commands.GroupCog, group_name="group",
     @app_commands.command(name="list", description="List your groups and their members.")
     async def list_groups(self, interaction: discord.Interaction) -> None:
         groups = await self.veil.sharing.groups(interaction.user.id)
-        if not groups:
-            await reply(interaction, "You have no groups. Create one with /group create.")
-            return
-        await reply(interaction, fit_lines([describe_group(g) for g in groups]),
-                    allowed_mentions=NO_PINGS)
+        await reply_lines(interaction, [describe_group(g) for g in groups],
+                          empty="You have no groups. Create one with /group create.")
 
     @app_commands.command(name="share", description="Share one image, or all, with a group.")
     @app_commands.describe(name="The group", image="One image (leave empty for all)",

@@ -1,18 +1,17 @@
 """Shared fixtures: a real Veil over a real SQLite file in a temporary folder, with a clock the
-test moves by hand, and small real images made with Pillow."""
+test moves by hand, and small real images made with Pillow (``png``, kept in tests.e2e beside the
+bot's fixture so both kinds of test make images the same way)."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from bot.core.models import Viewer
 from bot.core.veil import Veil
-from tests.e2e import veil_app  # noqa: F401  (the bot-against-the-double fixture, for every test)
+from tests.e2e import png, veil_app  # noqa: F401  (the bot fixture for all; png for imports)
 
 GUILD = 1_000_000_000_000_000_001
 OTHER_GUILD = 1_000_000_000_000_000_002
@@ -53,19 +52,6 @@ async def veil(data_dir: Path, clock: FakeClock) -> AsyncIterator[Veil]:
         yield v
     finally:
         await v.close()
-
-
-def png(color: tuple[int, int, int] = (200, 30, 90), size: tuple[int, int] = (64, 48),
-        **info: str) -> bytes:
-    """A small real PNG; keyword arguments become tEXt chunks."""
-    from PIL import PngImagePlugin
-
-    meta = PngImagePlugin.PngInfo()
-    for key, value in info.items():
-        meta.add_text(key, value)
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, "PNG", pnginfo=meta)
-    return buf.getvalue()
 
 
 def viewer(user_id: int, *roles: int, guild: int | None = GUILD, mod: bool = False) -> Viewer:

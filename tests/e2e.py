@@ -1,18 +1,23 @@
-"""The unmodified Veil bot against the local Discord double: a fixture and small helpers.
+"""The unmodified Veil bot against the local Discord double: a fixture and the helpers the
+end-to-end tests share.
 
 ``veil_app`` starts the double, builds a world (a server with #general and #gallery, alice, bob,
-a moderator), opens a real Veil on a temporary folder and runs the real ``VeilBot``.
+a moderator), opens a real Veil on a temporary folder and runs the real ``VeilBot``. The helpers
+read what people would see (replies, DMs, channel posts) and what Veil stored.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from PIL import Image, PngImagePlugin
 
 from bot.client import VeilBot
 from bot.config import load_settings
@@ -72,6 +77,20 @@ class App:
         await self.veil.moderation.allow_channel(self.world.guild.id, channel.id, 1)
 
 
+PUBLIC_LINK = "https://veil.example/l/"  # how every Veil link the bot hands out begins
+
+
+def png(color: tuple[int, int, int] = (200, 30, 90), size: tuple[int, int] = (64, 48),
+        **info: str) -> bytes:
+    """A small real PNG; keyword arguments become tEXt chunks."""
+    meta = PngImagePlugin.PngInfo()
+    for key, value in info.items():
+        meta.add_text(key, value)
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "PNG", pnginfo=meta)
+    return buf.getvalue()
+
+
 def png_chunks(data: bytes) -> list[bytes]:
     """Chunk types of a PNG, read from its bytes."""
     assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
@@ -83,9 +102,88 @@ def png_chunks(data: bytes) -> list[bytes]:
     return types
 
 
+# What people see ----------------------------------------------------------------------------
+
+def texts(handle) -> str:
+    """Everything the bot answered to one command or click, one message a line."""
+    return "\n".join(m.content for m in handle.messages)
+
+
+def button_id(message, label: str) -> str:
+    """The custom id of the button labelled ``label`` on a message."""
+    for component in message.iter_components():
+        if component.get("type") == 2 and component.get("label") == label:
+            return component["custom_id"]
+    raise AssertionError(f"no {label!r} button on message {message.id}")
+
+
 def image_attachments(messages) -> list:
     return [a for m in messages for v in m.versions for a in v.attachments
             if a.filename.lower().endswith((".png", ".jpg", ".jpeg", ".webp", ".gif"))]
+
+
+def image_dms(app: App, user) -> list:
+    """The DMs to ``user`` that carry an image (deleted ones left out)."""
+    return [m for m in app.double.dm_messages(user) if image_attachments([m])]
+
+
+async def assert_no_private_image_in_any_channel(app: App, *, also_private=()) -> None:
+    """No message in a guild channel, deleted ones and every edit included, ever carried a
+    private image as an attachment or an embed, nor any Veil link."""
+    ids = await private_image_ids(app) | set(also_private)
+    private_bytes = {a.data for m in app.double.state.messages.values() for v in m.versions
+                     for a in v.attachments if any(i in a.filename for i in ids)}
+    for message in app.double.all_guild_channel_messages(include_deleted=True):
+        for version in message.versions:
+            assert PUBLIC_LINK not in version.content, "a Veil link was posted in a channel"
+            for attachment in version.attachments:
+                assert not any(i in attachment.filename for i in ids), attachment.filename
+                assert attachment.data not in private_bytes, "private bytes in a channel"
+            for embed in version.embeds:
+                text = json.dumps(embed)
+                assert PUBLIC_LINK not in text
+                assert not any(i in text for i in ids), "a private image embedded in a channel"
+
+
+# What Veil stored ---------------------------------------------------------------------------
+
+async def new_image(app: App, owner) -> str:
+    """Store an uploaded image for ``owner`` through the core (no command, no delivery)."""
+    record = await app.veil.images.create(owner.id, png(), guild_id=app.world.guild.id,
+                                          source="upload")
+    return record.public_id
+
+
+async def post_public_image(app: App, user, prompt: str = "a public picture") -> tuple[str, object]:
+    """``user`` makes a public image in #gallery, permitted first, where the bot posts it;
+    returns the image id and that post (the only message in #gallery)."""
+    await app.permit(app.world.gallery)
+    await app.run("imagine", user=user, channel=app.world.gallery,
+                  options={"prompt": prompt, "private": False})
+    [post] = app.double.messages_in(app.world.gallery)
+    return await newest_image(app, user), post
+
+
+async def newest_image(app: App, user) -> str:
+    """The id of the image ``user`` made last (by a command, say)."""
+    [record] = await app.veil.images.owned(user.id, limit=1)
+    return record.public_id
+
+
+async def image_ids(app: App, owner) -> set[str]:
+    rows = await app.veil.ctx.db.fetchall("SELECT public_id FROM images WHERE owner_id = ?",
+                                          (owner.id,))
+    return {r[0] for r in rows}
+
+
+async def private_image_ids(app: App) -> set[str]:
+    rows = await app.veil.ctx.db.fetchall(
+        "SELECT public_id FROM images WHERE visibility = 'private'")
+    return {row[0] for row in rows}
+
+
+def blob_files(app: App) -> list[Path]:
+    return [p for p in app.veil.data_dir.joinpath("blobs").rglob("*") if p.is_file()]
 
 
 @pytest.fixture

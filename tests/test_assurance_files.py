@@ -40,7 +40,6 @@ from tests import imagefactory as factory
 from tests.conftest import ALICE, GUILD
 
 # The real bot against the Discord double, as a fixture of this module.
-veil_app = e2e.veil_app
 
 # ---------------------------------------------------------------- what users are told
 

@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from bot.core.models import Viewer
-from tests import e2e
+from bot.core.models import Report, Viewer
 from tests.discord_double import CommandNotAvailable
-from tests.e2e import image_attachments
-
-veil_app = e2e.veil_app  # the end-to-end fixture, under the name the tests ask for
+from tests.e2e import button_id, image_attachments, image_dms, image_ids, post_public_image
 
 MANAGE_GUILD = 1 << 5
 DAY = 86400.0
 REFUSAL = "Only this server's moderators"
-
-
-def button(message, label: str) -> str:
-    for component in message.iter_components():
-        if component.get("type") == 2 and component.get("label") == label:
-            return component["custom_id"]
-    raise AssertionError(f"no {label!r} button on message {message.id}")
 
 
 async def admin(app, path: str, user=None, **options):
@@ -33,14 +23,19 @@ async def admin(app, path: str, user=None, **options):
 async def confirm_with(app, handle, label: str, user) -> None:
     prompt = await handle.wait_original()
     assert prompt.ephemeral
-    await app.click(prompt, button(prompt, label), user=user)
+    await app.click(prompt, button_id(prompt, label), user=user)
     await app.settle(handle)
 
 
-async def image_ids(app, owner) -> set[str]:
-    rows = await app.veil.ctx.db.fetchall("SELECT public_id FROM images WHERE owner_id = ?",
-                                          (owner.id,))
-    return {r[0] for r in rows}
+async def reported_image(app, reason: str = "spam") -> tuple[str, Report]:
+    """Alice makes a public image in the server and Bob reports it; returns its id and the
+    report."""
+    world = app.world
+    await app.run("imagine", user=world.alice, options={"prompt": "x", "private": False})
+    [image] = await image_ids(app, world.alice)
+    report = await app.veil.moderation.report(Viewer(world.bob.id, guild_id=world.guild.id),
+                                              image, reason)
+    return image, report
 
 
 async def snapshot(app) -> tuple:
@@ -238,12 +233,14 @@ async def test_purge_with_confirmation_removes_only_that_members_images_from_thi
     prompt = await handle.wait_original()
     assert "Delete all 2 images" in prompt.content
     await confirm_with(app, handle, "Purge", world.moderator)
+    assert "Deleted 2 images: their files" in handle.messages[-1].content
+    assert "2 messages carrying them were retracted." in handle.messages[-1].content
 
     assert await image_ids(app, world.alice) == {dm_made}
     assert await image_ids(app, world.bob) == bob_before
     assert all(m.deleted for m in alice_server_messages)
     assert app.double.messages_in(world.gallery) == []
-    remaining = [m for m in app.double.dm_messages(world.alice) if m.attachments]
+    remaining = image_dms(app, world.alice)
     assert len(remaining) == 1 and dm_made in remaining[0].content
     assert all(m.ephemeral for m in handle.messages)
 
@@ -263,16 +260,14 @@ async def test_takedown_removes_an_image_and_retracts_it_without_showing_it_to_t
         veil_app):
     app = veil_app
     world = app.world
-    await app.permit(world.gallery)
-    await app.run("imagine", user=world.alice, channel=world.gallery,
-                  options={"prompt": "a rude drawing", "private": False})
-    [image] = await image_ids(app, world.alice)
-    [post] = app.double.messages_in(world.gallery)
+    image, post = await post_public_image(app, world.alice, "a rude drawing")
 
     handle = await admin(app, "takedown", image=image)
 
     assert handle.ephemeral
     assert "Deleted 1 image" in handle.messages[-1].content
+    assert "1 message carrying it was retracted." in handle.messages[-1].content
+    assert "not retracted yet" not in handle.messages[-1].content
     assert await image_ids(app, world.alice) == set()
     assert post.deleted
     to_moderator = [m for m in handle.messages] + app.double.dm_messages(world.moderator)
@@ -297,10 +292,7 @@ async def test_takedown_of_an_image_from_another_place_is_refused(veil_app):
 async def test_takedown_suggests_reported_images(veil_app):
     app = veil_app
     world = app.world
-    await app.run("imagine", user=world.alice, options={"prompt": "x", "private": False})
-    [image] = await image_ids(app, world.alice)
-    await app.veil.moderation.report(Viewer(world.bob.id, guild_id=world.guild.id), image,
-                                     "spam")
+    image, _ = await reported_image(app)
     handle = await app.double.autocomplete("admin takedown", focused="image", value="",
                                            user=world.moderator, guild=world.guild)
     choices = await handle.wait_choices()
@@ -342,10 +334,7 @@ async def test_reports_lists_a_report_filed_through_the_core(veil_app):
     world = app.world
     empty = await admin(app, "reports")
     assert "No open reports" in empty.content
-    await app.run("imagine", user=world.alice, options={"prompt": "x", "private": False})
-    [image] = await image_ids(app, world.alice)
-    report = await app.veil.moderation.report(Viewer(world.bob.id, guild_id=world.guild.id),
-                                              image, "looks like spam")
+    image, report = await reported_image(app, "looks like spam")
     handle = await admin(app, "reports")
     assert handle.ephemeral
     assert f"#{report.id} `{image}`" in handle.content
@@ -380,10 +369,7 @@ async def test_admin_answers_never_post_in_the_channel(veil_app):
 async def test_reported_image_ids_are_not_suggested_to_a_plain_member(veil_app):
     app = veil_app
     world = app.world
-    await app.run("imagine", user=world.alice, options={"prompt": "x", "private": False})
-    [image] = await image_ids(app, world.alice)
-    await app.veil.moderation.report(Viewer(world.bob.id, guild_id=world.guild.id), image,
-                                     "spam")
+    await reported_image(app)
     handle = await app.double.autocomplete("admin takedown", focused="image", value="",
                                            user=world.bob, guild=world.guild,
                                            bypass_client_checks=True)

@@ -9,21 +9,21 @@ import re
 import pytest
 
 from bot.client import VeilBot
-from bot.core.models import Viewer
+from bot.core.models import Removal, Viewer
 from bot.core.veil import Veil
-from tests import e2e
-from tests.e2e import App, image_attachments
-from tests.test_bot_imagine import (
+from cogs.gallery import removal_text
+from tests.e2e import (
+    App,
     assert_no_private_image_in_any_channel,
     blob_files,
     button_id,
+    image_attachments,
+    image_dms,
+    new_image,
     newest_image,
+    png,
     texts,
-    tiny_png,
 )
-
-# The end-to-end fixture, bound here so pytest finds it (an unused import would be flagged).
-veil_app = e2e.veil_app
 
 NOT_VISIBLE = "There is no image with id `{}` that you can see."
 
@@ -45,10 +45,6 @@ def add_carol(app):
     carol = app.double.add_user("carol")
     app.double.add_member(app.world.guild, carol)
     return carol
-
-
-def image_dms(app, user) -> list:
-    return [m for m in app.double.dm_messages(user) if m.attachments]
 
 
 async def image_exists(app, image: str) -> bool:
@@ -184,7 +180,7 @@ async def test_gallery_shows_my_images_and_shared_ones_as_ephemeral_thumbnails_w
     bobs = await imagine(app, app.world.bob, private=True)
     await share(app, app.world.bob, bobs, app.world.alice)
     for n in range(10):
-        await app.veil.images.create(app.world.alice.id, tiny_png((n * 20, 10, 10)),
+        await app.veil.images.create(app.world.alice.id, png((n * 20, 10, 10)),
                                      guild_id=app.world.guild.id, source="upload",
                                      requested_private=True)
     handle = await app.run("gallery", user=app.world.alice)
@@ -256,6 +252,23 @@ async def test_the_access_log_shows_that_bob_viewed_alices_image_through_a_share
     assert stranger.original.content == NOT_VISIBLE.format(image)
 
 
+async def test_a_long_access_log_fits_one_message_in_whole_lines(veil_app):
+    app = veil_app
+    alice, bob = app.world.alice, app.world.bob
+    image = await new_image(app, alice)
+    await share(app, alice, image, bob)
+    for _ in range(60):
+        await app.veil.images.open(image, Viewer(bob.id))
+    handle = await app.run("access-log", user=alice)
+    assert handle.ephemeral and handle.messages == [handle.original]
+    text = handle.original.content
+    assert len(text) <= 2000
+    *lines, rest = text.splitlines()
+    assert lines and all(line.startswith(f"`{image}` · <@{bob.id}> · through a share · <t:")
+                         and line.endswith(":R>") for line in lines)
+    assert rest == f"… and {60 - len(lines)} more"
+
+
 async def test_a_report_lets_the_moderator_view_that_one_image_and_no_other_private_one(
         veil_app):
     app = veil_app
@@ -324,7 +337,7 @@ async def test_delete_retracts_every_dm_and_channel_post_destroys_the_blob_and_f
     assert all(m.deleted for m in carrying)
     assert {m.id for m in app.double.deleted_messages} >= {m.id for m in carrying}
     assert "Deleted 1 image" in texts(prompt)
-    assert "3 messages carrying it were deleted" in texts(prompt)
+    assert "3 messages carrying it were retracted" in texts(prompt)
     assert not await image_exists(app, image)
     assert not any(p.name.startswith(blob) for p in blob_files(app))
     assert await app.veil.images.pending_retraction_count() == 0
@@ -345,7 +358,8 @@ async def test_a_delete_when_discord_refuses_a_retraction_says_so_and_keeps_tryi
     await app.settle(prompt)
     assert not dm.deleted
     said = texts(prompt)
-    assert "1 message carrying it is being deleted" in said and "keep trying" in said
+    assert "1 message carrying it is not retracted yet" in said and "keep trying" in said
+    assert "was retracted" not in said and "were retracted" not in said
     assert "1 ephemeral copy cannot be retracted" in said
     assert not await image_exists(app, image)
     assert await app.veil.images.pending_retraction_count() == 1
@@ -362,6 +376,43 @@ async def test_an_unanswered_delete_prompt_times_out_disables_its_buttons_and_ke
     assert buttons and all(c.get("disabled") for c in buttons)
     assert await image_exists(app, image)
     assert app.double.deleted_messages == []
+
+
+def test_the_removal_text_agrees_in_number_with_what_was_removed():
+    one = removal_text(Removal(("a",), retractions_queued=1), 0)
+    assert one.startswith("Deleted 1 image: the file, its key, its links and shares are gone")
+    assert "1 message carrying it was retracted." in one
+    many = removal_text(Removal(("a", "b"), retractions_queued=2, ephemeral_copies=2), 0)
+    assert many.startswith("Deleted 2 images: their files, keys, links and shares are gone")
+    assert "2 messages carrying them were retracted." in many
+    assert "2 ephemeral copies cannot be retracted" in many
+    partly = removal_text(Removal(("a", "b"), retractions_queued=3, ephemeral_copies=1), 2)
+    assert "1 message carrying them was retracted." in partly
+    assert "2 messages carrying them are not retracted yet" in partly
+    assert "1 ephemeral copy cannot be retracted" in partly
+    waiting = removal_text(Removal(("a",), retractions_queued=1), 1)
+    assert "1 message carrying it is not retracted yet" in waiting
+    assert "was retracted" not in waiting
+
+
+async def test_a_failing_answer_to_the_delete_prompt_gets_the_error_message_and_can_be_retried(
+        veil_app):
+    app = veil_app
+    image = await imagine(app, app.world.alice, private=True)
+    prompt = await app.run("delete", user=app.world.alice, options={"image": image},
+                           settle=False)
+    await prompt.wait_original()
+    app.double.fail_next("POST", r"/interactions/\d+/[^/]+/callback", status=400)
+    failed = await app.double.click(prompt.original, button_id(prompt.original, "Delete"),
+                                    user=app.world.alice)
+    await failed.wait_original()
+    assert failed.ephemeral
+    assert "Something went wrong on my side (reference `" in texts(failed)
+    assert await image_exists(app, image)
+    await app.click(prompt.original, button_id(prompt.original, "Delete"), user=app.world.alice)
+    await app.settle(prompt)
+    assert not await image_exists(app, image)
+    assert "Deleted 1 image" in texts(prompt)
 
 
 async def test_bob_cannot_delete_alices_image(veil_app):
@@ -416,7 +467,8 @@ async def test_alices_delete_button_asks_then_deletes_the_image_and_its_messages
     await app.settle(prompt)
     assert dm.deleted
     assert not await image_exists(app, image)
-    assert "Deleted 1 image" in texts(prompt)
+    assert "Deleted 1 image: the file, its key" in texts(prompt)
+    assert "1 message carrying it was retracted." in texts(prompt)
     await assert_no_private_image_in_any_channel(app, also_private=[image])
 
 
@@ -450,6 +502,24 @@ async def test_the_share_button_opens_a_picker_and_picking_bob_lets_him_view_it(
     [got] = image_dms(app, app.world.bob)
     assert [a.filename for a in got.attachments] == [f"veil-{image}.png"]
     await assert_no_private_image_in_any_channel(app)
+
+
+async def test_picking_bob_with_the_share_button_tells_him_by_the_same_dm_as_share(veil_app):
+    app = veil_app
+    alice, bob = app.world.alice, app.world.bob
+    picked = await imagine(app, alice, private=True)
+    [dm] = image_dms(app, alice)
+    typed = await new_image(app, alice)
+    await share(app, alice, typed, bob)
+    picker = await app.click(dm, owner_button("share", picked), user=alice)
+    [select] = [c for c in picker.original.iter_components() if c["type"] == 7]
+    await app.click(picker.original, select["custom_id"], user=alice, values=[bob])
+    by_command, by_button = app.double.dm_messages(bob)
+    assert by_button.content == by_command.content.replace(typed, picked)
+    assert picked in by_button.content and f"<@{alice.id}>" in by_button.content
+    assert by_button.attachments == [] and "art by" not in by_button.content
+    sent = app.double.calls_to("POST", rf"/channels/{by_button.channel_id}/messages$")
+    assert [c.json["allowed_mentions"] for c in sent] == [{"parse": []}, {"parse": []}]
 
 
 async def test_the_share_picker_refuses_a_bot(veil_app):

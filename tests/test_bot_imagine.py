@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-import io
-import json
 import struct
 import zlib
+from collections.abc import AsyncIterator
 
-from PIL import Image, PngImagePlugin
+import pytest
 
 from bot.core.errors import GeneratorUnavailable
 from bot.generate import GenerationQueue, ProceduralGenerator, Progress
-from tests import e2e
-from tests.e2e import image_attachments, png_chunks
-
-# The end-to-end fixture, bound here so pytest finds it (an unused import would be flagged).
-veil_app = e2e.veil_app
+from tests.e2e import (
+    assert_no_private_image_in_any_channel,
+    blob_files,
+    button_id,
+    image_attachments,
+    image_dms,
+    newest_image,
+    png,
+    png_chunks,
+    private_image_ids,
+    texts,
+)
 
 TEXT_CHUNKS = {b"tEXt", b"zTXt", b"iTXt", b"eXIf"}
 
@@ -66,12 +72,9 @@ async def test_closed_dms_get_an_ephemeral_copy_and_a_warning(veil_app):
 
 async def test_upload_strips_the_prompt_and_gps_before_storing_and_delivering(veil_app):
     app = veil_app
-    meta = PngImagePlugin.PngInfo()
-    meta.add_text("parameters", "a hidden prompt, Steps: 20")
-    meta.add_text("prompt", '{"1": "secret"}')
-    buf = io.BytesIO()
-    Image.new("RGB", (80, 60), (10, 200, 30)).save(buf, "PNG", pnginfo=meta)
-    upload = app.double.upload(buf.getvalue(), "holiday-in-paris.png", user=app.world.alice)
+    data = png((10, 200, 30), (80, 60), parameters="a hidden prompt, Steps: 20",
+               prompt='{"1": "secret"}')
+    upload = app.double.upload(data, "holiday-in-paris.png", user=app.world.alice)
     handle = await app.run("upload", user=app.world.alice, options={"image": upload})
     [dm] = app.double.dm_messages(app.world.alice)
     data = dm.attachments[0].data
@@ -91,50 +94,7 @@ async def test_a_corrupt_upload_gets_a_clear_message_and_stores_nothing(veil_app
     assert await app.veil.ctx.db.fetchval("SELECT count(*) FROM images") == 0
 
 
-# Guarantee 1, checked the way a server member would notice it -------------------------------
-
-PUBLIC_LINK = "https://veil.example/l/"
-
-
-async def private_image_ids(app) -> set[str]:
-    rows = await app.veil.ctx.db.fetchall(
-        "SELECT public_id FROM images WHERE visibility = 'private'")
-    return {row[0] for row in rows}
-
-
-async def assert_no_private_image_in_any_channel(app, *, also_private=()) -> None:
-    """No message in a guild channel, deleted ones and every edit included, ever carried a
-    private image as an attachment or an embed, nor any Veil link."""
-    ids = await private_image_ids(app) | set(also_private)
-    private_bytes = {a.data for m in app.double.state.messages.values() for v in m.versions
-                     for a in v.attachments if any(i in a.filename for i in ids)}
-    for message in app.double.all_guild_channel_messages(include_deleted=True):
-        for version in message.versions:
-            assert PUBLIC_LINK not in version.content, "a Veil link was posted in a channel"
-            for attachment in version.attachments:
-                assert not any(i in attachment.filename for i in ids), attachment.filename
-                assert attachment.data not in private_bytes, "private bytes in a channel"
-            for embed in version.embeds:
-                text = json.dumps(embed)
-                assert PUBLIC_LINK not in text
-                assert not any(i in text for i in ids), "a private image embedded in a channel"
-
-
-async def newest_image(app, user) -> str:
-    [record] = await app.veil.images.owned(user.id, limit=1)
-    return record.public_id
-
-
-def button_id(message, label: str) -> str:
-    for component in message.iter_components():
-        if component.get("label") == label:
-            return component["custom_id"]
-    raise AssertionError(f"no {label!r} button on message {message.id}")
-
-
-def texts(handle) -> str:
-    return "\n".join(m.content for m in handle.messages)
-
+# Generators and files the tests below need --------------------------------------------------
 
 class FlakyGenerator:
     """A generator that is down until a test says it is back."""
@@ -155,6 +115,15 @@ class FlakyGenerator:
         await self.inner.close()
 
 
+@pytest.fixture
+async def flaky(veil_app) -> AsyncIterator[FlakyGenerator]:
+    """The bot's generator, down until the test sets ``flaky.down = False``."""
+    generator = FlakyGenerator()
+    veil_app.bot.queue = GenerationQueue(generator)
+    yield generator
+    await generator.close()
+
+
 class GatedGenerator:
     """A generator that holds every request until the test opens the gate."""
 
@@ -169,16 +138,10 @@ class GatedGenerator:
         await self.gate.wait()
         if progress is not None:
             await progress(Progress(0.5, "rendering"))
-        return [tiny_png() for _ in range(request.count)]
+        return [png() for _ in range(request.count)]
 
     async def close(self) -> None:
         pass
-
-
-def tiny_png(color=(40, 90, 200), size=(64, 48)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def bomb_png(width: int = 50_000, height: int = 50_000) -> bytes:
@@ -196,10 +159,6 @@ def bomb_png(width: int = 50_000, height: int = 50_000) -> bytes:
 
 async def stored_image_count(app) -> int:
     return await app.veil.ctx.db.fetchval("SELECT count(*) FROM images")
-
-
-def blob_files(app) -> list:
-    return [p for p in app.veil.data_dir.joinpath("blobs").rglob("*") if p.is_file()]
 
 
 # Every delivery path keeps private images out of channels -------------------------------------
@@ -221,7 +180,7 @@ async def test_every_imagine_path_keeps_private_images_out_of_channels(veil_app)
 async def test_a_private_upload_in_a_permitted_channel_goes_by_dm_only(veil_app):
     app = veil_app
     await app.permit(app.world.general)
-    upload = app.double.upload(tiny_png(), "me.png", user=app.world.alice)
+    upload = app.double.upload(png(), "me.png", user=app.world.alice)
     handle = await app.run("upload", user=app.world.alice,
                            options={"image": upload, "private": True})
     assert handle.ephemeral and "Sent to your DMs" in texts(handle)
@@ -235,7 +194,7 @@ async def test_an_imagine_in_a_dm_is_answered_in_that_dm(veil_app):
     app = veil_app
     handle = await app.run("imagine", user=app.world.alice, guild=None,
                            options={"prompt": "quiet", "private": False})
-    [dm] = [m for m in app.double.dm_messages(app.world.alice) if m.attachments]
+    [dm] = image_dms(app, app.world.alice)
     assert not dm.ephemeral
     assert "Sent to this chat" in texts(handle)
 
@@ -258,67 +217,52 @@ async def test_a_public_image_in_a_permitted_channel_i_may_not_post_in_goes_to_d
 # The generator and the queue ----------------------------------------------------------------
 
 async def test_a_generator_outage_shows_a_clear_message_and_try_again_works_once_it_is_back(
-        veil_app):
+        veil_app, flaky):
     app = veil_app
     await app.permit(app.world.general)
-    flaky = FlakyGenerator()
-    app.bot.queue = GenerationQueue(flaky)
-    try:
-        handle = await app.run("imagine", user=app.world.alice,
-                               options={"prompt": "a lighthouse", "private": True})
-        assert "not answering" in handle.original.content
-        assert app.double.dm_messages(app.world.alice) == []
-        assert await stored_image_count(app) == 0
-        flaky.down = False
-        await app.click(handle.original, button_id(handle.original, "Try again"),
-                        user=app.world.alice)
-        [dm] = app.double.dm_messages(app.world.alice)
-        assert len(dm.attachments) == 1
-        assert "Done:" in handle.original.content and "Sent to your DMs" in handle.original.content
-        assert handle.original.components == [], "the spent Try again button should go"
-        await assert_no_private_image_in_any_channel(app)
-    finally:
-        await flaky.close()
+    handle = await app.run("imagine", user=app.world.alice,
+                           options={"prompt": "a lighthouse", "private": True})
+    assert "not answering" in handle.original.content
+    assert app.double.dm_messages(app.world.alice) == []
+    assert await stored_image_count(app) == 0
+    flaky.down = False
+    await app.click(handle.original, button_id(handle.original, "Try again"),
+                    user=app.world.alice)
+    [dm] = app.double.dm_messages(app.world.alice)
+    assert len(dm.attachments) == 1
+    assert "Done:" in handle.original.content and "Sent to your DMs" in handle.original.content
+    assert handle.original.components == [], "the spent Try again button should go"
+    await assert_no_private_image_in_any_channel(app)
 
 
 async def test_try_again_while_the_generator_is_still_down_offers_try_again_in_the_same_message(
-        veil_app):
+        veil_app, flaky):
     app = veil_app
-    flaky = FlakyGenerator()
-    app.bot.queue = GenerationQueue(flaky)
-    try:
-        handle = await app.run("imagine", user=app.world.alice, options={"prompt": "a boat"})
-        first = button_id(handle.original, "Try again")
-        await app.click(handle.original, first, user=app.world.alice)
-        assert "not answering" in handle.original.content
-        second = button_id(handle.original, "Try again")
-        assert second != first
-        assert not handle.original.find_component(second).get("disabled")
-        assert [m for m in handle.followups if m is not handle.original] == []
-        flaky.down = False
-        await app.click(handle.original, second, user=app.world.alice)
-        assert "Done:" in handle.original.content
-        assert handle.original.components == []
-        assert await stored_image_count(app) == 1
-    finally:
-        await flaky.close()
+    handle = await app.run("imagine", user=app.world.alice, options={"prompt": "a boat"})
+    first = button_id(handle.original, "Try again")
+    await app.click(handle.original, first, user=app.world.alice)
+    assert "not answering" in handle.original.content
+    second = button_id(handle.original, "Try again")
+    assert second != first
+    assert not handle.original.find_component(second).get("disabled")
+    assert [m for m in handle.followups if m is not handle.original] == []
+    flaky.down = False
+    await app.click(handle.original, second, user=app.world.alice)
+    assert "Done:" in handle.original.content
+    assert handle.original.components == []
+    assert await stored_image_count(app) == 1
 
 
-async def test_an_unused_try_again_button_is_disabled_when_the_offer_expires(veil_app):
+async def test_an_unused_try_again_button_is_disabled_when_the_offer_expires(veil_app, flaky):
     app = veil_app
     app.bot.get_cog("Imagine").retry_wait_s = 0.1
-    flaky = FlakyGenerator()
-    app.bot.queue = GenerationQueue(flaky)
-    try:
-        handle = await app.run("imagine", user=app.world.alice, options={"prompt": "a boat"})
-        retry = button_id(handle.original, "Try again")
-        await app.double.wait_for(
-            lambda: handle.original.find_component(retry).get("disabled"),
-            timeout=2, what="the Try again button to be disabled")
-        assert "not answering" in handle.original.content
-        assert "expired" in handle.original.content
-    finally:
-        await flaky.close()
+    handle = await app.run("imagine", user=app.world.alice, options={"prompt": "a boat"})
+    retry = button_id(handle.original, "Try again")
+    await app.double.wait_for(
+        lambda: handle.original.find_component(retry).get("disabled"),
+        timeout=2, what="the Try again button to be disabled")
+    assert "not answering" in handle.original.content
+    assert "expired" in handle.original.content
 
 
 async def test_more_requests_than_the_per_user_limit_at_once_are_refused_with_a_clear_message(
@@ -371,7 +315,7 @@ class ChattyGenerator:
     async def generate(self, request, progress=None):
         for step in range(100):
             await progress(Progress(step / 100, f"step {step}"))
-        return [tiny_png()]
+        return [png()]
 
     async def close(self) -> None:
         pass
@@ -392,7 +336,7 @@ async def test_progress_edits_are_throttled_so_a_chatty_generator_cannot_flood_d
 async def test_an_upload_declared_larger_than_the_limit_is_refused_before_it_is_downloaded(
         veil_app):
     app = veil_app
-    upload = app.double.upload(tiny_png(), "huge.png", user=app.world.alice, size=30_000_000)
+    upload = app.double.upload(png(), "huge.png", user=app.world.alice, size=30_000_000)
     handle = await app.run("upload", user=app.world.alice, options={"image": upload})
     assert "30.0 MB" in texts(handle) and "limit" in texts(handle)
     assert handle.ephemeral

@@ -10,29 +10,16 @@ import logging
 import re
 
 from bot.core.models import Viewer
-from tests import e2e
-from tests.conftest import FakeClock, png
-
-# The shared fixture, bound here so pytest finds it (an import would read as unused to ruff).
-veil_app = e2e.veil_app
+from tests.conftest import FakeClock
+from tests.e2e import new_image, texts
 
 LINK = re.compile(r"https://veil\.example/l/([A-Za-z0-9_-]{43})(?![A-Za-z0-9_-])")
 
 
-async def new_image(app, owner) -> str:
-    record = await app.veil.images.create(owner.id, png(), guild_id=app.world.guild.id,
-                                          source="upload")
-    return record.public_id
-
-
-def said(handle) -> str:
-    return "\n".join(m.content for m in handle.messages)
-
-
 async def create_link(app, user, image: str, **options) -> tuple[object, str]:
     handle = await app.run("link create", user=user, options={"image": image, **options})
-    match = LINK.search(said(handle))
-    assert match, f"no link in {said(handle)!r}"
+    match = LINK.search(texts(handle))
+    assert match, f"no link in {texts(handle)!r}"
     return handle, match.group(1)
 
 
@@ -57,7 +44,7 @@ async def test_link_create_replies_only_to_its_owner_with_a_url_that_resolves(ve
     target = await app.veil.links.resolve(token)
     assert target is not None and target.image.public_id == image
     [link] = await app.veil.links.links_of(Viewer(app.world.alice.id))
-    assert f"`{link.public_id}`" in said(handle)
+    assert f"`{link.public_id}`" in texts(handle)
 
 
 async def test_the_link_token_never_reaches_a_public_message_nor_a_log_line(veil_app, caplog):
@@ -90,7 +77,7 @@ async def test_a_view_limit_is_honoured(veil_app):
     app = veil_app
     image = await new_image(app, app.world.alice)
     handle, token = await create_link(app, app.world.alice, image, max_views=2)
-    assert "2 views" in said(handle)
+    assert "2 views" in texts(handle)
     assert await app.veil.links.fetch(token) is not None
     assert await app.veil.links.fetch(token) is not None
     assert await app.veil.links.fetch(token) is None
@@ -103,7 +90,7 @@ async def test_an_expiry_is_honoured(veil_app):
     app.veil.ctx.clock = clock
     image = await new_image(app, app.world.alice)
     handle, token = await create_link(app, app.world.alice, image, expires="30m")
-    assert f"<t:{int(clock.t + 1800)}:R>" in said(handle)
+    assert f"<t:{int(clock.t + 1800)}:R>" in texts(handle)
     clock.advance(1799)
     assert await app.veil.links.resolve(token) is not None
     clock.advance(1)
@@ -126,8 +113,8 @@ async def test_a_server_with_links_off_refuses_with_its_policy(veil_app):
     await app.veil.moderation.update_policy(app.world.guild.id, app.world.moderator.id,
                                             links_enabled=False)
     handle = await app.run("link create", user=app.world.alice, options={"image": image})
-    assert "Links are turned off for images from this server." in said(handle)
-    assert not LINK.search(said(handle))
+    assert "Links are turned off for images from this server." in texts(handle)
+    assert not LINK.search(texts(handle))
     assert await app.veil.links.links_of(Viewer(app.world.alice.id)) == []
 
 
@@ -138,7 +125,7 @@ async def test_a_lifetime_over_the_server_maximum_is_refused(veil_app):
                                             link_max_lifetime=3600.0)
     handle = await app.run("link create", user=app.world.alice,
                            options={"image": image, "expires": "2h"})
-    assert "live at most 1h" in said(handle)
+    assert "live at most 1h" in texts(handle)
     assert await app.veil.links.links_of(Viewer(app.world.alice.id)) == []
     _, token = await create_link(app, app.world.alice, image, expires="1h")
     assert await app.veil.links.resolve(token) is not None
@@ -149,7 +136,7 @@ async def test_an_unreadable_expiry_is_refused_with_an_example(veil_app):
     image = await new_image(app, app.world.alice)
     handle = await app.run("link create", user=app.world.alice,
                            options={"image": image, "expires": "soon"})
-    assert "'soon' is not a duration" in said(handle) and "30m" in said(handle)
+    assert "'soon' is not a duration" in texts(handle) and "30m" in texts(handle)
 
 
 async def test_only_the_owner_can_make_a_link_to_an_image(veil_app):
@@ -157,14 +144,14 @@ async def test_only_the_owner_can_make_a_link_to_an_image(veil_app):
     image = await new_image(app, app.world.alice)
     await app.veil.sharing.grant(Viewer(app.world.alice.id), "user", app.world.bob.id)
     handle = await app.run("link create", user=app.world.bob, options={"image": image})
-    assert f"There is no image with id `{image}` that you can see." in said(handle)
-    assert not LINK.search(said(handle))
+    assert f"There is no image with id `{image}` that you can see." in texts(handle)
+    assert not LINK.search(texts(handle))
 
 
 async def test_link_list_shows_each_link_with_its_status_and_views(veil_app):
     app = veil_app
     empty = await app.run("link list", user=app.world.alice)
-    assert "You have no links" in said(empty)
+    assert "You have no links" in texts(empty)
     image = await new_image(app, app.world.alice)
     _, used = await create_link(app, app.world.alice, image, max_views=1)
     _, live = await create_link(app, app.world.alice, image, download=True)
@@ -172,12 +159,12 @@ async def test_link_list_shows_each_link_with_its_status_and_views(veil_app):
     await app.veil.links.fetch(live)
     live_id = (await app.veil.links.resolve(live)).link.public_id
     handle = await app.run("link list", user=app.world.alice)
-    lines = said(handle).splitlines()
+    lines = texts(handle).splitlines()
     assert handle.ephemeral and len(lines) == 2
     assert any("used up" in line and "views 1/1" in line for line in lines)
     assert any(live_id in line and "live" in line and "views 1 " in line
                and line.endswith("· download") for line in lines)
-    assert used not in said(handle) and live not in said(handle)
+    assert used not in texts(handle) and live not in texts(handle)
 
 
 async def test_a_long_list_of_links_still_fits_in_one_discord_message(veil_app):
@@ -196,10 +183,10 @@ async def test_revoking_a_link_stops_it_on_the_next_request(veil_app):
     _, token = await create_link(app, app.world.alice, image)
     link = (await app.veil.links.resolve(token)).link
     handle = await app.run("link revoke", user=app.world.alice, options={"link": link.public_id})
-    assert f"Link `{link.public_id}` is off" in said(handle)
+    assert f"Link `{link.public_id}` is off" in texts(handle)
     assert await app.veil.links.resolve(token) is None
     listed = await app.run("link list", user=app.world.alice)
-    assert "revoked" in said(listed)
+    assert "revoked" in texts(listed)
 
 
 async def test_revoking_someone_elses_link_is_refused_and_leaves_it_working(veil_app):
@@ -208,9 +195,9 @@ async def test_revoking_someone_elses_link_is_refused_and_leaves_it_working(veil
     _, token = await create_link(app, app.world.alice, image)
     link = (await app.veil.links.resolve(token)).link
     handle = await app.run("link revoke", user=app.world.bob, options={"link": link.public_id})
-    assert "You have no link with that id." in said(handle)
+    assert "You have no link with that id." in texts(handle)
     unknown = await app.run("link revoke", user=app.world.bob, options={"link": "zzzzzzzz"})
-    assert said(unknown) == said(handle)
+    assert texts(unknown) == texts(handle)
     assert await app.veil.links.resolve(token) is not None
 
 

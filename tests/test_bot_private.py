@@ -4,28 +4,10 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 import zipfile
 
 from bot.core.models import Viewer
-from tests import e2e
-from tests.e2e import image_attachments
-
-veil_app = e2e.veil_app  # the end-to-end fixture, under the name the tests ask for
-
-
-def button(message, label: str) -> str:
-    """The custom id of the button labelled ``label`` on a message."""
-    for component in message.iter_components():
-        if component.get("type") == 2 and component.get("label") == label:
-            return component["custom_id"]
-    raise AssertionError(f"no {label!r} button on message {message.id}")
-
-
-async def image_ids(app, owner) -> set[str]:
-    rows = await app.veil.ctx.db.fetchall("SELECT public_id FROM images WHERE owner_id = ?",
-                                          (owner.id,))
-    return {r[0] for r in rows}
+from tests.e2e import button_id, image_attachments, image_dms, image_ids
 
 
 async def visibility_of_latest_image(app, owner) -> str:
@@ -175,7 +157,7 @@ async def test_forget_me_cancelled_keeps_everything(veil_app):
     alice = app.world.alice
     await alice_with_a_library(app)
     handle, prompt = await forget_me_prompt(app, alice)
-    await app.click(prompt, button(prompt, "Cancel"), user=alice)
+    await app.click(prompt, button_id(prompt, "Cancel"), user=alice)
     await app.settle(handle)
 
     assert "Nothing was deleted" in handle.messages[-1].content
@@ -200,7 +182,7 @@ async def test_forget_me_confirmed_retracts_every_message_and_erases_rows_and_ke
     assert await app.veil.ctx.owner_key(alice.id) is not None
 
     handle, prompt = await forget_me_prompt(app, alice)
-    await app.click(prompt, button(prompt, "Forget me"), user=alice)
+    await app.click(prompt, button_id(prompt, "Forget me"), user=alice)
     await app.settle(handle)
 
     assert "Done. Deleted 2 images and retracted 4 messages" in handle.messages[-1].content
@@ -211,17 +193,17 @@ async def test_forget_me_confirmed_retracts_every_message_and_erases_rows_and_ke
     assert await count(app, "SELECT count(*) FROM grants WHERE grantee_id = ?", bob.id) == 0
     assert await app.veil.ctx.owner_key(alice.id) is None
     assert await count(app, "SELECT count(*) FROM images WHERE owner_id = ?", bob.id) == 1
-    assert [m for m in app.double.dm_messages(bob) if m.attachments]
+    assert image_dms(app, bob)
 
 
 async def test_forget_me_in_a_dm_erases_images_made_in_dms(veil_app):
     app = veil_app
     alice = app.world.alice
     await app.run("imagine", user=alice, guild=None, options={"prompt": "dm sketch"})
-    [dm] = [m for m in app.double.dm_messages(alice) if m.attachments]
+    [dm] = image_dms(app, alice)
     handle = await app.run("forget-me", user=alice, guild=None, settle=False)
     prompt = await handle.wait_original()
-    await app.click(prompt, button(prompt, "Forget me"), user=alice)
+    await app.click(prompt, button_id(prompt, "Forget me"), user=alice)
     await app.settle(handle)
     assert dm.deleted
     assert await count(app, "SELECT count(*) FROM images WHERE owner_id = ?", alice.id) == 0
@@ -260,7 +242,6 @@ async def test_an_export_of_a_library_larger_than_the_export_limit_says_what_it_
         veil_app, monkeypatch):
     app = veil_app
     monkeypatch.setattr("bot.core.users.MAX_EXPORT_IMAGES", 1)
-    monkeypatch.setattr(sys.modules["cogs.private"], "MAX_EXPORT_IMAGES", 1)
     await app.run("imagine", user=app.world.alice, options={"prompt": "many", "count": 2})
     handle = await app.run("export", user=app.world.alice)
     assert "newest 1 of 2 images" in handle.messages[-1].content

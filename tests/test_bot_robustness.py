@@ -15,10 +15,7 @@ import pytest
 from bot.client import WireLogRedactor
 from bot.core.models import Viewer
 from cogs._replies import message_for
-from tests import e2e
-from tests.e2e import image_attachments
-
-veil_app = e2e.veil_app  # the end-to-end fixture, under the name the tests ask for
+from tests.e2e import button_id, image_attachments, image_dms, image_ids, post_public_image
 
 PRIVILEGED_INTENTS = (1 << 1) | (1 << 8) | (1 << 15)  # members, presences, message content
 REFERENCE = re.compile(r"reference `([0-9a-f]{8})`")
@@ -36,12 +33,6 @@ def all_log_text(caplog) -> str:
     records = [*caplog.get_records("setup"), *caplog.get_records("call")]
     handler = logging.Formatter("%(name)s %(levelname)s %(message)s")
     return "\n".join(handler.format(r) for r in records)
-
-
-async def image_ids(app, owner) -> set[str]:
-    rows = await app.veil.ctx.db.fetchall("SELECT public_id FROM images WHERE owner_id = ?",
-                                          (owner.id,))
-    return {r[0] for r in rows}
 
 
 # Unexpected faults --------------------------------------------------------------------------
@@ -119,17 +110,14 @@ async def test_a_discord_server_error_while_sending_to_dms_is_explained(veil_app
 async def test_a_retraction_that_discord_refuses_now_is_kept_for_a_retry(veil_app):
     app = veil_app
     world = app.world
-    await app.permit(world.gallery)
-    await app.run("imagine", user=world.alice, channel=world.gallery,
-                  options={"prompt": "x", "private": False})
-    [image] = await image_ids(app, world.alice)
-    [post] = app.double.messages_in(world.gallery)
+    image, post = await post_public_image(app, world.alice)
     app.double.fail_next("DELETE", r"/channels/\d+/messages/\d+$", status=503)
 
     handle = await app.run("admin takedown", user=world.moderator, options={"image": image})
 
     assert "Deleted 1 image" in handle.messages[-1].content
-    assert "1 more" in handle.messages[-1].content
+    assert "1 message carrying it is not retracted yet" in handle.messages[-1].content
+    assert "keep trying" in handle.messages[-1].content
     assert not post.deleted
     assert await app.veil.images.pending_retraction_count() == 1
     assert await image_ids(app, world.alice) == set()
@@ -146,7 +134,7 @@ async def test_a_permitted_channel_where_the_bot_may_not_post_gets_the_image_by_
     handle = await app.run("imagine", user=world.alice, channel=world.gallery,
                            options={"prompt": "x", "private": False})
     assert app.double.messages_in(world.gallery) == []
-    assert len([m for m in app.double.dm_messages(world.alice) if m.attachments]) == 1
+    assert len(image_dms(app, world.alice)) == 1
     assert "missing permission" in handle.messages[-1].content
 
 
@@ -177,14 +165,13 @@ async def test_a_member_who_left_can_still_be_purged_and_audited(veil_app):
     app = veil_app
     world = app.world
     await app.run("imagine", user=world.alice, options={"prompt": "left behind"})
-    [dm] = [m for m in app.double.dm_messages(world.alice) if m.attachments]
+    [dm] = image_dms(app, world.alice)
     app.double.remove_member(world.guild, world.alice)
 
     handle = await app.run("admin purge", user=world.moderator, options={"member": world.alice},
                            settle=False)
     prompt = await handle.wait_original()
-    [purge] = [c["custom_id"] for c in prompt.iter_components() if c.get("label") == "Purge"]
-    await app.click(prompt, purge, user=world.moderator)
+    await app.click(prompt, button_id(prompt, "Purge"), user=world.moderator)
     await app.settle(handle)
     assert await image_ids(app, world.alice) == set()
     assert dm.deleted

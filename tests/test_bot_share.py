@@ -9,40 +9,22 @@ from __future__ import annotations
 import re
 
 from bot.core.models import Viewer
-from tests import e2e
-from tests.conftest import FakeClock, png
-from tests.e2e import image_attachments
-
-# The shared fixture, bound here so pytest finds it (an import would read as unused to ruff).
-veil_app = e2e.veil_app
+from tests.conftest import FakeClock
+from tests.e2e import button_id, image_attachments, image_dms, new_image, texts
 
 MENTION = re.compile(r"<@[&!]?\d+>")
-
-
-async def new_image(app, owner) -> str:
-    record = await app.veil.images.create(owner.id, png(), guild_id=app.world.guild.id,
-                                          source="upload")
-    return record.public_id
-
-
-def said(handle) -> str:
-    return "\n".join(m.content for m in handle.messages)
 
 
 async def view(app, user, image: str, **kwargs):
     return await app.run("view", user=user, options={"image": image}, **kwargs)
 
 
-def images_in_dms(app, user) -> list:
-    return image_attachments(app.double.dm_messages(user))
-
-
 def got_image(handle) -> bool:
-    return "Sent to your DMs" in said(handle)
+    return "Sent to your DMs" in texts(handle)
 
 
 def refused(handle, image: str) -> bool:
-    return f"There is no image with id `{image}` that you can see." in said(handle)
+    return f"There is no image with id `{image}` that you can see." in texts(handle)
 
 
 def allowed_mentions_of_every_reply(app) -> list[dict | None]:
@@ -68,10 +50,11 @@ async def test_bob_gets_an_image_alice_shared_with_him_by_dm(veil_app):
     share = await app.run("share", user=app.world.alice,
                           options={"target": app.world.bob, "image": image})
     assert share.ephemeral
-    assert f"Shared `{image}` with <@{app.world.bob.id}>" in said(share)
+    assert f"Shared `{image}` with <@{app.world.bob.id}>" in texts(share)
     handle = await view(app, app.world.bob, image)
     assert got_image(handle)
-    [attachment] = images_in_dms(app, app.world.bob)
+    [dm] = image_dms(app, app.world.bob)
+    [attachment] = dm.attachments
     assert image in attachment.filename
     assert image_attachments(app.double.all_guild_channel_messages()) == []
 
@@ -85,15 +68,15 @@ async def test_someone_nothing_was_shared_with_is_refused_exactly_like_for_an_un
     await app.run("share", user=app.world.alice, options={"target": app.world.bob, "image": image})
     asked = await view(app, carol, image)
     unknown = await view(app, carol, "zzzzzzzzzz")
-    assert said(asked).replace(image, "ID") == said(unknown).replace("zzzzzzzzzz", "ID")
+    assert texts(asked).replace(image, "ID") == texts(unknown).replace("zzzzzzzzzz", "ID")
     assert refused(asked, image)
-    assert images_in_dms(app, carol) == []
+    assert image_dms(app, carol) == []
 
 
 async def test_sharing_everything_with_bob_covers_images_alice_makes_later(veil_app):
     app = veil_app
     share = await app.run("share", user=app.world.alice, options={"target": app.world.bob})
-    assert "all your images" in said(share)
+    assert "all your images" in texts(share)
     later = await new_image(app, app.world.alice)
     assert got_image(await view(app, app.world.bob, later))
 
@@ -114,7 +97,7 @@ async def test_a_share_with_someone_whose_dms_are_closed_still_works(veil_app):
     image = await new_image(app, app.world.alice)
     share = await app.run("share", user=app.world.alice,
                           options={"target": app.world.bob, "image": image})
-    assert f"Shared `{image}`" in said(share)
+    assert f"Shared `{image}`" in texts(share)
     handle = await view(app, app.world.bob, image)
     assert any(m.ephemeral and m.attachments for m in handle.messages)
 
@@ -134,11 +117,11 @@ async def test_bots_cannot_be_shared_with_nor_added_to_a_group(veil_app):
     robot = app.double.add_user("robot", bot=True)
     app.double.add_member(app.world.guild, robot)
     handle = await app.run("share", user=app.world.alice, options={"target": robot})
-    assert "Bots cannot be shared with" in said(handle)
+    assert "Bots cannot be shared with" in texts(handle)
     await app.run("group create", user=app.world.alice, options={"name": "crew"})
     added = await app.run("group add", user=app.world.alice,
                           options={"name": "crew", "member": robot})
-    assert "Bots cannot be in a group" in said(added)
+    assert "Bots cannot be in a group" in texts(added)
     assert await app.veil.sharing.grants_by(app.world.alice.id) == []
     assert (await app.veil.sharing.group(app.world.alice.id, "crew")).member_ids == ()
 
@@ -146,18 +129,24 @@ async def test_bots_cannot_be_shared_with_nor_added_to_a_group(veil_app):
 async def test_sharing_with_yourself_is_refused_with_a_reason(veil_app):
     app = veil_app
     handle = await app.run("share", user=app.world.alice, options={"target": app.world.alice})
-    assert "your own images" in said(handle)
+    assert "your own images" in texts(handle)
 
 
 # Sharing with a role: checked live on every request -------------------------------------------
 
 
-async def test_a_role_share_ends_as_soon_as_the_role_is_missing_from_the_interaction(veil_app):
-    app = veil_app
+async def share_with_a_role_bob_has(app) -> tuple[object, str]:
+    """Bob has the Artists role, and Alice shares a new image with that role."""
     artists = app.double.add_role(app.world.guild, "Artists")
     app.double.set_roles(app.world.guild, app.world.bob, [artists])
     image = await new_image(app, app.world.alice)
     await app.run("share", user=app.world.alice, options={"target": artists, "image": image})
+    return artists, image
+
+
+async def test_a_role_share_ends_as_soon_as_the_role_is_missing_from_the_interaction(veil_app):
+    app = veil_app
+    artists, image = await share_with_a_role_bob_has(app)
     assert got_image(await view(app, app.world.bob, image))
     assert refused(await view(app, app.world.bob, image, roles=[]), image)
     app.double.set_roles(app.world.guild, app.world.bob, [])
@@ -167,10 +156,7 @@ async def test_a_role_share_ends_as_soon_as_the_role_is_missing_from_the_interac
 
 async def test_a_role_share_does_not_reach_into_dms_where_discord_sends_no_roles(veil_app):
     app = veil_app
-    artists = app.double.add_role(app.world.guild, "Artists")
-    app.double.set_roles(app.world.guild, app.world.bob, [artists])
-    image = await new_image(app, app.world.alice)
-    await app.run("share", user=app.world.alice, options={"target": artists, "image": image})
+    _, image = await share_with_a_role_bob_has(app)
     assert refused(await view(app, app.world.bob, image, guild=None), image)
 
 
@@ -182,7 +168,7 @@ async def test_a_role_share_with_an_expiry_works_until_the_clock_passes_it(veil_
     image = await new_image(app, app.world.alice)
     share = await app.run("share", user=app.world.alice,
                           options={"target": artists, "image": image, "expires": "30m"})
-    assert "for 30m" in said(share)
+    assert "for 30m" in texts(share)
     clock.advance(29 * 60)
     assert got_image(await view(app, app.world.bob, image, roles=[artists]))
     clock.advance(61)
@@ -197,11 +183,11 @@ async def test_unsharing_retracts_the_dm_bob_got_and_refuses_his_next_view(veil_
     image = await new_image(app, app.world.alice)
     await app.run("share", user=app.world.alice, options={"target": app.world.bob, "image": image})
     await view(app, app.world.bob, image)
-    [carrier] = [m for m in app.double.dm_messages(app.world.bob) if m.attachments]
+    [carrier] = image_dms(app, app.world.bob)
     handle = await app.run("unshare", user=app.world.alice, options={"target": app.world.bob})
-    assert "Retracted 1 message" in said(handle)
+    assert "Retracted 1 message" in texts(handle)
     assert carrier.deleted and carrier in app.double.deleted_messages
-    assert images_in_dms(app, app.world.bob) == []
+    assert image_dms(app, app.world.bob) == []
     assert refused(await view(app, app.world.bob, image), image)
 
 
@@ -214,12 +200,12 @@ async def test_a_retraction_discord_refuses_is_reported_as_still_to_come_not_as_
     await view(app, app.world.bob, image)
     app.double.fail_next("DELETE", r"/channels/\d+/messages/\d+$", status=503)
     handle = await app.run("unshare", user=app.world.alice, options={"target": app.world.bob})
-    assert "Retracted" not in said(handle)
-    assert "1 message I had sent them is not deleted yet" in said(handle)
-    assert len(images_in_dms(app, app.world.bob)) == 1
+    assert "Retracted" not in texts(handle)
+    assert "1 message I had sent them is not deleted yet" in texts(handle)
+    assert len(image_dms(app, app.world.bob)) == 1
     clock.advance(60)  # past the back-off: the next retraction pass deletes it
     assert await app.bot.deliverer.retract_due() == 1
-    assert images_in_dms(app, app.world.bob) == []
+    assert image_dms(app, app.world.bob) == []
 
 
 async def test_unsharing_a_role_retracts_what_its_members_were_sent(veil_app):
@@ -229,8 +215,8 @@ async def test_unsharing_a_role_retracts_what_its_members_were_sent(veil_app):
     await app.run("share", user=app.world.alice, options={"target": artists})
     await view(app, app.world.bob, image, roles=[artists])
     handle = await app.run("unshare", user=app.world.alice, options={"target": artists})
-    assert "Retracted 1 message" in said(handle)
-    assert images_in_dms(app, app.world.bob) == []
+    assert "Retracted 1 message" in texts(handle)
+    assert image_dms(app, app.world.bob) == []
     assert refused(await view(app, app.world.bob, image, roles=[artists]), image)
 
 
@@ -239,7 +225,7 @@ async def test_unsharing_something_never_shared_says_so(veil_app):
     image = await new_image(app, app.world.alice)
     handle = await app.run("unshare", user=app.world.alice,
                            options={"target": app.world.bob, "image": image})
-    assert f"You were not sharing `{image}` with <@{app.world.bob.id}>" in said(handle)
+    assert f"You were not sharing `{image}` with <@{app.world.bob.id}>" in texts(handle)
 
 
 async def test_unsharing_one_image_warns_that_a_share_of_everything_still_covers_it(veil_app):
@@ -249,7 +235,7 @@ async def test_unsharing_one_image_warns_that_a_share_of_everything_still_covers
     await app.run("share", user=app.world.alice, options={"target": app.world.bob, "image": image})
     handle = await app.run("unshare", user=app.world.alice,
                            options={"target": app.world.bob, "image": image})
-    assert "still" in said(handle) and "all your images" in said(handle)
+    assert "still" in texts(handle) and "all your images" in texts(handle)
     assert got_image(await view(app, app.world.bob, image))
 
 
@@ -259,15 +245,15 @@ async def test_unsharing_one_image_covered_only_by_a_share_of_everything_explain
     await app.run("share", user=app.world.alice, options={"target": app.world.bob})
     handle = await app.run("unshare", user=app.world.alice,
                            options={"target": app.world.bob, "image": image})
-    assert "You were not sharing" not in said(handle)
-    assert "all your images" in said(handle) and "/unshare" in said(handle)
+    assert "You were not sharing" not in texts(handle)
+    assert "all your images" in texts(handle) and "/unshare" in texts(handle)
 
 
 async def test_unsharing_from_a_group_that_was_never_shared_with_says_so(veil_app):
     app = veil_app
     await app.run("group create", user=app.world.alice, options={"name": "family"})
     handle = await app.run("group unshare", user=app.world.alice, options={"name": "family"})
-    assert "You were not sharing all your images with group **family**" in said(handle)
+    assert "You were not sharing all your images with group **family**" in texts(handle)
 
 
 # Listing --------------------------------------------------------------------------------------
@@ -286,7 +272,7 @@ async def test_shares_lists_user_role_and_group_shares_with_expiries_and_pings_n
     await app.run("group share", user=app.world.alice, options={"name": "close friends",
                                                                  "image": image})
     handle = await app.run("shares", user=app.world.alice)
-    text = said(handle)
+    text = texts(handle)
     assert handle.ephemeral
     assert f"`{image}` → <@{app.world.bob.id}> until <t:{int(clock.t + 7200)}:R>" in text
     assert f"all images → <@&{artists.id}>" in text
@@ -298,7 +284,7 @@ async def test_shares_lists_user_role_and_group_shares_with_expiries_and_pings_n
 async def test_shares_says_when_nothing_is_shared(veil_app):
     app = veil_app
     handle = await app.run("shares", user=app.world.alice)
-    assert "You are not sharing anything" in said(handle)
+    assert "You are not sharing anything" in texts(handle)
 
 
 async def test_a_long_list_of_shares_still_fits_in_one_discord_message(veil_app):
@@ -322,17 +308,17 @@ async def test_a_group_share_reaches_members_and_removing_one_retracts_and_refus
     alice, bob = app.world.alice, app.world.bob
     image = await new_image(app, alice)
     created = await app.run("group create", user=alice, options={"name": "family"})
-    assert "Created group **family**" in said(created)
+    assert "Created group **family**" in texts(created)
     again = await app.run("group create", user=alice, options={"name": "Family"})
-    assert "You already have a group called" in said(again)
+    assert "You already have a group called" in texts(again)
     added = await app.run("group add", user=alice, options={"name": "family", "member": bob})
-    assert "1 member)" in said(added)
+    assert "1 member)" in texts(added)
     await app.run("group share", user=alice, options={"name": "family", "image": image})
     assert got_image(await view(app, bob, image))
-    [carrier] = [m for m in app.double.dm_messages(bob) if m.attachments]
+    [carrier] = image_dms(app, bob)
     removed = await app.run("group remove", user=alice, options={"name": "family",
                                                                    "member": bob})
-    assert "Retracted 1 message" in said(removed)
+    assert "Retracted 1 message" in texts(removed)
     assert carrier.deleted
     assert refused(await view(app, bob, image), image)
 
@@ -347,18 +333,16 @@ async def test_deleting_a_group_asks_first_and_cancel_keeps_it(veil_app):
     await view(app, bob, image)
     prompt = await app.run("group delete", user=alice, options={"name": "team"}, settle=False)
     assert prompt.ephemeral and "Delete group **team**" in prompt.content
-    cancel = prompt.original.components[0]["components"][1]["custom_id"]
-    await app.click(prompt.original, cancel, user=alice)
+    await app.click(prompt.original, button_id(prompt.original, "Cancel"), user=alice)
     await app.settle(prompt)
-    assert "Kept the group" in said(prompt)
+    assert "Kept the group" in texts(prompt)
     assert got_image(await view(app, bob, image))
     prompt = await app.run("group delete", user=alice, options={"name": "team"}, settle=False)
-    confirm = prompt.original.components[0]["components"][0]["custom_id"]
-    await app.click(prompt.original, confirm, user=alice)
+    await app.click(prompt.original, button_id(prompt.original, "Delete"), user=alice)
     await app.settle(prompt)
-    assert "Deleted group **team**" in said(prompt)
-    assert "Retracted 2 messages" in said(prompt)
-    assert images_in_dms(app, bob) == []
+    assert "Deleted group **team**" in texts(prompt)
+    assert "Retracted 2 messages" in texts(prompt)
+    assert image_dms(app, bob) == []
     assert await app.veil.sharing.groups(alice.id) == []
     assert refused(await view(app, bob, image), image)
 
@@ -367,13 +351,13 @@ async def test_group_list_shows_each_group_with_its_members_without_pinging(veil
     app = veil_app
     alice, bob = app.world.alice, app.world.bob
     empty = await app.run("group list", user=alice)
-    assert "You have no groups" in said(empty)
+    assert "You have no groups" in texts(empty)
     await app.run("group create", user=alice, options={"name": "family"})
     await app.run("group create", user=alice, options={"name": "work"})
     await app.run("group add", user=alice, options={"name": "work", "member": bob})
     handle = await app.run("group list", user=alice)
-    assert "**family**: no members" in said(handle)
-    assert f"**work**: <@{bob.id}>" in said(handle)
+    assert "**family**: no members" in texts(handle)
+    assert f"**work**: <@{bob.id}>" in texts(handle)
     assert all(m == {"parse": []} for m in allowed_mentions_of_every_reply(app))
 
 
@@ -398,7 +382,7 @@ async def test_group_names_with_markdown_or_everyone_are_shown_as_typed_and_ping
         veil_app):
     app = veil_app
     handle = await app.run("group create", user=app.world.alice, options={"name": "@everyone *"})
-    assert r"@everyone \*" in said(handle)
+    assert r"@everyone \*" in texts(handle)
     replies = [c for c in app.double.calls_to("POST", r"/interactions/")
                if "@everyone" in str(c.json)]
     assert replies and all(c.json["data"].get("allowed_mentions") == {"parse": []}
@@ -412,8 +396,8 @@ async def test_an_unreadable_expiry_is_refused_with_an_example_of_the_format(vei
     app = veil_app
     handle = await app.run("share", user=app.world.alice,
                            options={"target": app.world.bob, "expires": "banana"})
-    assert "'banana' is not a duration" in said(handle)
-    assert "30m, 12h, 7d" in said(handle)
+    assert "'banana' is not a duration" in texts(handle)
+    assert "30m, 12h, 7d" in texts(handle)
     assert await app.veil.sharing.grants_by(app.world.alice.id) == []
 
 
@@ -423,5 +407,5 @@ async def test_an_expiry_longer_than_a_year_is_refused(veil_app):
     for command, options in (("share", {"target": app.world.bob}), ("group share", {"name": "g"})):
         handle = await app.run(command, user=app.world.alice, options={**options,
                                                                         "expires": "400d"})
-        assert "at most a year" in said(handle)
+        assert "at most a year" in texts(handle)
     assert await app.veil.sharing.grants_by(app.world.alice.id) == []

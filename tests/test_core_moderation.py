@@ -113,7 +113,9 @@ async def test_export_contains_the_users_images_prompts_and_records(veil):
 
     image = await veil.images.create(ALICE, png(), guild_id=GUILD, source="generated",
                                      prompt="exported prompt")
-    archive = zipfile.ZipFile(io.BytesIO(await veil.privacy.export(ALICE)))
+    export = await veil.privacy.export(ALICE)
+    assert export.images == (image,) and not export.truncated
+    archive = zipfile.ZipFile(io.BytesIO(export.archive))
     document = json.loads(archive.read("veil-export.json"))
     assert document["images"][0]["public_id"] == image.public_id
     assert document["images"][0]["prompt"] == "exported prompt"

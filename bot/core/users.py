@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 from bot.core.context import IMAGE_COLUMNS, Context, image_from_row
 from bot.core.images import ImageService
-from bot.core.models import Removal, Viewer
+from bot.core.models import ImageRecord, Removal, Viewer
 from bot.core.sharing import SharingService
 
 MAX_EXPORT_IMAGES = 500
@@ -29,6 +29,15 @@ class PrivacyStatus:
     grants: int
     live_links: int
     groups: int
+
+
+@dataclass(frozen=True)
+class Export:
+    """A person's export: the zip, the images it holds (newest first), and whether they have
+    more images than an export carries (``MAX_EXPORT_IMAGES``)."""
+    archive: bytes
+    images: tuple[ImageRecord, ...]
+    truncated: bool
 
 
 class PrivacyService:
@@ -96,10 +105,13 @@ class PrivacyService:
         await self.ctx.db.checkpoint()
         return removal
 
-    async def export(self, user_id: int) -> bytes:
-        """A zip of the person's images (sanitized, decrypted), prompts and records."""
+    async def export(self, user_id: int) -> Export:
+        """A zip of the person's newest images (sanitized, decrypted), prompts and records, with
+        the very images it holds, so a message carrying it can be retracted with them."""
         viewer = Viewer(user_id)
-        images = await self.images.owned(user_id, limit=MAX_EXPORT_IMAGES)
+        # One more than an export holds, to learn whether any were left out.
+        newest = await self.images.owned(user_id, limit=MAX_EXPORT_IMAGES + 1)
+        images = newest[:MAX_EXPORT_IMAGES]
         files: list[tuple[str, bytes]] = []
         records = []
         for image in images:
@@ -124,7 +136,8 @@ class PrivacyService:
                       for v in views],
             "note": "Exported by Veil. Images are the sanitized copies Veil stores.",
         }
-        return await asyncio.to_thread(_zip, files, document)
+        archive = await asyncio.to_thread(_zip, files, document)
+        return Export(archive, tuple(images), truncated=len(newest) > len(images))
 
 
 def _zip(files: list[tuple[str, bytes]], document: dict) -> bytes:
