@@ -15,6 +15,7 @@ from discord.ext import commands
 from bot.core.errors import BadImage, GeneratorUnavailable, QueueFull
 from bot.core.models import ImageContent, ImageRecord, Viewer
 from bot.generate import GenerationRequest, Progress
+from bot.images import check_declared_size
 from cogs._delivery import DeliveryFailed
 from cogs._viewer import viewer_from
 from cogs._views import InvokerView, owner_buttons
@@ -123,17 +124,10 @@ class Imagine(commands.Cog):
     async def upload(self, interaction: discord.Interaction, image: discord.Attachment,
                      private: bool | None = None) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        limits = self.veil.ctx.limits
-        if image.size > limits.max_bytes:
-            raise BadImage(f"The file is {image.size / 1e6:.1f} MB; the limit is "
-                           f"{limits.max_bytes / 1e6:.0f} MB.")
-        # Discord reads the dimensions from the file's header: refuse a declared giant before
-        # downloading it (the pipeline checks the real header again after the download).
-        width, height = image.width or 0, image.height or 0
-        if width * height > limits.max_pixels or max(width, height) > limits.max_side:
-            raise BadImage(f"The image is {width}×{height} pixels; the limit is "
-                           f"{limits.max_pixels / 1e6:.0f} megapixels and {limits.max_side} "
-                           "pixels a side.")
+        # Discord announces the size and the header's dimensions: refuse a giant before
+        # downloading it, in the pipeline's own words (it checks the real bytes again later).
+        check_declared_size(self.veil.ctx.limits, byte_count=image.size, width=image.width,
+                            height=image.height)
         try:
             data = await image.read()
         except discord.HTTPException:

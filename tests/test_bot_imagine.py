@@ -336,9 +336,9 @@ async def test_progress_edits_are_throttled_so_a_chatty_generator_cannot_flood_d
 async def test_an_upload_declared_larger_than_the_limit_is_refused_before_it_is_downloaded(
         veil_app):
     app = veil_app
-    upload = app.double.upload(png(), "huge.png", user=app.world.alice, size=30_000_000)
+    upload = app.double.upload(png(), "huge.png", user=app.world.alice, size=30 * 1024 * 1024)
     handle = await app.run("upload", user=app.world.alice, options={"image": upload})
-    assert "30.0 MB" in texts(handle) and "limit" in texts(handle)
+    assert "The file is 30 MB; the limit is 25 MB." in texts(handle)
     assert handle.ephemeral
     assert app.double.attachment_requests == []
     assert await stored_image_count(app) == 0
