@@ -150,14 +150,21 @@ class _StatusMessage:
         self.every_s = every_s
         self._last_bar: float | None = None
         self._told_position: int | None = None
+        self._told_at: float | None = None
 
     async def progress(self, event: Progress) -> None:
         # The generator awaits this callback, so an edit Discord rate-limits would stall the
         # queue for everyone: at most one bar every ``every_s``, the first one at once.
         if event.queue_position is not None:
+            now = time.monotonic()
             if event.queue_position == self._told_position:
                 return
-            self._told_position = event.queue_position
+            # Every place the line moves would otherwise edit every waiting message: with n
+            # people waiting that is n*n edits. Tell the first place at once, then at most
+            # one change every ``every_s``.
+            if self._told_at is not None and now - self._told_at < self.every_s:
+                return
+            self._told_position, self._told_at = event.queue_position, now
             text = f"Waiting for the generator: you are #{event.queue_position} in line."
         else:
             now = time.monotonic()

@@ -101,6 +101,8 @@ class Share(commands.Cog):
     @app_commands.autocomplete(image=owned_image_autocomplete)
     async def share(self, interaction: discord.Interaction, target: Target,
                     image: str | None = None, expires: Duration | None = None) -> None:
+        # Answer Discord at once: the grant may wait for the write lock behind other work.
+        await interaction.response.defer(ephemeral=True, thinking=True)
         viewer = await viewer_from(interaction)
         if isinstance(target, discord.User | discord.Member) and target.bot:
             await reply(interaction, "Bots cannot be shared with.")

@@ -23,6 +23,13 @@ import aiosqlite
 Row = sqlite3.Row
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
+# The reader also maps the file and keeps a larger page cache: gallery queries over a large
+# library read many pages.
+READER_PRAGMAS = (
+    "PRAGMA mmap_size = 268435456",
+    "PRAGMA cache_size = -65536",
+)
+
 PRAGMAS = (
     "PRAGMA journal_mode = WAL",
     "PRAGMA foreign_keys = ON",
@@ -51,13 +58,15 @@ class _Reads:
 
     _conn: aiosqlite.Connection
 
+    # One trip to aiosqlite's thread per query: a cursor left open across awaits would let
+    # other queries interleave on the connection and keep an old read snapshot alive, so a
+    # read right after a commit could miss it (a revoked grant honoured once more).
     async def fetchall(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Row]:
-        async with self._conn.execute(sql, params) as cur:
-            return list(await cur.fetchall())
+        return list(await self._conn.execute_fetchall(sql, params))
 
     async def fetchone(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Row | None:
-        async with self._conn.execute(sql, params) as cur:
-            return await cur.fetchone()
+        rows = await self._conn.execute_fetchall(sql, params)
+        return rows[0] if rows else None
 
     async def fetchval(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
         row = await self.fetchone(sql, params)
@@ -82,17 +91,17 @@ class Database(_Reads):
         writer = await cls._connect(path)
         try:
             await cls._migrate(writer)
-            reader = await cls._connect(path)
+            reader = await cls._connect(path, READER_PRAGMAS)
         except BaseException:
             await writer.close()
             raise
         return cls(path, writer, reader)
 
     @staticmethod
-    async def _connect(path: Path) -> aiosqlite.Connection:
+    async def _connect(path: Path, extra: tuple[str, ...] = ()) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(path, isolation_level=None)
         conn.row_factory = sqlite3.Row
-        for pragma in PRAGMAS:
+        for pragma in PRAGMAS + extra:
             await conn.execute(pragma)
         return conn
 

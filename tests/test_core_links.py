@@ -114,3 +114,11 @@ async def test_a_lowered_server_maximum_shortens_existing_links(veil, clock):
     await veil.moderation.update_policy(GUILD, MOD, link_max_lifetime=3600)
     clock.advance(3601)
     assert await veil.links.resolve(new.token) is None
+
+
+async def test_raising_the_server_maximum_again_does_not_revive_a_shortened_link(veil, clock):
+    _, new = await _link(veil, expires_in=86400)
+    await veil.moderation.update_policy(GUILD, MOD, link_max_lifetime=3600)
+    clock.advance(3601)
+    await veil.moderation.update_policy(GUILD, MOD, link_max_lifetime=7 * 86400)
+    assert await veil.links.resolve(new.token) is None

@@ -144,3 +144,46 @@ async def test_a_group_is_found_by_its_name_as_typed_even_with_extra_spaces(veil
     await veil.sharing.create_group(ALICE, "close   friends")
     group = await veil.sharing.group(ALICE, " close  friends ")
     assert group.name == "close friends"
+
+
+async def test_images_reachable_through_several_grants_fill_whole_gallery_pages(veil):
+    second_role = ARTISTS + 1
+    made = [await _image(veil) for _ in range(30)]
+    await veil.sharing.grant(viewer(ALICE), "role", ARTISTS)
+    await veil.sharing.grant(viewer(ALICE), "role", second_role)
+    both = viewer(BOB, ARTISTS, second_role)
+    first = await veil.images.gallery(both, per_page=25)
+    second = await veil.images.gallery(both, page=2, per_page=25)
+    assert len(first.items) == 25 and first.has_more
+    shown = [i.record.public_id for i in first.items + second.items]
+    assert shown == [r.public_id for r in reversed(made)]
+
+
+async def test_a_revoke_holds_on_the_very_next_read_even_while_other_reads_run(veil):
+    """Reads racing on the shared reader connection must not keep an old snapshot alive."""
+    import asyncio
+
+    image = await _image(veil)
+    other = await _image(veil)
+    stop = asyncio.Event()
+
+    async def busy_reader():
+        while not stop.is_set():
+            await veil.images.gallery(viewer(CAROL))
+            try:
+                await veil.images.check_view(other.public_id, viewer(BOB))
+            except NotFound:
+                pass
+
+    readers = [asyncio.create_task(busy_reader()) for _ in range(20)]
+    try:
+        for _ in range(40):
+            await veil.sharing.grant(viewer(ALICE), "user", BOB, image_public_id=image.public_id)
+            await veil.images.check_view(image.public_id, viewer(BOB))
+            await veil.sharing.revoke(viewer(ALICE), "user", BOB,
+                                      image_public_id=image.public_id)
+            with pytest.raises(NotFound):
+                await veil.images.check_view(image.public_id, viewer(BOB))
+    finally:
+        stop.set()
+        await asyncio.gather(*readers)

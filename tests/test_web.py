@@ -574,14 +574,30 @@ def test_the_limiter_forgets_the_oldest_addresses_to_bound_its_memory(clock):
     limiter = FailureLimiter(RateLimit(burst=2, per_second=1.0, max_addresses=100), clock)
 
     for n in range(5000):
-        limiter.acquire(f"address-{n}")
+        limiter.settle(f"address-{n}", charged=False, found=False)  # one miss each
 
     assert len(limiter) == 100
-    limiter.acquire("address-4999")
-    assert limiter.acquire("address-4999") is not None, "a recent address keeps its bucket"
+    limiter.settle("address-4999", charged=False, found=False)
+    wait, _ = limiter.acquire("address-4999")
+    assert wait is not None, "a recent address keeps its bucket"
 
 
 # Logs ----------------------------------------------------------------------------------------
+
+
+def test_a_clean_address_is_never_throttled_however_many_requests_it_has_in_flight(clock):
+    limiter = FailureLimiter(RateLimit(burst=2, per_second=1.0), clock)
+    assert all(limiter.acquire("holder") == (None, False) for _ in range(100))
+
+
+def test_a_burst_of_misses_from_a_clean_address_runs_into_debt_and_is_then_held_back(clock):
+    limiter = FailureLimiter(RateLimit(burst=5, per_second=1.0), clock)
+    for _ in range(50):  # fifty guesses in flight at once, none charged up front
+        assert limiter.acquire("guesser") == (None, False)
+    for _ in range(50):
+        limiter.settle("guesser", charged=False, found=False)
+    wait, _ = limiter.acquire("guesser")
+    assert wait is not None and wait >= 5.0
 
 
 async def test_tokens_never_reach_the_logs_not_even_the_access_log(open_client, veil, caplog,

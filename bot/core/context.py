@@ -39,16 +39,31 @@ def image_from_row(row: Row) -> ImageRecord:
 # very request, or a group grant for a personal group the viewer is in; on this image or on all
 # of its owner's images. Bounded by the owner's grants on this one image plus their all-images
 # grants (index grants_unique), whatever the size of the library.
-LIVE_GRANT_SQL = """
-SELECT id FROM grants
-WHERE owner_id = :owner AND coalesce(image_id, 0) IN (0, :image)
-  AND (expires_at IS NULL OR expires_at > :now)
-  AND (   (grantee_kind = 'user' AND grantee_id = :user)
-       OR (grantee_kind = 'role' AND grantee_id IN (SELECT value FROM json_each(:roles)))
-       OR (grantee_kind = 'group' AND grantee_id IN
+def _live_grant_sql(owner: str, image: str) -> str:
+    return f"""
+SELECT g.id FROM grants g
+WHERE g.owner_id = {owner} AND coalesce(g.image_id, 0) IN (0, {image})
+  AND (g.expires_at IS NULL OR g.expires_at > :now)
+  AND (   (g.grantee_kind = 'user' AND g.grantee_id = :user)
+       OR (g.grantee_kind = 'role' AND g.grantee_id IN (SELECT value FROM json_each(:roles)))
+       OR (g.grantee_kind = 'group' AND g.grantee_id IN
               (SELECT group_id FROM group_members WHERE user_id = :user)))
-ORDER BY image_id IS NULL, id
+ORDER BY g.image_id IS NULL, g.id
 LIMIT 1
+"""
+
+
+LIVE_GRANT_SQL = _live_grant_sql(":owner", ":image")
+
+# Everything a view decision needs, in one query (one trip to the database thread): the image,
+# the viewer's live grant on it, and (for moderators) whether it has an open report.
+VIEW_FACTS_SQL = f"""
+SELECT {", ".join("i." + c for c in IMAGE_COLUMNS.split(", "))},
+       CASE WHEN i.owner_id = :user THEN NULL
+            ELSE ({_live_grant_sql("i.owner_id", "i.id")}) END,
+       CASE WHEN :moderator THEN EXISTS (SELECT 1 FROM reports r WHERE r.image_id = i.id
+                                         AND r.closed_at IS NULL) ELSE 0 END
+FROM images i WHERE i.public_id = :public_id
 """
 
 
@@ -89,16 +104,16 @@ class Context:
             f"SELECT {IMAGE_COLUMNS} FROM images WHERE public_id = ?", (public_id.strip().lower(),))
         return None if row is None else image_from_row(row)
 
-    async def live_grant(self, image: ImageRecord, viewer: Viewer) -> int | None:
-        if viewer.user_id == image.owner_id:
+    async def view_facts(self, public_id: str,
+                         viewer: Viewer) -> tuple[ImageRecord, int | None, bool] | None:
+        """(image, live grant id, open report) for a view decision, or None if no such image."""
+        row = await self.db.fetchone(VIEW_FACTS_SQL, {
+            "public_id": public_id.strip().lower(), "user": viewer.user_id,
+            "roles": roles_json(viewer.role_ids), "now": self.now(),
+            "moderator": int(viewer.is_moderator)})
+        if row is None:
             return None
-        return await self.db.fetchval(LIVE_GRANT_SQL, {
-            "owner": image.owner_id, "image": image.id, "now": self.now(),
-            "user": viewer.user_id, "roles": roles_json(viewer.role_ids)})
-
-    async def has_open_report(self, image: ImageRecord) -> bool:
-        return bool(await self.db.fetchval(
-            "SELECT 1 FROM reports WHERE image_id = ? AND closed_at IS NULL LIMIT 1", (image.id,)))
+        return image_from_row(row), row[13], bool(row[14])
 
     async def audit(self, tx: Transaction, action: str, *, actor_id: int | None,
                     guild_id: int | None = None, target_user: int | None = None,

@@ -41,6 +41,8 @@ MAX_PROMPT_CHARS = 2000
 
 # Own images, and images shared with the viewer one by one or through an all-images grant;
 # each branch is cut to the page's end first so a large library costs no more than a small one.
+# DISTINCT before each cut: an image reachable through two grants (two roles, say) must count
+# once, or the cut would end a page early.
 GALLERY_SQL = f"""
 WITH me (kind, gid) AS (
     SELECT 'user', :user
@@ -52,14 +54,16 @@ SELECT {IMAGE_COLUMNS}, max(mine) FROM (
                    WHERE owner_id = :user AND (expires_at IS NULL OR expires_at > :now)
                    ORDER BY id DESC LIMIT :upto)
     UNION ALL
-    SELECT * FROM (SELECT {', '.join('i.' + c for c in IMAGE_COLUMNS.split(', '))}, 0 AS mine
+    SELECT * FROM (SELECT DISTINCT {', '.join('i.' + c for c in IMAGE_COLUMNS.split(', '))},
+                          0 AS mine
                    FROM me JOIN grants g ON g.grantee_kind = me.kind AND g.grantee_id = me.gid
                    JOIN images i ON i.id = g.image_id
                    WHERE (g.expires_at IS NULL OR g.expires_at > :now)
                      AND (i.expires_at IS NULL OR i.expires_at > :now)
                    ORDER BY i.id DESC LIMIT :upto)
     UNION ALL
-    SELECT * FROM (SELECT {', '.join('i.' + c for c in IMAGE_COLUMNS.split(', '))}, 0 AS mine
+    SELECT * FROM (SELECT DISTINCT {', '.join('i.' + c for c in IMAGE_COLUMNS.split(', '))},
+                          0 AS mine
                    FROM me JOIN grants g ON g.grantee_kind = me.kind AND g.grantee_id = me.gid
                         AND g.image_id IS NULL
                    JOIN images i ON i.owner_id = g.owner_id
@@ -134,12 +138,11 @@ class ImageService:
     async def check_view(self, public_id: str, viewer: Viewer) -> tuple[ImageRecord, Decision]:
         """The image and why ``viewer`` may see it; NotFound (never Forbidden) otherwise, so a
         stranger cannot tell a private image from one that does not exist."""
-        image = await self.ctx.image(public_id)
-        if image is not None:
-            decision = can_view(
-                image, viewer, now=self.ctx.now(),
-                live_grant_id=await self.ctx.live_grant(image, viewer),
-                open_report=viewer.is_moderator and await self.ctx.has_open_report(image))
+        facts = await self.ctx.view_facts(public_id, viewer)
+        if facts is not None:
+            image, grant_id, open_report = facts
+            decision = can_view(image, viewer, now=self.ctx.now(), live_grant_id=grant_id,
+                                open_report=open_report)
             if decision:
                 return image, decision
         raise NotFound(NOT_VISIBLE.format(_shown(public_id)))

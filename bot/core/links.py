@@ -92,7 +92,7 @@ class LinkService:
             return None
         row = await self.ctx.db.fetchone(
             f"SELECT {_LINK_COLUMNS}, {', '.join('i.' + c for c in IMAGE_COLUMNS.split(', '))},"
-            " p.links_enabled, p.link_max_lifetime"
+            " p.links_enabled"
             " FROM links l JOIN images i ON i.id = l.image_id"
             " LEFT JOIN guild_policy p ON p.guild_id = i.guild_id WHERE l.selector = ?",
             (token[:SELECTOR_CHARS],))
@@ -101,12 +101,8 @@ class LinkService:
             return None
         link = _link_from_row(row)
         image = image_from_row(row[11:24])
-        links_enabled, longest = row[24], row[25]
-        if links_enabled == 0:
-            return None  # moderators turned links off: existing links stop too
-        if longest is not None and link.expires_at > link.created_at + longest:
-            # A lowered server maximum shortens existing links as well.
-            link = replace(link, expires_at=link.created_at + longest)
+        if row[24] == 0:
+            return None  # moderators turned links off: existing links stop too (while off)
         now = self.ctx.now()
         if link.status(now) != "live" or (image.expires_at is not None
                                           and now >= image.expires_at):

@@ -58,6 +58,13 @@ class ModerationService:
                 stored = int(value) if isinstance(value, bool) else value
                 await tx.execute(f"UPDATE guild_policy SET {name} = ?, updated_at = ?"
                                  " WHERE guild_id = ?", (stored, self.ctx.now(), guild_id))
+                if name == "link_max_lifetime":
+                    # A lower maximum shortens existing links for good; raising it later
+                    # does not bring back a link that already ended.
+                    await tx.execute(
+                        "UPDATE links SET expires_at = created_at + ? WHERE expires_at >"
+                        " created_at + ? AND image_id IN (SELECT id FROM images WHERE"
+                        " guild_id = ?)", (stored, stored, guild_id))
                 await self.ctx.audit(tx, f"admin.{name}", actor_id=actor_id, guild_id=guild_id,
                                      detail=str(value))
         return await self.policy(guild_id)

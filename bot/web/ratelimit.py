@@ -65,19 +65,30 @@ class FailureLimiter:
         while len(self._buckets) > self.limit.max_addresses:
             self._buckets.popitem(last=False)
 
-    def acquire(self, key: str) -> float | None:
-        """Take one unit for a lookup about to happen. None when allowed; otherwise the seconds
-        until the next unit is back (for ``Retry-After``)."""
+    def acquire(self, key: str) -> tuple[float | None, bool]:
+        """Before a lookup: (seconds to wait, or None when allowed; whether a unit was taken).
+
+        An address with no failure on record is not charged up front, so any number of a real
+        holder's requests in flight pass (also everyone behind one unlisted proxy). An address
+        that has failed is charged up front, so its guesses in flight cannot outrun the bucket.
+        """
+        if key not in self._buckets:
+            return None, False
         units = self._current(key)
         if units < 1.0:
             self._store(key, units)
-            return (1.0 - units) / self.limit.per_second
+            return (1.0 - units) / self.limit.per_second, False
         self._store(key, units - 1.0)
-        return None
+        return None, True
 
-    def release(self, key: str) -> None:
-        """Give the unit back: the lookup found a live link."""
-        self._store(key, self._current(key) + 1.0)
+    def settle(self, key: str, *, charged: bool, found: bool) -> None:
+        """After a lookup: give a hit its unit back, charge a miss that was not charged yet.
+        A burst of misses from a clean address may run into debt (down to -burst), which
+        delays that address's next lookups accordingly."""
+        if found and charged:
+            self._store(key, self._current(key) + 1.0)
+        elif not found and not charged:
+            self._store(key, max(-float(self.limit.burst), self._current(key) - 1.0))
 
 
 def retry_after_header(seconds: float) -> str:

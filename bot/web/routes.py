@@ -31,6 +31,8 @@ from db import Database
 log = logging.getLogger(__name__)
 
 _TOKEN_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+# Whether the throttle took a unit from this request's address before its lookup.
+_CHARGED = web.RequestKey("veil_charged", bool)
 
 
 def well_formed(token: str) -> str:
@@ -69,31 +71,36 @@ class LinkRoutes:
         return client_address(request.remote, request.headers.getall("X-Forwarded-For", ()),
                               self.trusted_proxies)
 
-    def _refused(self, client: str) -> web.Response | None:
-        """A 429 if this client already failed too often, after taking a unit otherwise."""
+    def _refused(self, request: web.Request, client: str) -> web.Response | None:
+        """A 429 if this client already failed too often (taking a unit up front if it has
+        failed before)."""
         if self.limiter is None:
             return None
-        wait = self.limiter.acquire(client)
+        wait, request[_CHARGED] = self.limiter.acquire(client)
         if wait is None:
             return None
         return too_many_requests(self.pages, retry_after_header(wait))
 
-    def _succeeded(self, client: str) -> None:
+    def _settle(self, request: web.Request, client: str, *, found: bool) -> None:
         if self.limiter is not None:
-            self.limiter.release(client)
+            self.limiter.settle(client, charged=request[_CHARGED], found=found)
+
+    def _miss(self, request: web.Request, client: str) -> web.Response:
+        self._settle(request, client, found=False)
+        return not_found(self.pages)
 
     # Handlers --------------------------------------------------------------------------------
 
     async def page(self, request: web.Request) -> web.StreamResponse:
         """The viewer page. Spends nothing: only the image fetch it triggers does."""
         client = self._client(request)
-        if (refusal := self._refused(client)) is not None:
+        if (refusal := self._refused(request, client)) is not None:
             return refusal
         token = well_formed(request.match_info["token"])
         target = await self.links.resolve(token)
         if target is None:
-            return not_found(self.pages)
-        self._succeeded(client)
+            return self._miss(request, client)
+        self._settle(request, client, found=True)
         if is_unfurler(request.headers.get("User-Agent")):
             body = self.pages.for_unfurler()
         else:
@@ -104,7 +111,7 @@ class LinkRoutes:
         """The image itself: counts one view (atomically, in the core) and logs it for the
         owner. HEAD and preview fetchers get the same answer without spending anything."""
         client = self._client(request)
-        if (refusal := self._refused(client)) is not None:
+        if (refusal := self._refused(request, client)) is not None:
             return refusal
         token = well_formed(request.match_info["token"])
         user_agent = request.headers.get("User-Agent")
@@ -112,16 +119,16 @@ class LinkRoutes:
         if unfurler or request.method == "HEAD":
             target = await self.links.resolve(token)
             if target is None:
-                return not_found(self.pages)
-            self._succeeded(client)
+                return self._miss(request, client)
+            self._settle(request, client, found=True)
             if not unfurler:
                 return self._head(target)
             # Same bytes as any miss, so a preview fetcher learns nothing and spends nothing.
             return not_found(self.pages)
         served = await self.links.fetch(token, agent=agent_family(user_agent))
         if served is None:
-            return not_found(self.pages)
-        self._succeeded(client)
+            return self._miss(request, client)
+        self._settle(request, client, found=True)
         content, link = served
         data = await self._render(content, link)
         return web.Response(body=data, content_type=content.record.mime,
