@@ -82,13 +82,10 @@ class Deliverer:
         if not interaction.response.is_done():
             await interaction.response.defer(ephemeral=True, thinking=True)
         records = [c.record for c in contents]
-        in_guild = interaction.guild_id is not None
         permitted = await self.veil.moderation.channel_permitted(interaction.guild_id,
                                                                  interaction.channel_id)
-        # A public image is public in the server it came from: in any other server's channel,
-        # even a permitted one, it goes privately to the person who asked.
-        places = {place_for(r, in_guild=in_guild and r.guild_id == interaction.guild_id,
-                            channel_permitted=permitted) for r in records}
+        places = {place_for(r, guild_id=interaction.guild_id, channel_permitted=permitted)
+                  for r in records}
         limit = getattr(interaction, "filesize_limit", 10 * 1024 * 1024)
         if not _fits(contents, limit):
             raise DeliveryFailed("That image is larger than Discord lets me attach here. "
