@@ -23,11 +23,10 @@ import aiosqlite
 Row = sqlite3.Row
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
-# The reader also maps the file and keeps a larger page cache: gallery queries over a large
-# library read many pages.
+# The reader keeps a larger page cache (32 MiB): gallery queries over a large library read many
+# pages. No mmap: mapped pages count in the bot's resident size, which has its own budget.
 READER_PRAGMAS = (
-    "PRAGMA mmap_size = 268435456",
-    "PRAGMA cache_size = -65536",
+    "PRAGMA cache_size = -32768",
 )
 
 PRAGMAS = (

@@ -61,7 +61,11 @@ class LocalBlobStore:
         await asyncio.to_thread(self._unlink, [self._staged(name, p) for p in PARTS])
 
     async def read(self, name: str, part: str) -> bytes:
-        return await asyncio.to_thread(self._final(name, part).read_bytes)
+        return await asyncio.to_thread(self.read_sync, name, part)
+
+    def read_sync(self, name: str, part: str) -> bytes:
+        """For callers already off the event loop (read and decrypt in one thread hop)."""
+        return self._final(name, part).read_bytes()
 
     def exists(self, name: str) -> bool:
         return all(self._final(name, p).exists() for p in PARTS)

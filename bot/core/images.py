@@ -160,11 +160,14 @@ class ImageService:
         """Bytes of an image whose access was already checked by the caller."""
         part = "thumb" if thumbnail else "full"
         data_key = await self._data_key(image)
+        def read_and_open() -> bytes:
+            sealed = self.ctx.blobs.read_sync(image.blob_name, part)
+            return unseal(data_key, sealed, aad(image.public_id, part))
+
         try:
-            sealed = await self.ctx.blobs.read(image.blob_name, part)
+            data = await asyncio.to_thread(read_and_open)
         except FileNotFoundError:
             raise NotFound(NOT_VISIBLE.format(image.public_id)) from None
-        data = await asyncio.to_thread(unseal, data_key, sealed, aad(image.public_id, part))
         # A deletion that committed while we read must win: serve nothing after it.
         if await self.ctx.image(image.public_id) is None:
             raise NotFound(NOT_VISIBLE.format(image.public_id))
