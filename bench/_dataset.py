@@ -20,6 +20,7 @@ file, so reruns reuse it and a schema change rebuilds it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import logging
 import random
@@ -114,7 +115,9 @@ def _create_with_veil(data: Path) -> None:
         veil = await Veil.open(data)
         await veil.close()
 
-    asyncio.run(create())
+    # Callers may be inside an event loop already: run on a thread of its own.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, create()).result()
 
 
 def _bulk_insert(data: Path, s: Shape) -> None:

@@ -39,39 +39,43 @@ PAGE_SIZE = 25
 _CHUNK = 500
 MAX_PROMPT_CHARS = 2000
 
-# Own images, and images shared with the viewer one by one or through an all-images grant;
-# each branch is cut to the page's end first so a large library costs no more than a small one.
-# DISTINCT before each cut: an image reachable through two grants (two roles, say) must count
-# once, or the cut would end a page early.
+# Own images, and images shared with the viewer one by one or through an all-images grant.
+# The page is chosen on ids alone (each branch cut to the page's end first, so a large library
+# costs no more than a small one; DISTINCT before each cut, so an image reachable through two
+# grants counts once), and only the page's rows are then read in full. images_by_owner covers
+# (owner_id, id, expires_at), so the all-images branch never touches the table itself.
 GALLERY_SQL = f"""
 WITH me (kind, gid) AS (
     SELECT 'user', :user
     UNION ALL SELECT 'role', value FROM json_each(:roles)
     UNION ALL SELECT 'group', group_id FROM group_members WHERE user_id = :user
-)
-SELECT {IMAGE_COLUMNS}, max(mine) FROM (
-    SELECT * FROM (SELECT {IMAGE_COLUMNS}, 1 AS mine FROM images
+),
+candidates (id, mine) AS (
+    SELECT * FROM (SELECT id, 1 FROM images
                    WHERE owner_id = :user AND (expires_at IS NULL OR expires_at > :now)
                    ORDER BY id DESC LIMIT :upto)
     UNION ALL
-    SELECT * FROM (SELECT DISTINCT {', '.join('i.' + c for c in IMAGE_COLUMNS.split(', '))},
-                          0 AS mine
+    SELECT * FROM (SELECT DISTINCT i.id, 0
                    FROM me JOIN grants g ON g.grantee_kind = me.kind AND g.grantee_id = me.gid
                    JOIN images i ON i.id = g.image_id
                    WHERE (g.expires_at IS NULL OR g.expires_at > :now)
                      AND (i.expires_at IS NULL OR i.expires_at > :now)
                    ORDER BY i.id DESC LIMIT :upto)
     UNION ALL
-    SELECT * FROM (SELECT DISTINCT {', '.join('i.' + c for c in IMAGE_COLUMNS.split(', '))},
-                          0 AS mine
+    SELECT * FROM (SELECT DISTINCT i.id, 0
                    FROM me JOIN grants g ON g.grantee_kind = me.kind AND g.grantee_id = me.gid
                         AND g.image_id IS NULL
                    JOIN images i ON i.owner_id = g.owner_id
                    WHERE (g.expires_at IS NULL OR g.expires_at > :now)
                      AND (i.expires_at IS NULL OR i.expires_at > :now)
                    ORDER BY i.id DESC LIMIT :upto)
+),
+page (id, mine) AS (
+    SELECT id, max(mine) FROM candidates GROUP BY id ORDER BY id DESC LIMIT :limit OFFSET :offset
 )
-GROUP BY id ORDER BY id DESC LIMIT :limit OFFSET :offset
+SELECT {", ".join("i." + c for c in IMAGE_COLUMNS.split(", "))}, page.mine
+FROM page JOIN images i ON i.id = page.id
+ORDER BY i.id DESC
 """
 
 
