@@ -26,13 +26,13 @@ class FakeClock:
     """Unix time that moves only when a test says so."""
 
     def __init__(self, start: float = 1_800_000_000.0) -> None:
-        self.t = start
+        self.now = start
 
     def __call__(self) -> float:
-        return self.t
+        return self.now
 
     def advance(self, seconds: float) -> None:
-        self.t += seconds
+        self.now += seconds
 
 
 @pytest.fixture

@@ -274,7 +274,7 @@ async def test_shares_lists_user_role_and_group_shares_with_expiries_and_pings_n
     handle = await app.run("shares", user=app.world.alice)
     text = texts(handle)
     assert handle.ephemeral
-    assert f"`{image}` → <@{app.world.bob.id}> until <t:{int(clock.t + 7200)}:R>" in text
+    assert f"`{image}` → <@{app.world.bob.id}> until <t:{int(clock.now + 7200)}:R>" in text
     assert f"all images → <@&{artists.id}>" in text
     assert f"`{image}` → group **close friends**" in text
     mentions = allowed_mentions_of_every_reply(app)

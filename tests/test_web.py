@@ -34,6 +34,7 @@ from bot.web.ratelimit import FailureLimiter, client_address, parse_networks
 from bot.web.security import CONTENT_SECURITY_POLICY
 from bot.web.useragent import agent_family, is_unfurler
 from bot.web.watermark import apply_watermark
+from tests.conftest import FakeClock
 
 OWNER = 4242
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
@@ -61,17 +62,6 @@ EXPECTED_HEADERS = {
 MASTER_KEY = bytes(range(32))
 
 
-class Clock:
-    """Time that moves only when a test says so."""
-
-    def __init__(self, now: float = 1_750_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def png_with_secrets(width: int = 64, height: int = 48) -> bytes:
@@ -109,12 +99,12 @@ def shape(status: int, headers: Mapping[str, str], body: bytes) -> tuple:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
-async def veil(tmp_path: Path, clock: Clock) -> AsyncIterator[Veil]:
+async def veil(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Veil]:
     opened = await Veil.open(tmp_path / "data", master_key=MASTER_KEY, clock=clock)
     try:
         yield opened
@@ -126,7 +116,7 @@ OpenClient = Callable[..., Awaitable[TestClient]]
 
 
 @pytest.fixture
-async def open_client(veil: Veil, clock: Clock) -> AsyncIterator[OpenClient]:
+async def open_client(veil: Veil, clock: FakeClock) -> AsyncIterator[OpenClient]:
     """Start the app with the given create_app options; a browser user agent by default."""
     clients: list[TestClient] = []
 
