@@ -54,7 +54,8 @@ def describe_view(entry: ViewEntry) -> str:
            f"someone with link `{entry.link_id}`" if entry.link_id else "someone")
     agent = f" ({entry.agent})" if entry.agent else ""
     through = {"grant": "a share", "public": "public visibility", "link": "a link",
-               "report": "a report to moderators"}.get(entry.via, entry.via)
+               "report": "a report to moderators",
+               "gallery": "a thumbnail in their gallery"}.get(entry.via, entry.via)
     return f"`{entry.image_public_id}` · {who}{agent} · through {through} · {when(entry.at)}"
 
 
@@ -93,6 +94,9 @@ class Gallery(commands.Cog):
         embeds, files = [], []
         for item in result.items:
             thumb = await self.veil.images.decrypt(item.record, thumbnail=True)
+            if not item.mine and not await self.veil.images.log_view(
+                    item.record, viewer_id=viewer.user_id, via="gallery"):
+                continue  # deleted while the page was being made
             files.append(discord.File(io.BytesIO(thumb.data), filename=thumb.filename))
             owner = "yours" if item.mine else f"shared by <@{item.record.owner_id}>"
             embed = discord.Embed(title=item.record.public_id,

@@ -92,13 +92,15 @@ class PrivacyTools(commands.Cog):
         archive, carried, note = await self._build_export(interaction.user.id,
                                                           interaction.filesize_limit)
         caption = "Your Veil export." + note
-        if carried:
-            caption += " I remove this message if you delete any of these images."
+        retractable = " I remove this message if you delete any of these images." if carried \
+            else ""
         try:
-            message = await interaction.user.send(caption, file=_zip_file(archive))
+            message = await interaction.user.send(caption + retractable,
+                                                  file=_zip_file(archive))
         except discord.Forbidden:
             message = await interaction.followup.send(
-                "Your DMs are closed, so here is your export (only you can see it). " + caption,
+                "Your DMs are closed, so here is your export (only you can see it; an "
+                "ephemeral copy cannot be removed later). " + caption,
                 file=_zip_file(archive), ephemeral=True, wait=True)
             await self._record(carried, message, "ephemeral", interaction)
             return

@@ -17,7 +17,8 @@ Rules in one place:
   role they hold on this request, or to a personal group of the owner they are in; on this image
   or on all of the owner's images; not expired); or it is public, it came from a server and the
   request comes from that server; or they moderate its origin server, ask from there, and a
-  report on it is open.
+  report on it is open and in force: the reporter's own access still holds (they own it, it is
+  still public, or the owner still shares it with the target they saw it through).
 - A new image is private if its server forces private mode, else as requested, else as the
   owner's private mode (on by default, and again after forget-me).
 - Delivery: a channel only for a public image, asked in a channel that moderators of the image's
@@ -88,6 +89,12 @@ class Report:
     image: int
     guild: int
     reporter: int
+    # What the reporter saw it through: "owner", "public", or "grant" with the share's target
+    # (kind, target; for a group, the very group object, as a re-made group is another one).
+    basis: str = "public"
+    basis_kind: str | None = None
+    basis_target: object = None
+    basis_group: object = None
     closed: bool = False
     gone: bool = False  # image deleted or reporter forgotten
 
@@ -189,8 +196,36 @@ class AccessModel:
                 return True
         return False
 
+    def _first_live_grant(self, user: int, roles: frozenset[int], key: int) -> tuple | None:
+        """The share the core names for this viewer: one on this image before one on all the
+        owner's images, the oldest first (grant ids grow with creation; a renewal keeps its
+        place)."""
+        image = self.images[key]
+        found = [(owner, on, kind, target)
+                 for (owner, on, kind, target), expires_at in self.grants.items()
+                 if owner == image.owner and on in (None, key) and self._grant_live(expires_at)
+                 and self._target_matches(kind, target, user, roles)]
+        found.sort(key=lambda grant: grant[1] is None)  # stable: keeps creation order
+        return found[0] if found else None
+
+    def _report_in_force(self, report: Report) -> bool:
+        """A report counts while the reporter's own access still holds (guarantee 6)."""
+        image = self.images[report.image]
+        if report.basis == "owner":
+            return True
+        if report.basis == "public":
+            return image.visibility == "public"
+        if report.basis_kind == "group" and self.groups.get(report.basis_target) is not (
+                report.basis_group):
+            return False
+        return any(owner == image.owner and on in (None, report.image) and kind ==
+                   report.basis_kind and target == report.basis_target
+                   and self._grant_live(expires_at)
+                   for (owner, on, kind, target), expires_at in self.grants.items())
+
     def has_open_report(self, key: int) -> bool:
-        return any(r.image == key and not r.closed and not r.gone for r in self.reports)
+        return any(r.image == key and not r.closed and not r.gone and self._report_in_force(r)
+                   for r in self.reports)
 
     def may_view(self, user: int, guild: int | None, key: int, *,
                  roles: frozenset[int] | None = None, moderator: bool | None = None) -> bool:
@@ -480,6 +515,17 @@ class AccessModel:
         if image.guild is None:
             raise Refused("InvalidInput", "not made in a server")
         report = Report(len(self.reports), key, image.guild, reporter)
+        roles = self.roles_of(reporter)
+        grant = self._first_live_grant(reporter, roles, key)
+        if image.owner == reporter:
+            report.basis = "owner"
+        elif grant is not None:
+            report.basis, report.basis_kind, report.basis_target = "grant", grant[2], grant[3]
+            report.basis_group = self.groups.get(grant[3]) if grant[2] == "group" else None
+        elif image.visibility == "public" and guild == image.guild:
+            report.basis = "public"
+        else:
+            raise Refused("InvalidInput", "seen only through a report already")
         self.reports.append(report)
         return report.key
 

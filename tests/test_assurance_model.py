@@ -775,3 +775,26 @@ def test_a_public_image_goes_to_a_channel_only_in_its_own_server() -> None:
         machine.core_agrees_with_model()
     finally:
         machine.teardown()
+
+
+def test_a_report_stops_letting_moderators_see_once_the_reporters_access_ends() -> None:
+    # Regression (found in review): a report used to keep a private image open to moderators
+    # after the image went private or the reporter's share was revoked (guarantee 6).
+    machine = VeilMachine()
+    try:
+        machine.first_roles([frozenset()] * len(USERS))
+        shared = machine.make_image(USERS[0], GUILDS[0], True, None)
+        machine.grant_one(OWNER, ("user", USERS[1]), shared, None)
+        machine.report(USERS[1], ORIGIN, shared)
+        machine.core_agrees_with_model()
+        machine.revoke_one(OWNER, ("user", USERS[1]), shared)
+        machine.core_agrees_with_model()
+        public = machine.make_image(USERS[0], GUILDS[0], False, None)
+        machine.report(USERS[2], ORIGIN, public)
+        machine.set_visibility(OWNER, public, "private")
+        machine.core_agrees_with_model()
+        moderator_sees = [machine.model.may_view(u, GUILDS[0], k, moderator=True)
+                          for u in USERS[1:] for k in (shared, public)]
+        assert moderator_sees == [False] * len(moderator_sees)
+    finally:
+        machine.teardown()

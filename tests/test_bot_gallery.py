@@ -593,3 +593,12 @@ async def test_owner_buttons_still_work_after_the_bot_restarts(veil_app, restart
     await app.settle(prompt)
     assert dm.deleted
     assert not await image_exists(app, image)
+
+
+async def test_the_access_log_shows_that_bob_saw_a_thumbnail_in_his_gallery(veil_app):
+    app = veil_app
+    image = await imagine(app, app.world.alice, private=True)
+    await share(app, app.world.alice, image, app.world.bob)
+    await app.run("gallery", user=app.world.bob)
+    handle = await app.run("access-log", user=app.world.alice, options={"image": image})
+    assert "through a thumbnail in their gallery" in handle.original.content

@@ -120,3 +120,33 @@ async def test_export_contains_the_users_images_prompts_and_records(veil):
     assert document["images"][0]["public_id"] == image.public_id
     assert document["images"][0]["prompt"] == "exported prompt"
     assert f"images/veil-{image.public_id}.png" in archive.namelist()
+
+
+async def test_a_report_on_a_public_image_stops_counting_once_the_image_is_private(veil):
+    image = await veil.images.create(ALICE, png(), guild_id=GUILD, source="upload",
+                                     requested_private=False)
+    await veil.moderation.report(viewer(BOB), image.public_id, "spam")
+    await veil.images.set_visibility(image.public_id, viewer(ALICE), "private")
+    with pytest.raises(NotFound):
+        await veil.images.open(image.public_id, viewer(MOD, mod=True))
+
+
+async def test_a_report_counts_only_while_the_reporter_is_still_shared_with(veil):
+    image = await veil.images.create(ALICE, png(), guild_id=GUILD, source="upload")
+    await veil.sharing.grant(viewer(ALICE), "user", BOB, image_public_id=image.public_id)
+    await veil.moderation.report(viewer(BOB), image.public_id, "abuse")
+    await veil.images.open(image.public_id, viewer(MOD, mod=True))
+    await veil.sharing.revoke(viewer(ALICE), "user", BOB)
+    with pytest.raises(NotFound):
+        await veil.images.open(image.public_id, viewer(MOD, mod=True))
+    await veil.sharing.grant(viewer(ALICE), "user", BOB)  # shared with Bob again, all images
+    await veil.images.open(image.public_id, viewer(MOD, mod=True))
+
+
+async def test_a_moderator_cannot_keep_a_report_alive_by_reporting_it_again(veil):
+    from bot.core.errors import InvalidInput
+
+    image = await veil.images.create(ALICE, png(), guild_id=GUILD, source="upload")
+    await veil.moderation.report(viewer(ALICE), image.public_id, "my own image")
+    with pytest.raises(InvalidInput, match="already with the moderators"):
+        await veil.moderation.report(viewer(MOD, mod=True), image.public_id, "again")

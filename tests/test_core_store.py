@@ -142,7 +142,8 @@ async def test_deleting_removes_the_blob_the_key_the_links_and_the_grants(veil, 
 
 
 async def test_deletion_queues_every_posted_message_for_retraction(veil):
-    image = await veil.images.create(ALICE, png(), guild_id=GUILD, source="upload")
+    image = await veil.images.create(ALICE, png(), guild_id=GUILD, source="upload",
+                                     requested_private=False)
     await veil.images.record_delivery(image, kind="dm", channel_id=11, message_id=101,
                                       recipient_id=ALICE)
     await veil.images.record_delivery(image, kind="channel", channel_id=12, message_id=102,
@@ -235,3 +236,25 @@ async def test_the_database_runs_with_wal_foreign_keys_and_secure_delete(veil, d
     assert await veil.ctx.db.fetchval("PRAGMA foreign_keys") == 1
     assert await veil.ctx.db.fetchval("PRAGMA secure_delete") == 1
     assert await veil.ctx.db.schema_version() >= 1
+
+
+async def test_a_channel_post_recorded_after_the_image_went_private_is_retracted(veil):
+    image = await veil.images.create(ALICE, png(), guild_id=GUILD, source="upload",
+                                     requested_private=False)
+    await veil.images.set_visibility(image.public_id, viewer(ALICE), "private")
+    recorded = await veil.images.record_delivery(image, kind="channel", channel_id=3,
+                                                 message_id=30, recipient_id=None,
+                                                 guild_id=GUILD)
+    assert recorded is False
+    assert [(r.channel_id, r.message_id) for r in await veil.images.due_retractions()] == [
+        (3, 30)]
+
+
+async def test_sharing_is_audited_under_the_images_own_server_not_where_it_was_typed(veil):
+    image = await veil.images.create(ALICE, png(), guild_id=OTHER_GUILD, source="upload")
+    await veil.sharing.grant(viewer(ALICE, guild=GUILD), "user", BOB,
+                             image_public_id=image.public_id)
+    await veil.images.delete(image.public_id, viewer(ALICE, guild=GUILD))
+    assert await veil.moderation.audit(GUILD) == []
+    assert {e.action for e in await veil.moderation.audit(OTHER_GUILD)} >= {
+        "grant.create", "image.delete"}

@@ -55,14 +55,28 @@ LIMIT 1
 
 LIVE_GRANT_SQL = _live_grant_sql(":owner", ":image")
 
+# An open report lets moderators see its image only while the reporter's access still holds
+# (guarantee 6): their own image, a still-public one, or a share with the same target that is
+# still live. Otherwise a report would outlive the image going private or the share's revoke.
+REPORT_IN_FORCE_SQL = """
+SELECT 1 FROM reports r
+WHERE r.image_id = i.id AND r.closed_at IS NULL
+  AND (   r.basis = 'owner'
+       OR (r.basis = 'public' AND i.visibility = 'public')
+       OR (r.basis = 'grant' AND EXISTS (
+              SELECT 1 FROM grants g
+              WHERE g.owner_id = i.owner_id AND coalesce(g.image_id, 0) IN (0, i.id)
+                AND g.grantee_kind = r.basis_kind AND g.grantee_id = r.basis_target
+                AND (g.expires_at IS NULL OR g.expires_at > :now))))
+"""
+
 # Everything a view decision needs, in one query (one trip to the database thread): the image,
 # the viewer's live grant on it, and (for moderators) whether it has an open report.
 VIEW_FACTS_SQL = f"""
 SELECT {", ".join("i." + c for c in IMAGE_COLUMNS.split(", "))},
        CASE WHEN i.owner_id = :user THEN NULL
             ELSE ({_live_grant_sql("i.owner_id", "i.id")}) END,
-       CASE WHEN :moderator THEN EXISTS (SELECT 1 FROM reports r WHERE r.image_id = i.id
-                                         AND r.closed_at IS NULL) ELSE 0 END
+       CASE WHEN :moderator THEN EXISTS ({REPORT_IN_FORCE_SQL}) ELSE 0 END
 FROM images i WHERE i.public_id = :public_id
 """
 

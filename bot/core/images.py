@@ -156,8 +156,9 @@ class ImageService:
         """Decrypted bytes for ``viewer``, checked now; views by others go to the owner's log."""
         image, decision = await self.check_view(public_id, viewer)
         content = await self.decrypt(image, thumbnail=thumbnail)
-        if decision.via != "owner":
-            await self.log_view(image, viewer_id=viewer.user_id, via=decision.via)
+        if decision.via != "owner" and not await self.log_view(
+                image, viewer_id=viewer.user_id, via=decision.via):
+            raise NotFound(NOT_VISIBLE.format(image.public_id))  # deleted while we read it
         return content, decision
 
     async def decrypt(self, image: ImageRecord, *, thumbnail: bool = False) -> ImageContent:
@@ -196,18 +197,21 @@ class ImageService:
         return unseal(owner_key, row[0], aad(image.public_id, "key"))
 
     async def log_view(self, image: ImageRecord, *, viewer_id: int | None, via: str,
-                       link_id: str | None = None, agent: str | None = None) -> None:
+                       link_id: str | None = None, agent: str | None = None) -> bool:
         async with self.ctx.db.transaction() as tx:
-            await self.log_view_in(tx, image, viewer_id=viewer_id, via=via, link_id=link_id,
-                                   agent=agent)
+            return await self.log_view_in(tx, image, viewer_id=viewer_id, via=via,
+                                          link_id=link_id, agent=agent)
 
     async def log_view_in(self, tx: Transaction, image: ImageRecord, *, viewer_id: int | None,
-                          via: str, link_id: str | None = None, agent: str | None = None) -> None:
-        """Add to the owner's view log: ids, the channel and a browser family; never a token."""
-        await tx.execute(
+                          via: str, link_id: str | None = None,
+                          agent: str | None = None) -> bool:
+        """Add to the owner's view log: ids, the channel and a browser family; never a token.
+        False (nothing logged) when the image was deleted meanwhile."""
+        return await tx.execute(
             "INSERT INTO view_log (image_id, owner_id, viewer_id, via, link_id, agent, at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (image.id, image.owner_id, viewer_id, via, link_id, agent, self.ctx.now()))
+            " SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM images WHERE id = ?)",
+            (image.id, image.owner_id, viewer_id, via, link_id, agent, self.ctx.now(),
+             image.id)) == 1
 
     async def view_log(self, owner: Viewer, public_id: str | None = None,
                        limit: int = 20) -> list[ViewEntry]:
@@ -254,7 +258,7 @@ class ImageService:
         if image is None or not can_remove(image, viewer):
             raise NotFound(NOT_VISIBLE.format(_shown(public_id)))
         action = "image.delete" if viewer.user_id == image.owner_id else "image.takedown"
-        return await self.remove([image], actor_id=viewer.user_id, guild_id=viewer.guild_id,
+        return await self.remove([image], actor_id=viewer.user_id, guild_id=image.guild_id,
                                  action=action)
 
     async def remove(self, images: Sequence[ImageRecord], *, actor_id: int | None,
@@ -350,10 +354,14 @@ class ImageService:
     async def record_delivery(self, image: ImageRecord, *, kind: DeliveryKind, channel_id: int,
                               message_id: int | None, recipient_id: int | None,
                               guild_id: int | None = None, grant_id: int | None = None) -> bool:
-        """Remember a posted message carrying ``image``. If the image was deleted meanwhile,
-        the message is queued for retraction instead, and False is returned."""
+        """Remember a posted message carrying ``image``. If the image was deleted meanwhile (or
+        made private, for a channel post), the message is queued for retraction instead, and
+        False is returned."""
         async with self.ctx.db.transaction() as tx:
-            if await tx.fetchval("SELECT 1 FROM images WHERE id = ?", (image.id,)):
+            visibility = await tx.fetchval("SELECT visibility FROM images WHERE id = ?",
+                                           (image.id,))
+            # Made private while the post was on its way: never keep it in the channel.
+            if visibility is not None and not (kind == "channel" and visibility == "private"):
                 await tx.execute(
                     "INSERT INTO deliveries (image_id, recipient_id, guild_id, channel_id,"
                     " message_id, kind, grant_id, created_at) VALUES (?,?,?,?,?,?,?,?)",

@@ -138,8 +138,9 @@ class LinkService:
 
     async def revoke(self, link_public_id: str, owner: Viewer) -> ShareLink:
         row = await self.ctx.db.fetchone(
-            f"SELECT {_LINK_COLUMNS}, i.owner_id FROM links l JOIN images i ON i.id = l.image_id"
-            " WHERE l.public_id = ?", (link_public_id.strip().lower(),))
+            f"SELECT {_LINK_COLUMNS}, i.owner_id, i.guild_id FROM links l"
+            " JOIN images i ON i.id = l.image_id WHERE l.public_id = ?",
+            (link_public_id.strip().lower(),))
         if row is None or row[11] != owner.user_id:
             raise NotFound("You have no link with that id.")
         async with self.ctx.db.transaction() as tx:
@@ -147,7 +148,7 @@ class LinkService:
                 "UPDATE links SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?",
                 (self.ctx.now(), row[0]))
             await self.ctx.audit(tx, "link.revoke", actor_id=owner.user_id,
-                                 guild_id=owner.guild_id, image_ref=row[2],
+                                 guild_id=row[12], image_ref=row[2],
                                  detail=f"link:{row[1]}")
         link = _link_from_row(row)
         return replace(link, revoked=True)

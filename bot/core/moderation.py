@@ -115,16 +115,25 @@ class ModerationService:
 
     async def report(self, reporter: Viewer, public_id: str, reason: str) -> Report:
         """A person who can see an image reports it to the moderators of its server."""
-        image, _ = await self.images.check_view(public_id, reporter)
+        image, decision = await self.images.check_view(public_id, reporter)
         if image.guild_id is None:
             raise InvalidInput("That image was not made in a server, so no moderators can "
                                "review it.")
+        if decision.via == "report":
+            raise InvalidInput("You can see this image only because it was reported; it is "
+                               "already with the moderators.")
         reason = " ".join(reason.split())[:MAX_REASON] or "no reason given"
         async with self.ctx.db.transaction() as tx:
+            basis_kind = basis_target = None
+            if decision.via == "grant":
+                basis_kind, basis_target = tuple(await tx.fetchone(
+                    "SELECT grantee_kind, grantee_id FROM grants WHERE id = ?",
+                    (decision.grant_id,)))
             report_id = await tx.insert(
-                "INSERT INTO reports (image_id, guild_id, reporter_id, reason, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (image.id, image.guild_id, reporter.user_id, reason, self.ctx.now()))
+                "INSERT INTO reports (image_id, guild_id, reporter_id, reason, created_at,"
+                " basis, basis_kind, basis_target) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (image.id, image.guild_id, reporter.user_id, reason, self.ctx.now(),
+                 decision.via, basis_kind, basis_target))
             await self.ctx.audit(tx, "image.report", actor_id=reporter.user_id,
                                  guild_id=image.guild_id, image_ref=image.public_id,
                                  detail=f"report:{report_id}")

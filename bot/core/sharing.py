@@ -68,7 +68,7 @@ class SharingService:
                 await tx.execute("UPDATE grants SET expires_at = ?, created_at = ? WHERE id = ?",
                                  (expires_at, now, grant_id))
             await self.ctx.audit(tx, "grant.create", actor_id=owner.user_id,
-                                 guild_id=owner.guild_id,
+                                 guild_id=image.guild_id if image else None,
                                  target_user=grantee_id if kind == "user" else None,
                                  image_ref=image.public_id if image else "all",
                                  detail=f"{kind}:{grantee_id}")
@@ -81,6 +81,7 @@ class SharingService:
         Returns (grants removed, messages queued for retraction)."""
         where = "owner_id = ? AND grantee_kind = ? AND grantee_id = ?"
         params: list[object] = [owner.user_id, kind, grantee_id]
+        image = None
         if image_public_id is not None:
             image = await self.images.get_owned(image_public_id, owner)
             where += " AND image_id = ?"
@@ -91,7 +92,7 @@ class SharingService:
             await tx.execute(f"DELETE FROM grants WHERE {where}", params)
             if ids:
                 await self.ctx.audit(tx, "grant.revoke", actor_id=owner.user_id,
-                                     guild_id=owner.guild_id,
+                                     guild_id=image.guild_id if image else None,
                                      target_user=grantee_id if kind == "user" else None,
                                      image_ref=image_public_id or "all",
                                      detail=f"{kind}:{grantee_id}")
