@@ -241,6 +241,15 @@ class Admin(commands.GroupCog, group_name="admin",
                           footer="Moderators may /view a reported image; /admin takedown "
                                  "removes it.")
 
+    @app_commands.command(name="report-close",
+                          description="Close a report; its image is no longer open to moderators.")
+    @app_commands.describe(report="The report number (from /admin reports)")
+    async def report_close(self, interaction: discord.Interaction,
+                           report: app_commands.Range[int, 1]) -> None:
+        await self.veil.moderation.close_report(await viewer_from(interaction), report)
+        await reply(interaction, f"Closed report #{report}. Its image is private to its owner "
+                                 "and their shares again.")
+
     @app_commands.command(name="stats", description="How Veil is used in this server.")
     async def stats(self, interaction: discord.Interaction) -> None:
         figures = await self.veil.moderation.stats(interaction.guild_id)

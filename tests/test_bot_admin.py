@@ -6,7 +6,14 @@ import pytest
 
 from bot.core.models import Report, Viewer
 from tests.discord_double import CommandNotAvailable
-from tests.e2e import button_id, image_attachments, image_dms, image_ids, post_public_image
+from tests.e2e import (
+    button_id,
+    image_attachments,
+    image_dms,
+    image_ids,
+    new_image,
+    post_public_image,
+)
 
 MANAGE_GUILD = 1 << 5
 DAY = 86400.0
@@ -80,6 +87,7 @@ async def test_every_admin_command_refuses_a_plain_member_and_changes_nothing(ve
         "admin takedown": {"image": bob_image},
         "admin audit": {},
         "admin reports": {},
+        "admin report-close": {"report": 1},
         "admin stats": {},
     }
     assert sorted(attempts) == sorted(app.double.command("admin").subcommand_paths())
@@ -398,3 +406,18 @@ async def test_a_long_audit_log_fits_one_message_in_whole_lines(veil_app):
     assert all(line.endswith(")") for line in lines[:-1])
     shown = len(lines) - 1
     assert lines[-1] == f"… and {50 - shown} more"
+
+
+async def test_closing_a_report_ends_the_moderators_view_of_that_image(veil_app):
+    app = veil_app
+    world = app.world
+    image = await new_image(app, world.alice)
+    await app.veil.sharing.grant(Viewer(world.alice.id), "user", world.bob.id,
+                                 image_public_id=image)
+    report = await app.veil.moderation.report(Viewer(world.bob.id), image, "harassment")
+    seen = await app.run("view", user=world.moderator, options={"image": image})
+    assert image_dms(app, world.moderator), seen.content
+    closed = await admin(app, "report-close", report=report.id)
+    assert f"Closed report #{report.id}" in closed.content
+    refused = await app.run("view", user=world.moderator, options={"image": image})
+    assert f"no image with id `{image}` that you can see" in refused.messages[-1].content
