@@ -296,17 +296,19 @@ async def test_tampered_and_truncated_tokens_get_the_same_404_as_an_unknown_one(
 async def test_malformed_tokens_cost_a_real_lookup_like_any_other_miss(client, veil,
                                                                        monkeypatch):
     looked_up: list[str] = []
-    resolve = veil.links.resolve
+    fetchone = veil.ctx.db.fetchone
 
-    async def spy(token: str):
-        looked_up.append(token)
-        return await resolve(token)
+    async def spy(sql: str, params=()):
+        if "WHERE l.selector = ?" in sql:
+            looked_up.append(params[0])
+        return await fetchone(sql, params)
 
-    monkeypatch.setattr(veil.links, "resolve", spy)
+    monkeypatch.setattr(veil.ctx.db, "fetchone", spy)
     for bad in ("short", "x" * 200, "not a token at all!"):
         assert (await client.get(f"/l/{bad}")).status == 404
     assert len(looked_up) == 3
-    assert all(len(t) == 43 and t not in ("short",) for t in looked_up)
+    assert all(len(selector) == 16 and selector not in ("short", "x" * 16)
+               for selector in looked_up)
 
 
 # Headers -------------------------------------------------------------------------------------

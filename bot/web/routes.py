@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 
 from aiohttp import web
 
-from bot.core.links import TOKEN_BYTES, TOKEN_CHARS, LinkService, LinkTarget
+from bot.core.links import LinkService, LinkTarget
 from bot.core.models import ImageContent, ShareLink
 from bot.web.pages import STYLESHEET, Pages
 from bot.web.ratelimit import FailureLimiter, IPNetwork, client_address, retry_after_header
@@ -30,16 +29,8 @@ from db import Database
 
 log = logging.getLogger(__name__)
 
-_TOKEN_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 # Whether the throttle took a unit from this request's address before its lookup.
 _CHARGED = web.RequestKey("veil_charged", bool)
-
-
-def well_formed(token: str) -> str:
-    """``token`` if it has a token's shape, else a fresh random one that matches nothing."""
-    if len(token) == TOKEN_CHARS and _TOKEN_ALPHABET.issuperset(token):
-        return token
-    return secrets.token_urlsafe(TOKEN_BYTES)
 
 
 class LinkRoutes:
@@ -96,7 +87,7 @@ class LinkRoutes:
         client = self._client(request)
         if (refusal := self._refused(request, client)) is not None:
             return refusal
-        token = well_formed(request.match_info["token"])
+        token = request.match_info["token"]
         target = await self.links.resolve(token)
         if target is None:
             return self._miss(request, client)
@@ -113,7 +104,7 @@ class LinkRoutes:
         client = self._client(request)
         if (refusal := self._refused(request, client)) is not None:
             return refusal
-        token = well_formed(request.match_info["token"])
+        token = request.match_info["token"]
         user_agent = request.headers.get("User-Agent")
         unfurler = is_unfurler(user_agent)
         if unfurler or request.method == "HEAD":
