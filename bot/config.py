@@ -42,14 +42,6 @@ class Settings:
     per_user_queue_limit: int
     log_level: str = "INFO"
 
-    @property
-    def db_path(self) -> Path:
-        return self.data_dir / "veil.db"
-
-    @property
-    def blob_dir(self) -> Path:
-        return self.data_dir / "blobs"
-
 
 def _int(env: dict[str, str], name: str, default: int, errors: list[str], *, lo: int = 0,
          hi: int | None = None) -> int:

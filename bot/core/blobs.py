@@ -85,6 +85,3 @@ class LocalBlobStore:
 
     def staged_names(self) -> set[str]:
         return {p.name.split(".")[0] for p in self.tmp_dir.glob("*.*")}
-
-    def all_files(self) -> list[Path]:
-        return sorted(p for p in self.root.rglob("*") if p.is_file())

@@ -396,33 +396,25 @@ class State:
 
     # -- lookups ------------------------------------------------------------------------------
 
-    def user(self, user: Any) -> User:
-        uid = as_id(user)
+    @staticmethod
+    def _lookup(table: dict[int, Any], key: Any, what: str) -> Any:
+        ident = as_id(key)
         try:
-            return self.users[uid]
+            return table[ident]
         except KeyError:
-            raise KeyError(f"unknown user {uid}") from None
+            raise KeyError(f"unknown {what} {ident}") from None
+
+    def user(self, user: Any) -> User:
+        return self._lookup(self.users, user, "user")
 
     def guild(self, guild: Any) -> Guild:
-        gid = as_id(guild)
-        try:
-            return self.guilds[gid]
-        except KeyError:
-            raise KeyError(f"unknown guild {gid}") from None
+        return self._lookup(self.guilds, guild, "guild")
 
     def channel(self, channel: Any) -> Channel:
-        cid = as_id(channel)
-        try:
-            return self.channels[cid]
-        except KeyError:
-            raise KeyError(f"unknown channel {cid}") from None
+        return self._lookup(self.channels, channel, "channel")
 
     def message(self, message: Any) -> StoredMessage:
-        mid = as_id(message)
-        try:
-            return self.messages[mid]
-        except KeyError:
-            raise KeyError(f"unknown message {mid}") from None
+        return self._lookup(self.messages, message, "message")
 
     def member(self, guild: Any, user: Any) -> Member:
         g = self.guild(guild)
