@@ -39,13 +39,25 @@ async def _open_veil(settings: Settings):
                                               max_pixels=settings.max_pixels))
 
 
+def _make_generator(settings: Settings):
+    from bot.generate import make_generator
+
+    return make_generator(settings.generator, sd_url=settings.sd_url,
+                          timeout_s=settings.generator_timeout_s,
+                          comfyui_url=settings.comfyui_url,
+                          comfyui_workflow=settings.comfyui_workflow,
+                          comfyui_checkpoint=settings.comfyui_checkpoint)
+
+
 async def run_bot(settings: Settings) -> None:
     from bot.client import VeilBot
-    from bot.generate import GenerationQueue, make_generator
+    from bot.generate import GenerationQueue, startup_warnings
 
     async with await _open_veil(settings) as veil:
-        generator = make_generator(settings.generator, sd_url=settings.sd_url,
-                                   timeout_s=settings.generator_timeout_s)
+        generator = _make_generator(settings)
+        # An unreachable backend is a warning, not a crash: it may come up after Veil does.
+        for warning in await startup_warnings(generator):
+            log.warning("%s", warning)
         queue = GenerationQueue(generator, per_user_limit=settings.per_user_queue_limit)
         try:
             async with VeilBot(settings=settings, veil=veil, queue=queue) as client:
@@ -61,6 +73,14 @@ async def check(settings: Settings) -> None:
               f"schema version {await veil.ctx.db.schema_version()}.")
         if settings.discord_token is None:
             print("DISCORD_TOKEN is not set: the link server can run, the bot cannot.")
+    from bot.generate import startup_warnings
+
+    generator = _make_generator(settings)
+    try:
+        for warning in await startup_warnings(generator):
+            print(f"Warning: {warning}")
+    finally:
+        await generator.close()
 
 
 async def rotate_key(settings: Settings) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from dotenv import load_dotenv
 
-GENERATOR_KINDS = ("procedural", "sdwebui")
+GENERATOR_KINDS = ("procedural", "sdwebui", "comfyui")
 
 
 class ConfigError(Exception):
@@ -41,6 +41,14 @@ class Settings:
     max_pixels: int
     per_user_queue_limit: int
     log_level: str = "INFO"
+    comfyui_url: str | None = None
+    comfyui_workflow: str | None = None  # a workflow file; None: the one shipped with Veil
+    comfyui_checkpoint: str = "v1-5-pruned-emaonly.safetensors"
+
+    @property
+    def generator_url(self) -> str | None:
+        """The address of the configured generator backend (None for the built-in one)."""
+        return {"sdwebui": self.sd_url, "comfyui": self.comfyui_url}.get(self.generator)
 
 
 def _int(env: dict[str, str], name: str, default: int, errors: list[str], *, lo: int = 0,
@@ -136,6 +144,20 @@ def load_settings(env: dict[str, str] | None = None, *, require_token: bool = Tr
     sd_url = env.get("VEIL_SD_URL", "").strip().rstrip("/") or None
     if generator == "sdwebui" and sd_url is None:
         errors.append("VEIL_GENERATOR=sdwebui needs VEIL_SD_URL, e.g. http://127.0.0.1:7860.")
+    comfyui_url = env.get("VEIL_COMFYUI_URL", "").strip().rstrip("/") or None
+    if generator == "comfyui" and comfyui_url is None:
+        errors.append("VEIL_GENERATOR=comfyui needs VEIL_COMFYUI_URL, e.g. http://127.0.0.1:8188.")
+    for name, url in (("VEIL_SD_URL", sd_url), ("VEIL_COMFYUI_URL", comfyui_url)):
+        if url is not None and not url.startswith(("http://", "https://")):
+            errors.append(f"{name} must start with http:// or https://, got {url!r}.")
+    comfyui_workflow = env.get("VEIL_COMFYUI_WORKFLOW", "").strip() or None
+    if generator == "comfyui":
+        from bot.generate.comfyui import WorkflowError, load_workflow
+
+        try:
+            load_workflow(comfyui_workflow)
+        except WorkflowError as error:
+            errors.append(f"VEIL_COMFYUI_WORKFLOW: {error}")
 
     dev_guild = env.get("VEIL_DEV_GUILD_ID", "").strip()
     dev_guild_id = None
@@ -162,6 +184,10 @@ def load_settings(env: dict[str, str] | None = None, *, require_token: bool = Tr
         max_pixels=_int(env, "VEIL_MAX_MEGAPIXELS", 40, errors, lo=1, hi=400) * 1_000_000,
         per_user_queue_limit=_int(env, "VEIL_QUEUE_PER_USER", 2, errors, lo=1, hi=20),
         log_level=(env.get("VEIL_LOG_LEVEL", "").strip().upper() or "INFO"),
+        comfyui_url=comfyui_url,
+        comfyui_workflow=comfyui_workflow,
+        comfyui_checkpoint=(env.get("VEIL_COMFYUI_CHECKPOINT", "").strip()
+                            or "v1-5-pruned-emaonly.safetensors"),
     )
     if errors:
         raise ConfigError("Veil cannot start; fix these settings (in .env or the environment):\n"

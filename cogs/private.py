@@ -11,6 +11,7 @@ from discord.ext import commands
 
 from bot.core.durations import format_duration
 from bot.core.models import DeliveryKind, ImageRecord
+from bot.generate import describe_generator
 from cogs._replies import plural, reply
 from cogs._views import confirm
 
@@ -70,6 +71,7 @@ class PrivacyTools(commands.Cog):
             "`/delete` can retract them.",
             "Veil never keeps original file names, and moderators cannot open your private "
             "images unless someone you shared one with reports it.",
+            f"- Images are drawn by {describe_generator(self.bot.queue.generator)}.",
         ]
         if interaction.guild_id is not None:
             policy = await self.veil.moderation.policy(interaction.guild_id)

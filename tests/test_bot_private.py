@@ -84,6 +84,27 @@ async def test_privacy_in_a_dm_shows_only_what_is_stored(veil_app):
     assert "This server's policy" not in handle.content
 
 
+async def test_privacy_says_which_generator_draws_and_whether_it_runs_on_this_machine(veil_app):
+    from bot.generate import ComfyUIGenerator, GenerationQueue, SDWebUIGenerator
+
+    app = veil_app
+    handle = await app.run("privacy", user=app.world.alice, guild=None)
+    assert "drawn by Veil's built-in generator (no model, no network), on the machine Veil " \
+           "runs on" in handle.content
+    local = ComfyUIGenerator("http://127.0.0.1:8188")
+    app.bot.queue = GenerationQueue(local)
+    handle = await app.run("privacy", user=app.world.alice, guild=None)
+    assert "drawn by ComfyUI, on the machine Veil runs on" in handle.content
+    remote = SDWebUIGenerator("http://gpu.example:7860")
+    app.bot.queue = GenerationQueue(remote)
+    handle = await app.run("privacy", user=app.world.alice, guild=None)
+    assert "Stable Diffusion WebUI (AUTOMATIC1111 or Forge), on another machine: prompts " \
+           "travel to it over the network" in handle.content
+    assert "gpu.example" not in handle.content
+    await local.close()
+    await remote.close()
+
+
 def read_zip(data: bytes) -> tuple[dict, dict[str, bytes]]:
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         files = {name: archive.read(name) for name in archive.namelist()}

@@ -52,3 +52,15 @@ def test_a_wrong_master_key_is_refused_with_advice(tmp_path):
     result = cli("check", tmp_path=tmp_path, VEIL_MASTER_KEY="22" * 32)
     assert result.returncode == 2
     assert "not the one this data folder was encrypted with" in result.stderr
+
+
+def test_check_names_an_unreachable_comfyui_as_a_warning_not_a_failure(tmp_path):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = cli("check", tmp_path=tmp_path, VEIL_GENERATOR="comfyui",
+                 VEIL_COMFYUI_URL=f"http://127.0.0.1:{port}")
+    assert result.returncode == 0, result.stderr
+    assert f"Warning: ComfyUI at http://127.0.0.1:{port} is not reachable" in result.stdout

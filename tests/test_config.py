@@ -49,3 +49,23 @@ def test_a_bad_master_key_is_not_echoed_back():
     with pytest.raises(ConfigError) as error:
         load_settings({"DISCORD_TOKEN": "x", "VEIL_MASTER_KEY": "secretsecretsecret"})
     assert "secretsecretsecret" not in str(error.value)
+
+
+def test_the_comfyui_backend_needs_its_url_and_a_usable_workflow(tmp_path):
+    with pytest.raises(ConfigError, match="VEIL_COMFYUI_URL"):
+        load_settings({"DISCORD_TOKEN": "x", "VEIL_GENERATOR": "comfyui"})
+    broken = tmp_path / "flow.json"
+    broken.write_text('{"1": {"class_type": "SaveImage", "inputs": {}}}')
+    with pytest.raises(ConfigError, match=r"VEIL_COMFYUI_WORKFLOW: .*no \{\{prompt\}\}"):
+        load_settings({"DISCORD_TOKEN": "x", "VEIL_GENERATOR": "comfyui",
+                       "VEIL_COMFYUI_URL": "http://127.0.0.1:8188",
+                       "VEIL_COMFYUI_WORKFLOW": str(broken)})
+    settings = load_settings({"DISCORD_TOKEN": "x", "VEIL_GENERATOR": "comfyui",
+                              "VEIL_COMFYUI_URL": "http://127.0.0.1:8188/"})
+    assert settings.generator_url == "http://127.0.0.1:8188"
+
+
+def test_a_generator_address_without_a_scheme_is_refused():
+    with pytest.raises(ConfigError, match="VEIL_COMFYUI_URL must start with http"):
+        load_settings({"DISCORD_TOKEN": "x", "VEIL_GENERATOR": "comfyui",
+                       "VEIL_COMFYUI_URL": "127.0.0.1:8188"})

@@ -228,11 +228,16 @@ class FakeWebUI:
         self.progress = 0.0
         self.release = asyncio.Event()
         self.received = asyncio.Event()
+        # Per-task progress (``/internal/progress``), as recent WebUI versions have it.
+        self.per_task = False
+        self.task_polls: list[str] = []
+        self.active_task: str | None = None
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/sdapi/v1/txt2img", self.txt2img)
         app.router.add_get("/sdapi/v1/progress", self.progress_view)
+        app.router.add_post("/internal/progress", self.task_progress)
         app.router.add_post("/sdapi/v1/interrupt", self.interrupt)
         return app
 
@@ -244,8 +249,11 @@ class FakeWebUI:
             return web.json_response(
                 {"detail": f"CUDA out of memory for {payload['prompt']}"}, status=500
             )
-        if self.mode == "slow":
+        if self.mode in ("slow", "behind_another_job"):
+            if self.mode == "behind_another_job":
+                self.progress = 0.8  # someone else's job, running before ours
             await asyncio.wait_for(self.release.wait(), timeout=30)
+        self.active_task = payload.get("force_task_id")
         steps = 6
         for step in range(1, steps + 1):
             await asyncio.sleep(self.render_seconds / steps)
@@ -266,6 +274,17 @@ class FakeWebUI:
             images = [base64.b64encode(b"GIF89a" + bytes(40)).decode()] * count
         info = json.dumps({"prompt": payload["prompt"], "seed": payload["seed"]})
         return web.json_response({"images": images, "parameters": payload, "info": info})
+
+    async def task_progress(self, request: web.Request) -> web.Response:
+        if not self.per_task:
+            return web.Response(status=404)
+        task_id = (await request.json())["id_task"]
+        self.task_polls.append(task_id)
+        active = task_id == self.active_task
+        return web.json_response({"active": active, "queued": not active, "completed": False,
+                                  "progress": self.progress if active else None,
+                                  "eta": None, "live_preview": None, "id_live_preview": -1,
+                                  "textinfo": "Waiting..."})
 
     async def progress_view(self, request: web.Request) -> web.Response:
         assert request.query.get("skip_current_image") == "true"
@@ -353,6 +372,36 @@ async def test_webui_progress_is_polled_and_forwarded_rising_to_one(
     assert rendering and all(0.0 < fraction < 1.0 for fraction in rendering)
     assert log.fractions == sorted(log.fractions)
     assert log.events[-1] == Progress(1.0, "done")
+
+
+async def test_webui_per_task_progress_follows_our_own_task_only(
+    webui: tuple[FakeWebUI, str], sd_factory: Callable[..., SDWebUIGenerator]
+) -> None:
+    fake, url = webui
+    fake.per_task = True
+    fake.render_seconds = 0.6
+    log = ProgressLog()
+    await sd_factory(url).generate(GenerationRequest("moss"), log)
+    [payload] = fake.payloads
+    task_id = payload["force_task_id"]
+    assert task_id and set(fake.task_polls) == {task_id}
+    assert fake.polls == 0, "with per-task progress the global figure is never asked"
+    rising = [f for f in log.fractions if 0.0 < f < 1.0]
+    assert rising and rising == sorted(rising)
+
+
+async def test_webui_another_users_job_never_moves_our_bar_nor_gets_interrupted(
+    webui: tuple[FakeWebUI, str], sd_factory: Callable[..., SDWebUIGenerator]
+) -> None:
+    fake, url = webui
+    fake.per_task = True
+    fake.mode = "behind_another_job"
+    log = ProgressLog()
+    with pytest.raises(GeneratorUnavailable, match="longer than"):
+        await sd_factory(url, timeout_s=0.5).generate(GenerationRequest("moss"), log)
+    assert len(fake.task_polls) >= 3
+    assert log.fractions == [0.0], "the other job's 80% must not show as ours"
+    assert fake.interrupts == 0, "the job that runs is not ours: leave it alone"
 
 
 async def test_webui_that_is_down_is_reported_quickly_without_the_prompt(

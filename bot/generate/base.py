@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from bot.core.errors import InvalidInput
@@ -21,17 +21,28 @@ MAX_SIDE = 2048
 MAX_PROMPT_CHARS = 2000
 # Seeds stay in the unsigned 32-bit range that Stable Diffusion WebUI and most samplers accept.
 SEED_LIMIT = 2**32
+# A variation keeps the picture and changes details: more than this is a different picture.
+MAX_VARIATION_STRENGTH = 0.6
 
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """What to draw: the prompt, how many images, an optional seed and the size in pixels."""
+    """What to draw: the prompt, how many images, an optional seed and the size in pixels.
 
-    prompt: str
+    Image ``k`` of a batch is drawn with seed ``seed + k`` (the WebUI's convention), so every
+    image can be drawn again on its own. A *variation* request (``variation_seed`` set) keeps
+    the one ``seed`` for every image and mixes in ``variation_seed + k`` at
+    ``variation_strength``: the same picture with small changes. The prompt never appears in a
+    repr, so a request in a traceback or a log line does not leak it.
+    """
+
+    prompt: str = field(repr=False)
     count: int = 1
     seed: int | None = None
     width: int = 768
     height: int = 768
+    variation_seed: int | None = None
+    variation_strength: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.prompt.strip():
@@ -42,8 +53,13 @@ class GenerationRequest:
             )
         if not MIN_COUNT <= self.count <= MAX_COUNT:
             raise InvalidInput(f"Ask for {MIN_COUNT} to {MAX_COUNT} images at a time.")
-        if self.seed is not None and not 0 <= self.seed < SEED_LIMIT:
-            raise InvalidInput(f"The seed must be a whole number from 0 to {SEED_LIMIT - 1}.")
+        for seed in (self.seed, self.variation_seed):
+            if seed is not None and not 0 <= seed < SEED_LIMIT:
+                raise InvalidInput(f"The seed must be a whole number from 0 to {SEED_LIMIT - 1}.")
+        if not 0.0 <= self.variation_strength <= MAX_VARIATION_STRENGTH:
+            raise InvalidInput(
+                f"The variation strength must be from 0 to {MAX_VARIATION_STRENGTH:g}."
+            )
         for side in (self.width, self.height):
             if not MIN_SIDE <= side <= MAX_SIDE or side % 8:
                 raise InvalidInput(
@@ -57,6 +73,22 @@ class GenerationRequest:
             return self.seed
         digest = hashlib.sha256(b"veil-seed\0" + self.prompt.encode("utf-8")).digest()
         return int.from_bytes(digest[:4], "big")
+
+    @property
+    def is_variation(self) -> bool:
+        return self.variation_seed is not None and self.variation_strength > 0.0
+
+    def seed_of(self, index: int) -> int:
+        """The seed image ``index`` of the batch is drawn with (wrapping at 2**32)."""
+        if self.is_variation:
+            return self.effective_seed
+        return (self.effective_seed + index) % SEED_LIMIT
+
+    def variation_seed_of(self, index: int) -> int | None:
+        """The seed mixed into image ``index`` of a variation request, else None."""
+        if not self.is_variation or self.variation_seed is None:
+            return None
+        return (self.variation_seed + index) % SEED_LIMIT
 
 
 @dataclass(frozen=True)

@@ -183,6 +183,26 @@ def render(prompt: str, seed: int, index: int, width: int, height: int) -> bytes
     return buffer.getvalue()
 
 
+def render_for(request: GenerationRequest, index: int) -> bytes:
+    """Image ``index`` of ``request``: drawn from its own seed, so it can be drawn again alone.
+
+    A variation blends the picture of the kept seed with the one of its variation seed: at a
+    small strength the composition stays and the details move, as a sampler's variation seed does.
+    """
+    seed = request.seed_of(index)
+    base = render(request.prompt, seed, 0, request.width, request.height)
+    variation_seed = request.variation_seed_of(index)
+    if variation_seed is None:
+        return base
+    other = render(request.prompt, variation_seed, 0, request.width, request.height)
+    with Image.open(io.BytesIO(base)) as first, Image.open(io.BytesIO(other)) as second:
+        mixed = Image.blend(first.convert("RGB"), second.convert("RGB"),
+                            request.variation_strength)
+    buffer = io.BytesIO()
+    mixed.save(buffer, "PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()
+
+
 class ProceduralGenerator:
     """The default generator: deterministic abstract images, rendered on a worker thread."""
 
@@ -198,7 +218,6 @@ class ProceduralGenerator:
         if self._closed:
             raise GeneratorUnavailable(SHUTTING_DOWN)
         loop = asyncio.get_running_loop()
-        seed = request.effective_seed
         images: list[bytes] = []
         for index in range(request.count):
             await report(
@@ -206,13 +225,7 @@ class ProceduralGenerator:
             )
             try:
                 image = await loop.run_in_executor(
-                    self._executor,
-                    render,
-                    request.prompt,
-                    seed,
-                    index,
-                    request.width,
-                    request.height,
+                    self._executor, render_for, request, index
                 )
             except RuntimeError:
                 # The executor refuses new work once close() has shut it down mid-batch.

@@ -1,7 +1,10 @@
 """A generator backed by a local Stable Diffusion WebUI (the AUTOMATIC1111 HTTP API).
 
-One ``POST /sdapi/v1/txt2img`` renders the whole batch; while it runs, ``GET /sdapi/v1/progress``
-is polled and turned into progress events. Every way the backend can fail (refused connection,
+One ``POST /sdapi/v1/txt2img`` renders the whole batch. It carries a task id of our own
+(``force_task_id``), and while it runs ``POST /internal/progress`` is polled for that task alone,
+so on a WebUI shared with other people one user's bar never shows another job's progress. A
+server without per-task progress (``/internal/progress`` missing) falls back to the global
+``GET /sdapi/v1/progress``. Every way the backend can fail (refused connection,
 an error status, an unreadable answer, the wrong number of images, no answer in time) becomes
 ``GeneratorUnavailable`` with a message for the Discord user, never quoting the prompt or the
 backend's own reply, which may echo it.
@@ -17,6 +20,7 @@ import base64
 import binascii
 import contextlib
 import json
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -94,6 +98,15 @@ def _polled_fraction(answer: Any) -> float | None:
     return min(max(float(fraction), 0.0), MAX_POLLED_FRACTION)
 
 
+class _Task:
+    """One txt2img call as the WebUI knows it: our task id and what polling learnt about it."""
+
+    def __init__(self, task_id: str) -> None:
+        self.id = task_id
+        self.per_task: bool | None = None  # None until the server has answered once
+        self.active = False
+
+
 class SDWebUIGenerator:
     """Renders through a Stable Diffusion WebUI started with ``--api``."""
 
@@ -127,8 +140,9 @@ class SDWebUIGenerator:
         self._sampler_name = sampler_name
         self._negative_prompt = negative_prompt
 
-    def _payload(self, request: GenerationRequest) -> dict[str, Any]:
+    def _payload(self, request: GenerationRequest, task_id: str) -> dict[str, Any]:
         payload: dict[str, Any] = {
+            "force_task_id": task_id,
             "prompt": request.prompt,
             "negative_prompt": self._negative_prompt,
             "seed": request.effective_seed,
@@ -147,6 +161,11 @@ class SDWebUIGenerator:
             "override_settings": {"return_grid": False, "samples_format": "png"},
             "override_settings_restore_afterwards": True,
         }
+        if request.is_variation:
+            # With a variation strength the WebUI keeps one seed for the whole batch and counts
+            # the subseed up per image: exactly GenerationRequest's variation semantics.
+            payload["subseed"] = request.variation_seed_of(0)
+            payload["subseed_strength"] = request.variation_strength
         if self._sampler_name:
             payload["sampler_name"] = self._sampler_name
         return payload
@@ -161,14 +180,16 @@ class SDWebUIGenerator:
     ) -> list[bytes]:
         session = self._client()
         await report(progress, 0.0, "starting")
+        task = _Task("veil-" + uuid.uuid4().hex)
         try:
             async with asyncio.timeout(self._timeout_s):
-                body = await self._render(session, self._payload(request), progress)
+                body = await self._render(session, self._payload(request, task.id), progress,
+                                          task)
         except TimeoutError:
-            await self._interrupt(session)
+            await self._interrupt(session, task)
             raise GeneratorUnavailable(_too_slow(self._timeout_s)) from None
         except asyncio.CancelledError:
-            await self._interrupt(session)
+            await self._interrupt(session, task)
             raise
         # Decoding megabytes of JSON and base64 would stall the event loop; do it on a thread.
         images = await asyncio.to_thread(decode_images, body, request.count)
@@ -180,10 +201,11 @@ class SDWebUIGenerator:
         session: aiohttp.ClientSession,
         payload: dict[str, Any],
         progress: ProgressCallback | None,
+        task: _Task,
     ) -> bytes:
         """Run txt2img while polling progress; return the raw answer once txt2img finishes."""
         render = asyncio.create_task(self._txt2img(session, payload))
-        poll = asyncio.create_task(self._poll(session, progress)) if progress else None
+        poll = asyncio.create_task(self._poll(session, progress, task))
         try:
             if poll is not None:
                 await asyncio.wait((render, poll), return_when=asyncio.FIRST_COMPLETED)
@@ -221,29 +243,74 @@ class SDWebUIGenerator:
         except aiohttp.ClientError as error:
             raise GeneratorUnavailable(NOT_ANSWERING) from error
 
-    async def _poll(self, session: aiohttp.ClientSession, progress: ProgressCallback) -> None:
-        """Forward the backend's progress, rising only, until cancelled; polling is best effort."""
-        url = f"{self._base_url}/sdapi/v1/progress?skip_current_image=true"
+    async def _poll(self, session: aiohttp.ClientSession, progress: ProgressCallback | None,
+                    task: _Task) -> None:
+        """Follow our task (forwarding its progress, rising only) until cancelled; polling is
+        best effort. Without a listener it still learns whether our task runs, so a timeout
+        interrupts only our own work."""
         timeout = aiohttp.ClientTimeout(total=SMALL_REQUEST_TIMEOUT_S)
         reported = 0.0
         while True:
             await asyncio.sleep(self._poll_interval_s)
             try:
-                async with session.get(url, timeout=timeout) as reply:
-                    answer = await reply.json(content_type=None) if reply.status == 200 else None
+                fraction = await self._task_progress(session, task, timeout)
             except (aiohttp.ClientError, TimeoutError, ValueError):
                 continue
-            fraction = _polled_fraction(answer)
-            if fraction is not None and fraction > reported:
+            if progress is not None and fraction is not None and fraction > reported:
                 reported = fraction
                 await report(progress, fraction, "rendering")
 
-    async def _interrupt(self, session: aiohttp.ClientSession) -> None:
-        """Ask the WebUI to stop the batch nobody is waiting for any more, if it still listens."""
+    async def _task_progress(self, session: aiohttp.ClientSession, task: _Task,
+                             limit: aiohttp.ClientTimeout) -> float | None:
+        """Our task's progress from ``/internal/progress``; the global figure if the server
+        has no per-task progress; None while the task waits or the answer says nothing."""
+        if task.per_task is not False:
+            body = {"id_task": task.id, "id_live_preview": -1, "live_preview": False}
+            async with session.post(f"{self._base_url}/internal/progress", json=body,
+                                    timeout=limit) as reply:
+                if reply.status in (404, 405):
+                    task.per_task = False
+                elif reply.status == 200:
+                    task.per_task = True
+                    answer = await reply.json(content_type=None)
+                    if isinstance(answer, dict):
+                        task.active = bool(answer.get("active"))
+                    return _polled_fraction(answer) if task.active else None
+                else:
+                    return None
+        url = f"{self._base_url}/sdapi/v1/progress?skip_current_image=true"
+        async with session.get(url, timeout=limit) as reply:
+            answer = await reply.json(content_type=None) if reply.status == 200 else None
+        return _polled_fraction(answer)
+
+    async def _interrupt(self, session: aiohttp.ClientSession, task: _Task) -> None:
+        """Ask the WebUI to stop the batch nobody is waiting for any more, if it still listens.
+        The WebUI's interrupt stops whatever runs: when per-task progress says ours is not
+        running (still queued behind someone else's), another person's job is left alone."""
+        if task.per_task and not task.active:
+            return
         timeout = aiohttp.ClientTimeout(total=INTERRUPT_TIMEOUT_S)
         with contextlib.suppress(aiohttp.ClientError, TimeoutError):
             async with session.post(f"{self._base_url}/sdapi/v1/interrupt", timeout=timeout):
                 pass
+
+    @property
+    def url(self) -> str:
+        return self._base_url
+
+    async def startup_warnings(self) -> list[str]:
+        """An unreachable WebUI is named at start-up; Veil still starts and offers Try again."""
+        timeout = aiohttp.ClientTimeout(total=CONNECT_TIMEOUT_S)
+        try:
+            async with self._client().get(f"{self._base_url}/sdapi/v1/progress",
+                                          timeout=timeout) as reply:
+                if reply.status != 200:
+                    return [f"The Stable Diffusion WebUI at {self._base_url} answered HTTP "
+                            f"{reply.status}: was it started with --api?"]
+        except (aiohttp.ClientError, TimeoutError):
+            return [f"The Stable Diffusion WebUI at {self._base_url} is not reachable now. Veil "
+                    "starts anyway; /imagine offers Try again until it answers."]
+        return []
 
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:
