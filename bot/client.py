@@ -17,6 +17,7 @@ import traceback
 from collections.abc import Awaitable, Callable, Mapping
 
 import discord
+from discord import app_commands
 from discord.ext import commands
 
 from bot.config import Settings
@@ -114,6 +115,12 @@ class VeilBot(commands.Bot):
                  **options) -> None:
         intents = discord.Intents.none()
         intents.guilds = True
+        # Every command works as a server install and as a user install (a person's own
+        # account), in servers, group DMs and DMs, unless it says otherwise (/admin does).
+        options.setdefault("allowed_installs",
+                           app_commands.AppInstallationType(guild=True, user=True))
+        options.setdefault("allowed_contexts", app_commands.AppCommandContext(
+            guild=True, dm_channel=True, private_channel=True))
         super().__init__(command_prefix=commands.when_mentioned, intents=intents,
                          help_command=None, **options)
         self.settings = settings

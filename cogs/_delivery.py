@@ -7,6 +7,11 @@ followup that only they can see. Every message carrying an image is recorded so 
 retract it. When Discord itself fails a DM, nothing falls back to a copy we could not retract:
 the user is told the image is stored and how to get it (``DeliveryFailed``).
 
+Where Veil is used through a user install in a server whose channels its bot is not in (or in a
+group DM), it can post nothing there and delete nothing there: whatever the image's visibility,
+the result goes by DM, or as an ephemeral copy (recorded as one that cannot be retracted, and
+the user is told), never as a public followup.
+
 Commands that deliver images defer *ephemerally* (``deliver`` does it if they did not): the first
 followup after a defer inherits the defer's visibility, so a public defer could otherwise turn a
 fallback copy into a channel message.
@@ -25,6 +30,8 @@ import discord
 from bot.core.access import place_for
 from bot.core.errors import VeilError
 from bot.core.models import ImageContent, ImageRecord
+from bot.core.venue import Venue
+from cogs._viewer import venue_from
 
 log = logging.getLogger("veil.delivery")
 
@@ -33,6 +40,23 @@ EPHEMERAL_WARNING = (
     "Your DMs are closed to me, so here is a copy only you can see. Ephemeral copies cannot be "
     "retracted if the image is deleted later; allow DMs from this server's members to keep "
     "full control.")
+# Discord refuses a bot's DM to someone it shares no server with (code 50278): the usual case
+# for a person who installed Veil on their account only.
+NO_MUTUAL_SERVER = 50278
+NO_MUTUAL_SERVER_WARNING = (
+    "Discord does not let me DM you: we share no server. Here is a copy only you can see. "
+    "Ephemeral copies cannot be retracted if the image is deleted later; to get results by DM "
+    "(which I can retract), join a server that has Veil, or message me once.")
+ELSEWHERE_WARNING = (
+    "Discord did not let me DM you, so here is a copy only you can see. Ephemeral copies cannot "
+    "be retracted if the image is deleted later; allow DMs from me to keep full control.")
+
+
+def dm_refused_warning(error: discord.Forbidden, venue: Venue) -> str:
+    """Why the copy is ephemeral, in the words that fit the refusal and the place."""
+    if error.code == NO_MUTUAL_SERVER:
+        return NO_MUTUAL_SERVER_WARNING
+    return EPHEMERAL_WARNING if venue.bot_present else ELSEWHERE_WARNING
 MAX_RETRACTION_ATTEMPTS = 12
 NO_PINGS = discord.AllowedMentions.none()
 
@@ -82,9 +106,11 @@ class Deliverer:
         if not interaction.response.is_done():
             await interaction.response.defer(ephemeral=True, thinking=True)
         records = [c.record for c in contents]
-        permitted = await self.veil.moderation.channel_permitted(interaction.guild_id,
-                                                                 interaction.channel_id)
-        places = {place_for(r, guild_id=interaction.guild_id, channel_permitted=permitted)
+        venue = venue_from(interaction)
+        permitted = venue.can_post and await self.veil.moderation.channel_permitted(
+            venue.policy_guild_id, interaction.channel_id)
+        places = {place_for(r, guild_id=venue.policy_guild_id, channel_permitted=permitted,
+                            can_post=venue.can_post)
                   for r in records}
         limit = getattr(interaction, "filesize_limit", 10 * 1024 * 1024)
         if not _fits(contents, limit):
@@ -106,17 +132,18 @@ class Deliverer:
             else:
                 await self._record(records, message, "channel", interaction, None, grant_id)
                 return Delivered("channel", "Posted in this channel.", message)
-        return await self._deliver_privately(interaction, contents, caption, grant_id, view,
-                                             note_prefix)
+        return await self._deliver_privately(interaction, venue, contents, caption, grant_id,
+                                             view, note_prefix)
 
-    async def _deliver_privately(self, interaction, contents, caption, grant_id, view,
-                                 note_prefix: str) -> Delivered:
+    async def _deliver_privately(self, interaction, venue: Venue, contents, caption, grant_id,
+                                 view, note_prefix: str) -> Delivered:
         records = [c.record for c in contents]
         extra = {"view": view} if view is not None else {}
         try:
             message = await interaction.user.send(caption, files=_files(contents), **extra)
-        except discord.Forbidden:
-            pass  # DMs closed (50007) or blocked: fall back to an ephemeral copy
+        except discord.Forbidden as refused:
+            # DMs closed (50007), blocked, or no server in common (50278): an ephemeral copy.
+            warning = dm_refused_warning(refused, venue)
         except discord.HTTPException as error:
             # A fault on Discord's side: an ephemeral copy could not be retracted later, so
             # rather than fall back to one, say that the image is safe and how to get it.
@@ -124,8 +151,8 @@ class Deliverer:
         else:
             await self._record(records, message, "dm", interaction, interaction.user.id,
                                grant_id)
-            where = "your DMs" if interaction.guild_id is not None else "this chat"
-            return Delivered("dm", f"{note_prefix}Sent to {where}.", message)
+            return Delivered("dm", f"{note_prefix}Sent to {venue.private_destination}.",
+                             message)
         try:
             message = await interaction.followup.send(caption, files=_files(contents),
                                                       ephemeral=True, wait=True, **extra)
@@ -133,7 +160,7 @@ class Deliverer:
             raise not_delivered(records) from error
         await self._record(records, message, "ephemeral", interaction, interaction.user.id,
                            grant_id)
-        return Delivered("ephemeral", note_prefix + EPHEMERAL_WARNING, message)
+        return Delivered("ephemeral", note_prefix + warning, message)
 
     async def _record(self, records, message, kind: Place, interaction, recipient_id,
                       grant_id) -> None:

@@ -18,7 +18,7 @@ from bot.core.errors import InvalidInput
 from bot.core.models import AuditEntry, GuildPolicy, Report
 from cogs._options import Duration, when
 from cogs._replies import plural, reply, reply_lines
-from cogs._viewer import ensure_moderator, viewer_from
+from cogs._viewer import ensure_moderator, venue_from, viewer_from
 from cogs._views import confirm
 from cogs.gallery import retract_and_describe
 
@@ -83,7 +83,12 @@ async def report_image_autocomplete(interaction: discord.Interaction,
     return [app_commands.Choice(name=f"{i} (reported)", value=i) for i in seen[:25]]
 
 
+# Server installs only, in servers only: where Veil is just on someone's account the server has
+# no Veil policy for anyone to manage. Discord hides the group there; interaction_check refuses
+# it anyway (a stale registration, or a client that shows it regardless).
 @app_commands.guild_only()
+@app_commands.allowed_contexts(guilds=True, dms=False, private_channels=False)
+@app_commands.allowed_installs(guilds=True, users=False)
 @app_commands.default_permissions(manage_guild=True)
 class Admin(commands.GroupCog, group_name="admin",
             group_description="Moderator tools: policy, channels, removal, audit."):
@@ -111,7 +116,11 @@ class Admin(commands.GroupCog, group_name="admin",
         await self.veil.moderation.allow_channel(interaction.guild_id, channel.id,
                                                  interaction.user.id)
         text = f"Public images may now be posted in {channel.mention}. Private images never are."
-        problem = posting_problem(channel)
+        # Installed with commands only, Veil's bot is not in the server: it cannot post anywhere
+        # here (and discord.py holds no channel to check permissions on).
+        problem = posting_problem(channel) if venue_from(interaction).bot_present else (
+            "Note: my bot is not a member of this server, so I cannot post here at all; until "
+            "a server admin adds it with the install link, images asked here go to DMs.")
         await reply(interaction, f"{text}\n{problem}" if problem else text)
 
     @app_commands.command(name="channel-deny",

@@ -16,7 +16,7 @@ from cogs._options import owned_image_autocomplete, visible_image_autocomplete, 
 from cogs._replies import plural, reply, reply_lines, report_error
 from cogs._viewer import viewer_from
 from cogs._views import InvokerView, confirm, owner_buttons
-from cogs.share import notify_grantee, target_kind
+from cogs.share import check_role_share, notify_grantee, target_kind
 
 GALLERY_PAGE = 10  # one embed and one thumbnail per image; Discord allows 10 per message
 ACCESS_LOG_ENTRIES = 100  # the newest views; /access-log shows as many as fit in one message
@@ -234,6 +234,7 @@ class SharePicker(InvokerView):
         if any(getattr(target, "bot", False) for target in select.values):
             await reply(interaction, "Bots cannot be shared with; pick people or roles.")
             return
+        check_role_share(interaction, select.values)
         viewer = await viewer_from(interaction)
         people = []
         for target in select.values:

@@ -100,8 +100,10 @@ class Imagine(commands.Cog):
             await status.show(error.message, view=RetryView(self, interaction, request,
                                                             private, error.message))
             return
+        # viewer.guild_id is the server whose policy governs images made here: None where the
+        # server did not install Veil (a user install), so no policy it never chose applies.
         records = [await self.veil.images.create(
-            viewer.user_id, data, guild_id=interaction.guild_id, source="generated",
+            viewer.user_id, data, guild_id=viewer.guild_id, source="generated",
             prompt=request.prompt, requested_private=private) for data in images]
         await self._deliver(interaction, viewer, records, status)
 
@@ -135,7 +137,7 @@ class Imagine(commands.Cog):
                            "again.") from None
         viewer = await viewer_from(interaction)
         record = await self.veil.images.create(viewer.user_id, data,
-                                               guild_id=interaction.guild_id, source="upload",
+                                               guild_id=viewer.guild_id, source="upload",
                                                requested_private=private)
         await self._deliver(interaction, viewer, [record],
                             _StatusMessage(interaction, self.progress_every_s))

@@ -11,8 +11,10 @@ from discord.ext import commands
 
 from bot.core.durations import format_duration
 from bot.core.models import DeliveryKind, ImageRecord
+from bot.core.venue import protection_notes
 from bot.generate import describe_generator
 from cogs._replies import plural, reply
+from cogs._viewer import venue_from
 from cogs._views import confirm
 
 RECORDS_FILE = "veil-export.json"
@@ -34,7 +36,8 @@ class Private(commands.GroupCog, group_name="private",
                           description="Let new images be public where moderators allow it.")
     async def private_off(self, interaction: discord.Interaction) -> None:
         await self.veil.privacy.set_private_mode(interaction.user.id, False)
-        status = await self.veil.privacy.status(interaction.user.id, interaction.guild_id)
+        status = await self.veil.privacy.status(interaction.user.id,
+                                                 venue_from(interaction).policy_guild_id)
         text = ("Private mode is **off**: new images are public, and appear in channels that "
                 "this server's moderators permitted.")
         if status.forced_by_server:
@@ -43,7 +46,8 @@ class Private(commands.GroupCog, group_name="private",
 
     @app_commands.command(name="status", description="Show whether private mode is on.")
     async def private_status(self, interaction: discord.Interaction) -> None:
-        status = await self.veil.privacy.status(interaction.user.id, interaction.guild_id)
+        status = await self.veil.privacy.status(interaction.user.id,
+                                                 venue_from(interaction).policy_guild_id)
         mode = "on" if status.private_mode else "off"
         text = f"Private mode is **{mode}**."
         if status.forced_by_server:
@@ -59,7 +63,8 @@ class PrivacyTools(commands.Cog):
     @app_commands.command(name="privacy",
                           description="What Veil stores about you, and this server's policy.")
     async def privacy(self, interaction: discord.Interaction) -> None:
-        status = await self.veil.privacy.status(interaction.user.id, interaction.guild_id)
+        venue = venue_from(interaction)
+        status = await self.veil.privacy.status(interaction.user.id, venue.policy_guild_id)
         lines = [
             "**What Veil keeps about you**",
             f"- Private mode: {'on' if status.private_mode else 'off'}",
@@ -73,8 +78,11 @@ class PrivacyTools(commands.Cog):
             "images unless someone you shared one with reports it.",
             f"- Images are drawn by {describe_generator(self.bot.queue.generator)}.",
         ]
-        if interaction.guild_id is not None:
-            policy = await self.veil.moderation.policy(interaction.guild_id)
+        notes = protection_notes(venue)
+        if notes:
+            lines += ["", *notes]
+        if venue.policy_guild_id is not None:
+            policy = await self.veil.moderation.policy(venue.policy_guild_id)
             retention = f"{policy.retention_days} days" if policy.retention_days else "none"
             lines += [
                 "",

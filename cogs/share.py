@@ -8,9 +8,10 @@ from discord.ext import commands
 
 from bot.core.durations import format_duration
 from bot.core.models import Grant, Group
+from bot.core.venue import NotInstalledHere, role_share_refusal
 from cogs._options import Duration, owned_image_autocomplete, when
 from cogs._replies import plural, reply, reply_lines
-from cogs._viewer import viewer_from
+from cogs._viewer import venue_from, viewer_from
 from cogs._views import confirm
 
 Target = discord.Member | discord.User | discord.Role
@@ -20,6 +21,15 @@ MEMBERS_SHOWN = 10  # per group in /group list, so one big group cannot crowd ou
 
 def target_kind(target: Target) -> str:
     return "role" if isinstance(target, discord.Role) else "user"
+
+
+def check_role_share(interaction: discord.Interaction, targets) -> None:
+    """Refuse sharing with a role where that role's server has not installed Veil (or outside
+    any server), in words that say what to do instead."""
+    if any(isinstance(t, discord.Role) for t in targets):
+        refusal = role_share_refusal(venue_from(interaction))
+        if refusal is not None:
+            raise NotInstalledHere(refusal)
 
 
 def what(image: str | None) -> str:
@@ -107,6 +117,7 @@ class Share(commands.Cog):
         if isinstance(target, discord.User | discord.Member) and target.bot:
             await reply(interaction, "Bots cannot be shared with.")
             return
+        check_role_share(interaction, [target])
         grant = await self.veil.sharing.grant(viewer, target_kind(target), target.id,
                                               image_public_id=image, expires_in=expires)
         until = f" for {format_duration(expires)}" if expires else ""

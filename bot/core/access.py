@@ -60,15 +60,17 @@ def can_remove(image: ImageRecord, viewer: Viewer) -> Decision:
     return Decision(False, "only its owner or this server's moderators can remove it")
 
 
-def place_for(image: ImageRecord, *, guild_id: int | None, channel_permitted: bool) -> Place:
+def place_for(image: ImageRecord, *, guild_id: int | None, channel_permitted: bool,
+              can_post: bool = True) -> Place:
     """Where a delivery asked for in server ``guild_id`` (None: a DM) may go (DESIGN 4): a
     channel only for a public image, in the server it came from, in a channel its moderators
-    permitted. Anywhere else, privately.
+    permitted, and only where Veil's bot is there to post it (``can_post``: a user install in
+    a server without the bot can post nothing and delete nothing). Anywhere else, privately.
 
     The caller falls back from "dm" to an ephemeral reply when the recipient's DMs are closed.
     """
-    if (image.visibility == "public" and guild_id is not None and guild_id == image.guild_id
-            and channel_permitted):
+    if (image.visibility == "public" and can_post and guild_id is not None
+            and guild_id == image.guild_id and channel_permitted):
         return "channel"
     return "dm"
 

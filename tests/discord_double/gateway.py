@@ -109,7 +109,7 @@ class Gateway:
     def dispatch(self, event: str, data: Any, *, session: GatewaySession | None = None) -> bool:
         """Send a DISPATCH to the active session (kept for replay if the client is away)."""
         session = session or self.active_session
-        if session is None:
+        if session is None or not self._bot_sees(event, data):
             return False
         session.seq += 1
         frame = json.dumps({"op": DISPATCH, "t": event, "s": session.seq, "d": data})
@@ -117,6 +117,16 @@ class Gateway:
         if session.conn is not None:
             session.conn.send(frame)
         return True
+
+    def _bot_sees(self, event: str, data: Any) -> bool:
+        """Events of a guild the bot is not a member of never reach it, as on Discord, except
+        the interactions people start there through their own install of the app."""
+        if event == "INTERACTION_CREATE":
+            return True
+        if not isinstance(data, dict) or data.get("guild_id") is None:
+            return True
+        guild = self.double.state.guilds.get(int(data["guild_id"]))
+        return guild is None or guild.bot_member
 
     def send_op(self, op: int, data: Any = None) -> bool:
         session = self.active_session
@@ -263,7 +273,11 @@ class Gateway:
             "v": 10,
             "user": payloads.self_user_payload(bot),
             "user_settings": {},
-            "guilds": [{"id": str(gid), "unavailable": True} for gid in state.guilds],
+            "guilds": [
+                {"id": str(g.id), "unavailable": True}
+                for g in state.guilds.values()
+                if g.bot_member
+            ],
             "private_channels": [],
             "relationships": [],
             "presences": [],
@@ -280,7 +294,7 @@ class Gateway:
             ready["shard"] = session.shard
         self.dispatch("READY", ready, session=session)
         all_members = session.has(INTENT_GUILD_MEMBERS)
-        for guild in state.guilds.values():
+        for guild in [g for g in state.guilds.values() if g.bot_member]:
             self.dispatch(
                 "GUILD_CREATE",
                 payloads.guild_create_payload(

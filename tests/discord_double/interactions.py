@@ -16,6 +16,7 @@ from .state import (
     FLAG_EPHEMERAL,
     TEXT_LIKE_CHANNEL_TYPES,
     USE_APPLICATION_COMMANDS,
+    USER_APP_PERMISSIONS,
     Channel,
     Guild,
     StoredAttachment,
@@ -45,6 +46,12 @@ MODAL = 9
 # Interaction contexts.
 CONTEXT_GUILD = 0
 CONTEXT_BOT_DM = 1
+CONTEXT_PRIVATE_CHANNEL = 2  # group DMs, and DMs between users (not with the bot)
+
+# Installation types (keys of authorizing_integration_owners, values of integration_types).
+GUILD_INSTALL = 0
+USER_INSTALL = 1
+INSTALLS = {"guild": GUILD_INSTALL, "user": USER_INSTALL}
 
 SELECT_TYPES = {3, 5, 6, 7, 8}
 
@@ -97,6 +104,11 @@ class RegisteredCommand:
     @property
     def contexts(self) -> list[int] | None:
         return self.payload.get("contexts")
+
+    @property
+    def integration_types(self) -> list[int]:
+        """How the command may be installed: 0 with a server, 1 on a user's account."""
+        return self.payload.get("integration_types") or [GUILD_INSTALL]
 
     def subcommand(self, path: str | list[str]) -> dict[str, Any]:
         """The option dict of a subcommand or group, e.g. ``subcommand("channel allow")``."""
@@ -362,7 +374,26 @@ class InteractionFactory:
             )
         if ch.is_dm and ch.recipient_id != user_id:
             raise ValueError(f"DM channel {ch.id} belongs to user {ch.recipient_id}, not {user_id}")
+        if ch.is_group_dm and user_id not in ch.recipient_ids:
+            raise ValueError(f"user {user_id} is not in group DM {ch.id}")
         return user_id, g, ch
+
+    @staticmethod
+    def _install(install: str | None, guild: Guild | None, channel: Channel) -> int:
+        """Which installation authorizes the interaction: asked for, or the only one possible
+        (a server without the bot, or a group DM: the user's own install)."""
+        if install is None:
+            if channel.is_group_dm or (guild is not None and not guild.bot_member):
+                return USER_INSTALL
+            return GUILD_INSTALL
+        if install not in INSTALLS:
+            raise ValueError(f"install must be 'guild' or 'user', not {install!r}")
+        wanted = INSTALLS[install]
+        if wanted == GUILD_INSTALL and channel.is_group_dm:
+            raise ValueError("a server install cannot be used in a group DM")
+        # A server install in a guild without the bot member is a commands-only install
+        # (scope applications.commands without bot): allowed, and the bot still cannot post.
+        return wanted
 
     def _base(
         self,
@@ -373,9 +404,11 @@ class InteractionFactory:
         channel: Channel,
         role_ids: list[int] | None,
         locale: str,
+        install: str | None = None,
     ) -> tuple[dict[str, Any], int, str, int]:
         double = self.double
         state = double.state
+        installed = self._install(install, guild, channel)
         iid = state.next_id()
         token = "aW50ZXJhY3Rpb246" + secrets.token_urlsafe(96)
         data: dict[str, Any] = {
@@ -394,7 +427,12 @@ class InteractionFactory:
             member = guild.members[user_id]
             roles = list(member.role_ids) if role_ids is None else [as_id(r) for r in role_ids]
             perms = state.channel_permissions(channel, user_id, roles)
-            app_perms = state.channel_permissions(channel, double.bot_user_id)
+            app_perms = (
+                state.channel_permissions(channel, double.bot_user_id)
+                if guild.bot_member
+                else USER_APP_PERMISSIONS
+            )
+            owner = str(guild.id) if installed == GUILD_INSTALL else str(user_id)
             data.update(
                 {
                     "guild_id": str(guild.id),
@@ -404,18 +442,31 @@ class InteractionFactory:
                         member, state, permissions=perms, role_ids=roles
                     ),
                     "app_permissions": str(app_perms),
-                    "authorizing_integration_owners": {"0": str(guild.id)},
+                    "authorizing_integration_owners": {str(installed): owner},
                     "context": CONTEXT_GUILD,
                     "channel": payloads.interaction_channel_payload(channel, state, perms),
                 }
             )
-        else:
+        elif channel.is_group_dm:
             perms = DM_PERMISSIONS
             data.update(
                 {
                     "user": payloads.user_payload(state.users[user_id]),
+                    "app_permissions": str(USER_APP_PERMISSIONS),
+                    "authorizing_integration_owners": {str(USER_INSTALL): str(user_id)},
+                    "context": CONTEXT_PRIVATE_CHANNEL,
+                    "channel": payloads.interaction_channel_payload(channel, state, DM_PERMISSIONS),
+                }
+            )
+        else:
+            perms = DM_PERMISSIONS
+            # In the bot's DM a server install is owned by "0"; a user install by the user.
+            owner = "0" if installed == GUILD_INSTALL else str(user_id)
+            data.update(
+                {
+                    "user": payloads.user_payload(state.users[user_id]),
                     "app_permissions": str(DM_PERMISSIONS),
-                    "authorizing_integration_owners": {"0": "0"},
+                    "authorizing_integration_owners": {str(installed): owner},
                     "context": CONTEXT_BOT_DM,
                     "channel": payloads.interaction_channel_payload(channel, state, DM_PERMISSIONS),
                 }
@@ -440,11 +491,24 @@ class InteractionFactory:
         *,
         guild: Guild | None,
         perms: int,
+        payload: dict[str, Any],
     ) -> None:
         if cmd is None:
             raise CommandNotAvailable(
                 f"/{name} is not registered (registered: {self.double.command_names() or 'none'})"
             )
+        installs = [int(k) for k in payload.get("authorizing_integration_owners", {})]
+        if not any(i in cmd.integration_types for i in installs):
+            raise CommandNotAvailable(
+                f"/{name} is not installed that way (integration_types="
+                f"{cmd.integration_types}, this interaction: {installs})"
+            )
+        if payload.get("context") == CONTEXT_PRIVATE_CHANNEL:
+            if cmd.contexts is None or CONTEXT_PRIVATE_CHANNEL not in cmd.contexts:
+                raise CommandNotAvailable(
+                    f"/{name} is not allowed in group DMs (contexts={cmd.contexts})"
+                )
+            return
         if guild is None:
             if cmd.guild_id is not None:
                 raise CommandNotAvailable(f"/{name} is a guild command; it is not offered in DMs")
@@ -639,6 +703,7 @@ class InteractionFactory:
         locale: str,
         bypass_client_checks: bool,
         focused: str | None = None,
+        install: str | None = None,
     ) -> InteractionHandle:
         parts = command.strip().lstrip("/").split()
         if not parts:
@@ -646,11 +711,17 @@ class InteractionFactory:
         root, path = parts[0], parts[1:]
         user_id, g, ch = self._where(user, guild, channel)
         data, iid, token, perms = self._base(
-            itype, user_id=user_id, guild=g, channel=ch, role_ids=roles, locale=locale
+            itype,
+            user_id=user_id,
+            guild=g,
+            channel=ch,
+            role_ids=roles,
+            locale=locale,
+            install=install,
         )
         cmd = self.find_command(root, g.id if g else None)
         if not bypass_client_checks:
-            self._check_available(cmd, root, guild=g, perms=perms)
+            self._check_available(cmd, root, guild=g, perms=perms, payload=data)
         definitions: list[dict[str, Any]] | None = None
         if cmd is not None:
             cmd.subcommand(path)  # validates the path
@@ -743,7 +814,7 @@ class InteractionFactory:
         )
         cmd = self.find_command(name, g.id if g else None, type=ctype)
         if not bypass_client_checks:
-            self._check_available(cmd, name, guild=g, perms=perms)
+            self._check_available(cmd, name, guild=g, perms=perms, payload=data)
         res: dict[str, Any] = {}
         if ctype == 3:
             msg = target

@@ -81,6 +81,16 @@ def overwrite_payload(ow: dict[str, int]) -> dict[str, Any]:
 
 
 def channel_payload(channel: Channel, state: State) -> dict[str, Any]:
+    if channel.is_group_dm:
+        return {
+            "id": str(channel.id),
+            "type": channel.type,
+            "name": channel.name,
+            "owner_id": sid(channel.recipient_ids[0] if channel.recipient_ids else None),
+            "last_message_id": sid(channel.last_message_id),
+            "flags": 0,
+            "recipients": [user_payload(state.users[u]) for u in channel.recipient_ids],
+        }
     if channel.is_dm:
         recipients = []
         if channel.recipient_id is not None and channel.recipient_id in state.users:

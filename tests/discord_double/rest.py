@@ -354,6 +354,8 @@ class RestApi:
         return self.double.state.channel_permissions(ch, self.double.bot_user_id)
 
     def _require_view(self, ch: Channel) -> int:
+        if ch.is_group_dm and self.double.bot_user_id not in ch.recipient_ids:
+            raise ApiError(403, 50001, "Missing Access")
         perms = self._bot_perms(ch)
         if not ch.is_dm and not perms & VIEW_CHANNEL:
             raise ApiError(403, 50001, "Missing Access")
@@ -833,6 +835,12 @@ class RestApi:
             recipient = double.state.users.get(ch.recipient_id or 0)
             if ch.recipient_id in double.state.closed_dms or recipient is None or recipient.bot:
                 raise ApiError(403, 50007, "Cannot send messages to this user")
+            if double.dms_need_mutual_guild and not double.state.shares_guild(
+                double.bot_user_id, recipient.id
+            ):
+                raise ApiError(
+                    403, 50278, "Cannot send messages to this user due to having no mutual guilds"
+                )
         else:
             perms = self._require_view(ch)
             if not ch.bot_can_send or not perms & SEND_MESSAGES:

@@ -32,6 +32,7 @@ from .state import (
     DEFAULT_BOT_PERMISSIONS,
     DEFAULT_EVERYONE_PERMISSIONS,
     DM,
+    GROUP_DM,
     GUILD_TEXT,
     MANAGE_GUILD,
     MANAGE_MESSAGES,
@@ -109,6 +110,9 @@ class DiscordDouble:
         self.application_flags = (1 << 15) | (1 << 19) | (1 << 23)
         self.attachment_size_limit = attachment_size_limit
         self.ack_deadline = ack_deadline
+        # True: the bot's DMs to a user it shares no guild with answer 403 50278, as Discord
+        # does for someone who only user-installed the app.
+        self.dms_need_mutual_guild = False
 
         self.calls: list[Call] = []
         self.attachment_requests: list[str] = []
@@ -272,15 +276,24 @@ class DiscordDouble:
         bot_permissions: int = DEFAULT_BOT_PERMISSIONS,
         everyone_permissions: int = DEFAULT_EVERYONE_PERMISSIONS,
         locale: str = "en-US",
+        bot_member: bool = True,
     ) -> Guild:
-        """A guild with @everyone, the bot's managed role, the bot and owner as members."""
+        """A guild with @everyone, the bot's managed role, the bot and owner as members.
+
+        ``bot_member=False``: a server that never added the bot, where people may still run the
+        app's commands through their own user install. The bot gets no GUILD_CREATE and no event
+        of it; reading, posting and deleting in its channels answer 403 50001 Missing Access;
+        interactions there carry ``authorizing_integration_owners`` ``{"1": user}`` only.
+        """
         state = self.state
         if owner is None:
             owner_user = self.add_user(f"{name.lower().replace(' ', '-')}-owner")
         else:
             owner_user = state.user(owner)
         gid = state.next_id()
-        guild = Guild(id=gid, name=name, owner_id=owner_user.id, locale=locale)
+        guild = Guild(
+            id=gid, name=name, owner_id=owner_user.id, locale=locale, bot_member=bot_member
+        )
         guild.roles[gid] = Role(
             id=gid, guild_id=gid, name="@everyone", permissions=everyone_permissions
         )
@@ -293,15 +306,16 @@ class DiscordDouble:
             managed=True,
             bot_id=self.bot_user_id,
         )
-        guild.roles[bot_role.id] = bot_role
-        guild.members[self.bot_user_id] = Member(
-            user_id=self.bot_user_id, guild_id=gid, role_ids=[bot_role.id]
-        )
+        if bot_member:
+            guild.roles[bot_role.id] = bot_role
+            guild.members[self.bot_user_id] = Member(
+                user_id=self.bot_user_id, guild_id=gid, role_ids=[bot_role.id]
+            )
         guild.members[owner_user.id] = Member(user_id=owner_user.id, guild_id=gid)
         state.guilds[gid] = guild
         for position, channel_name in enumerate(channels):
             self._new_channel(guild, channel_name, position=position)
-        if self.gateway.active_session is not None:
+        if bot_member and self.gateway.active_session is not None:
             session = self.gateway.active_session
             self.gateway.dispatch(
                 "GUILD_CREATE",
@@ -486,6 +500,18 @@ class DiscordDouble:
         if ch.guild_id is not None:
             self.gateway.dispatch("CHANNEL_UPDATE", payloads.channel_payload(ch, self.state))
 
+    def add_group_dm(self, *members: Any, name: str | None = None) -> Channel:
+        """A group DM of these users (never the bot): commands of a user install work there
+        (context 2), but the bot can neither read nor post in it (403 50001)."""
+        ids = [as_id(m) for m in members]
+        for uid in ids:
+            self.state.user(uid)
+        if self.bot_user_id in ids:
+            raise ValueError("a bot cannot be in a group DM")
+        ch = Channel(id=self.state.next_id(), type=GROUP_DM, name=name, recipient_ids=ids)
+        self.state.channels[ch.id] = ch
+        return ch
+
     def close_dms(self, user: Any) -> None:
         """The bot's messages to this user's DM answer 403 50007 (Cannot send messages...)."""
         self.state.closed_dms.add(as_id(user))
@@ -638,6 +664,7 @@ class DiscordDouble:
         resolved: dict[str, Any] | None = None,
         locale: str = "en-US",
         bypass_client_checks: bool = False,
+        install: str | None = None,
     ) -> InteractionHandle:
         """Dispatch a slash command (INTERACTION_CREATE type 2) as ``user`` would run it.
 
@@ -645,7 +672,12 @@ class DiscordDouble:
         and channel it runs in the user's DM with the bot. ``options`` map names to values
         (typed by the registered command: user/role/channel options take ids or model objects
         and are put in ``resolved``; attachment options take :meth:`upload` results).
-        ``roles`` overrides the member's roles for this interaction only.
+        ``roles`` overrides the member's roles for this interaction only. ``install``:
+        ``"guild"`` (the server's install, or the bot DM's) or ``"user"`` (the user's own);
+        by default ``"user"`` in a server without the bot and in a group DM, else ``"guild"``
+        (``"guild"`` in a server without the bot: a commands-only server install). It sets
+        ``authorizing_integration_owners``, and the command must list that installation in its
+        ``integration_types``.
         """
         handle = self._factory.slash(
             command,
@@ -657,6 +689,7 @@ class DiscordDouble:
             resolved=resolved,
             locale=locale,
             bypass_client_checks=bypass_client_checks,
+            install=install,
         )
         await asyncio.sleep(0)
         return handle
@@ -674,6 +707,7 @@ class DiscordDouble:
         roles: list[Any] | None = None,
         locale: str = "en-US",
         bypass_client_checks: bool = False,
+        install: str | None = None,
     ) -> InteractionHandle:
         """Dispatch an autocomplete (type 4) for option ``focused`` typed as ``value``."""
         handle = self._factory.autocomplete(
@@ -688,6 +722,7 @@ class DiscordDouble:
             resolved=None,
             locale=locale,
             bypass_client_checks=bypass_client_checks,
+            install=install,
         )
         await asyncio.sleep(0)
         return handle

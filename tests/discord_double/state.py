@@ -74,14 +74,19 @@ DM_PERMISSIONS = (
     | USE_EXTERNAL_EMOJIS
     | USE_APPLICATION_COMMANDS
 )
+MENTION_EVERYONE = 1 << 17
+# What Discord reports as `app_permissions` where only a user install authorized the command
+# and the bot is not there: the app may shape its interaction responses, nothing else.
+USER_APP_PERMISSIONS = ATTACH_FILES | EMBED_LINKS | MENTION_EVERYONE | USE_EXTERNAL_EMOJIS
 
 # Channel types.
 GUILD_TEXT = 0
 DM = 1
 GUILD_VOICE = 2
+GROUP_DM = 3
 GUILD_CATEGORY = 4
 GUILD_ANNOUNCEMENT = 5
-TEXT_LIKE_CHANNEL_TYPES = frozenset({GUILD_TEXT, DM, GUILD_VOICE, GUILD_ANNOUNCEMENT})
+TEXT_LIKE_CHANNEL_TYPES = frozenset({GUILD_TEXT, DM, GUILD_VOICE, GROUP_DM, GUILD_ANNOUNCEMENT})
 
 # Message flags.
 FLAG_SUPPRESS_EMBEDS = 1 << 2
@@ -164,6 +169,7 @@ class Channel:
     nsfw: bool = False
     overwrites: list[dict[str, int]] = field(default_factory=list)
     recipient_id: int | None = None  # DM channels: the (non-bot) user
+    recipient_ids: list[int] = field(default_factory=list)  # group DMs: who is in it
     deleted: bool = False
     # False -> REST refuses the bot's sends here with 403 50013 whatever the permissions say.
     bot_can_send: bool = True
@@ -173,6 +179,10 @@ class Channel:
     @property
     def is_dm(self) -> bool:
         return self.type == DM
+
+    @property
+    def is_group_dm(self) -> bool:
+        return self.type == GROUP_DM
 
     @property
     def mention(self) -> str:
@@ -189,6 +199,9 @@ class Guild:
     channel_ids: list[int] = field(default_factory=list)
     locale: str = "en-US"
     joined_at: datetime.datetime = field(default_factory=utcnow)
+    # False: the app is only user-installed here (or the bot was never added): the bot gets no
+    # GUILD_CREATE nor any event of this guild, and may not read, post or delete in it.
+    bot_member: bool = True
 
     @property
     def everyone_role(self) -> Role:
@@ -416,6 +429,12 @@ class State:
     def message(self, message: Any) -> StoredMessage:
         return self._lookup(self.messages, message, "message")
 
+    def shares_guild(self, user_a: int, user_b: int) -> bool:
+        """Are both users members of one guild (what Discord asks before a bot's first DM)?"""
+        return any(
+            user_a in g.members and user_b in g.members for g in self.guilds.values()
+        )
+
     def member(self, guild: Any, user: Any) -> Member:
         g = self.guild(guild)
         uid = as_id(user)
@@ -452,7 +471,9 @@ class State:
         guild = self.guilds[channel.guild_id]
         if role_ids is None:
             member = guild.members.get(user_id)
-            role_ids = member.role_ids if member else []
+            if member is None:
+                return 0  # not in the guild (a bot that was never added): no access at all
+            role_ids = member.role_ids
         perms = self.base_permissions(guild, user_id, role_ids)
         if perms == ALL_PERMISSIONS:
             return perms
