@@ -107,8 +107,8 @@ class Deliverer:
             await interaction.response.defer(ephemeral=True, thinking=True)
         records = [c.record for c in contents]
         venue = venue_from(interaction)
-        permitted = venue.can_post and await self.veil.moderation.channel_permitted(
-            venue.policy_guild_id, interaction.channel_id)
+        permitted = await self.veil.moderation.channel_permitted(venue.policy_guild_id,
+                                                                 interaction.channel_id)
         places = {place_for(r, guild_id=venue.policy_guild_id, channel_permitted=permitted,
                             can_post=venue.can_post)
                   for r in records}

@@ -212,6 +212,24 @@ async def test_a_role_share_holds_in_a_server_whose_roles_the_bot_never_cached(
     assert channel_posts(app) == []
 
 
+async def test_a_public_image_asked_in_a_permitted_channel_goes_by_dm_where_the_bot_is_absent(
+        veil_app: App) -> None:
+    app, alice = veil_app, veil_app.world.alice
+    # Installed with commands only: the server's policy holds, but no bot is there to post.
+    guild = app.double.add_guild("Studio", bot_member=False)
+    app.double.add_member(guild, alice)
+    general = app.double.state.channels[guild.channel_ids[0]]
+    await app.veil.moderation.allow_channel(guild.id, general.id, 1)
+    handle = await app.run("imagine", user=alice, guild=guild, install="guild",
+                           options={"prompt": "a mill", "private": False})
+    [record] = await app.veil.images.owned(alice.id, limit=1)
+    assert (record.visibility, record.guild_id) == ("public", guild.id)
+    assert channel_posts(app) == []
+    assert "Sent to your DMs" in texts(handle)
+    assert "may not post" not in texts(handle)
+    assert len(image_dms(app, alice)) == 1
+
+
 async def test_a_server_that_installed_veil_governs_images_its_members_make_by_user_install(
         veil_app: App) -> None:
     app, alice, world = veil_app, veil_app.world.alice, veil_app.world
