@@ -18,6 +18,33 @@ class DurationTransformer(app_commands.Transformer):
 
 Duration = app_commands.Transform[float, DurationTransformer]
 
+AnyChannel = (discord.TextChannel | discord.Thread | app_commands.AppCommandChannel
+              | app_commands.AppCommandThread)
+
+
+class TextChannelTransformer(app_commands.Transformer):
+    """A text channel or thread. Where discord.py holds the server (Veil's bot is a member) the
+    full channel; where it does not (Veil's commands installed without its bot) the channel as
+    the interaction describes it, rather than the failure discord.py's own converter gives."""
+
+    @property
+    def type(self) -> discord.AppCommandOptionType:
+        return discord.AppCommandOptionType.channel
+
+    @property
+    def channel_types(self) -> list[discord.ChannelType]:
+        return [discord.ChannelType.text, discord.ChannelType.news,
+                discord.ChannelType.news_thread, discord.ChannelType.private_thread,
+                discord.ChannelType.public_thread]
+
+    async def transform(self, interaction: discord.Interaction, value: AnyChannel) -> AnyChannel:
+        resolved = value.resolve() if isinstance(
+            value, app_commands.AppCommandChannel | app_commands.AppCommandThread) else None
+        return resolved or value
+
+
+TextChannel = app_commands.Transform[AnyChannel, TextChannelTransformer]
+
 
 def _label(record, mine: bool) -> str:
     who = "yours" if mine else "shared with you"
@@ -46,5 +73,5 @@ def when(timestamp: float | None) -> str:
     return "never" if timestamp is None else f"<t:{int(timestamp)}:R>"
 
 
-__all__ = ["Duration", "format_duration", "owned_image_autocomplete",
+__all__ = ["Duration", "TextChannel", "format_duration", "owned_image_autocomplete",
            "visible_image_autocomplete", "when"]

@@ -16,7 +16,7 @@ from discord.ext import commands
 from bot.core.durations import format_duration
 from bot.core.errors import InvalidInput
 from bot.core.models import AuditEntry, GuildPolicy, Report
-from cogs._options import Duration, when
+from cogs._options import AnyChannel, Duration, TextChannel, when
 from cogs._replies import plural, reply, reply_lines
 from cogs._viewer import ensure_moderator, venue_from, viewer_from
 from cogs._views import confirm
@@ -26,8 +26,11 @@ OnOff = Literal["on", "off"]
 NO_PINGS = discord.AllowedMentions.none()
 
 
-def posting_problem(channel: discord.abc.GuildChannel | discord.Thread) -> str | None:
-    """Why Veil could not post an image in ``channel`` right now, or None when it can."""
+def posting_problem(channel: AnyChannel) -> str | None:
+    """Why Veil could not post an image in ``channel`` right now, or None when it can (or when
+    discord.py holds no such channel to tell)."""
+    if not isinstance(channel, discord.TextChannel | discord.Thread):
+        return None
     me = channel.guild.me
     if me is None:
         return None
@@ -112,7 +115,7 @@ class Admin(commands.GroupCog, group_name="admin",
                           description="Let public images be posted in a channel.")
     @app_commands.describe(channel="The channel")
     async def channel_allow(self, interaction: discord.Interaction,
-                            channel: discord.TextChannel | discord.Thread) -> None:
+                            channel: TextChannel) -> None:
         await self.veil.moderation.allow_channel(interaction.guild_id, channel.id,
                                                  interaction.user.id)
         text = f"Public images may now be posted in {channel.mention}. Private images never are."
@@ -127,7 +130,7 @@ class Admin(commands.GroupCog, group_name="admin",
                           description="Stop public images from being posted in a channel.")
     @app_commands.describe(channel="The channel")
     async def channel_deny(self, interaction: discord.Interaction,
-                           channel: discord.TextChannel | discord.Thread) -> None:
+                           channel: TextChannel) -> None:
         await self.veil.moderation.deny_channel(interaction.guild_id, channel.id,
                                                 interaction.user.id)
         await reply(interaction, f"{channel.mention} no longer receives images; results go to "

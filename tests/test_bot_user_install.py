@@ -18,6 +18,7 @@ from tests.discord_double.interactions import CommandNotAvailable
 from tests.e2e import (
     App,
     assert_no_private_image_in_any_channel,
+    button_id,
     image_dms,
     png,
     texts,
@@ -116,6 +117,35 @@ async def test_delete_retracts_the_dm_copies_and_reports_the_ephemeral_ones_it_c
     assert "1 message carrying it was retracted" in said
     assert "1 ephemeral copy cannot be retracted" in said
     assert channel_posts(app) == []
+
+
+async def test_the_delete_button_on_an_ephemeral_copy_works_where_the_bot_is_absent(
+        veil_app: App, elsewhere: Elsewhere) -> None:
+    app, alice = veil_app, veil_app.world.alice
+    app.double.close_dms(alice)
+    handle = await app.run("imagine", user=alice, guild=elsewhere.guild,
+                           options={"prompt": "a pier"})
+    [copy] = [m for m in handle.messages if m.attachments]
+    assert copy.ephemeral
+    prompt = await app.double.click(copy, button_id(copy, "Delete"), user=alice)
+    await prompt.wait_response()
+    done = await app.click(prompt.original, button_id(prompt.original, "Delete"), user=alice)
+    assert await app.veil.images.owned(alice.id, limit=1) == []
+    assert "1 ephemeral copy cannot be retracted" in texts(prompt) + texts(done)
+    assert channel_posts(app) == []
+
+
+async def test_admin_works_where_the_server_installed_only_veils_commands(
+        veil_app: App) -> None:
+    app = veil_app
+    guild = app.double.add_guild("Studio", bot_member=False)
+    owner = app.double.state.users[guild.owner_id]
+    general = app.double.state.channels[guild.channel_ids[0]]
+    handle = await app.run("admin channel-allow", user=owner, guild=guild, install="guild",
+                           options={"channel": general})
+    assert "Public images may now be posted" in texts(handle)
+    assert "my bot is not a member of this server" in texts(handle)
+    assert (await app.veil.moderation.policy(guild.id)).permitted_channels == {general.id}
 
 
 async def test_a_dm_refused_for_want_of_a_mutual_server_falls_back_to_an_ephemeral_copy(
@@ -285,6 +315,8 @@ async def test_every_personal_command_answers_privately_from_a_user_install_in_e
             said = texts(handle)
             assert "went wrong" not in said, (where, command, said)
             assert all(m.ephemeral for m in handle.messages), (where, command)
+            # A user install may send at most 5 followups to one interaction.
+            assert len(handle.followups) <= 5, (where, command)
     assert channel_posts(app) == []
     assert app.double.messages_in(elsewhere.group_dm) == []
     await assert_no_private_image_in_any_channel(app)

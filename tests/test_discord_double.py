@@ -162,6 +162,22 @@ class DemoBot(commands.Bot):
             record.values["announced"] = msg.id
             await interaction.followup.send("posted")
 
+        @tree.command(name="carry", description="Works from a user install too")
+        @app_commands.allowed_installs(guilds=True, users=True)
+        @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)
+        async def carry(interaction: discord.Interaction) -> None:
+            await interaction.response.defer(ephemeral=True)
+            record.values["carry"] = (
+                interaction.context.guild, interaction.context.dm_channel,
+                interaction.context.private_channel, interaction.is_user_integration(),
+                interaction.is_guild_integration(), [r.id for r in interaction.user.roles]
+                if isinstance(interaction.user, discord.Member) else None)
+            try:
+                await interaction.channel.send("hello")
+            except discord.HTTPException as exc:
+                record.errors["carry"] = exc
+            await interaction.followup.send("done", ephemeral=True)
+
         @tree.command(name="feedback", description="Tell us something")
         async def feedback(interaction: discord.Interaction) -> None:
             await interaction.response.send_modal(Feedback(record))
@@ -246,7 +262,7 @@ async def test_ready_guilds_and_synced_commands(env: Env) -> None:
     assert not me.guild_permissions.manage_messages
     assert set(double.commands) == {
         "whisper", "sendfile", "pick", "inspect", "announce", "feedback", "progress", "card",
-        "slow", "admin",
+        "slow", "admin", "carry",
     }  # fmt: skip
     assert [c.type for c in double.all_commands() if c.name == "Report message"] == [3]
     assert double.commands["whisper"].description == "Answer only you"
@@ -614,3 +630,42 @@ async def test_member_chunking_with_members_intent(
         carol = discord_double.add_user("carol")
         discord_double.add_member(discord_world.guild, carol)
         await discord_double.wait_for(lambda: guild.get_member(carol.id), what="GUILD_MEMBER_ADD")
+
+
+async def test_user_installs_in_bot_less_guilds_and_group_dms(env: Env) -> None:
+    double, world, record = env.double, env.world, env.record
+    carry, whisper = double.commands["carry"], double.commands["whisper"]
+    assert (carry.integration_types, carry.contexts) == ([0, 1], [0, 1, 2])
+    assert whisper.integration_types == [0]
+    elsewhere = double.add_guild("Elsewhere", bot_member=False)
+    role = double.add_role(elsewhere, "crew")
+    double.add_member(elsewhere, world.alice, roles=[role])
+    assert env.bot.get_guild(elsewhere.id) is None  # no GUILD_CREATE, no role cache
+    with pytest.raises(CommandNotAvailable):
+        await double.slash("whisper", user=world.alice, guild=elsewhere)  # a server install only
+    handle = await double.slash("carry", user=world.alice, guild=elsewhere)
+    await handle.wait_done()
+    assert handle.payload["authorizing_integration_owners"] == {"1": str(world.alice.id)}
+    assert handle.payload["context"] == 0
+    assert record.values["carry"][:5] == (True, False, False, True, False)
+    assert record.values["carry"][5] == []  # discord.py drops roles it has not cached
+    assert handle.payload["member"]["roles"] == [str(role.id)]
+    error = record.errors.pop("carry")
+    assert isinstance(error, discord.Forbidden) and error.code == 50001
+    assert double.messages_in(double.state.channels[elsewhere.channel_ids[0]]) == []
+
+    group = double.add_group_dm(world.alice, world.bob)
+    handle = await double.slash("carry", user=world.alice, channel=group)
+    await handle.wait_done()
+    assert handle.payload["context"] == 2
+    assert record.values["carry"][:5] == (False, False, True, True, False)
+    assert isinstance(record.errors.pop("carry"), discord.Forbidden)
+    assert double.messages_in(group) == []
+
+    double.dms_need_mutual_guild = True
+    loner = double.add_user("loner")
+    double.add_member(elsewhere, loner)
+    handle = await double.slash("sendfile", user=loner, guild=elsewhere, install="guild",
+                                bypass_client_checks=True)
+    await handle.wait_followups(1)
+    assert record.errors["dm"].code == 50278
