@@ -31,6 +31,7 @@ from bot.core.access import place_for
 from bot.core.errors import VeilError
 from bot.core.models import ImageContent, ImageRecord
 from bot.core.venue import Venue
+from cogs._replies import NO_MUTUAL_SERVER
 from cogs._viewer import venue_from
 
 log = logging.getLogger("veil.delivery")
@@ -40,9 +41,8 @@ EPHEMERAL_WARNING = (
     "Your DMs are closed to me, so here is a copy only you can see. Ephemeral copies cannot be "
     "retracted if the image is deleted later; allow DMs from this server's members to keep "
     "full control.")
-# Discord refuses a bot's DM to someone it shares no server with (code 50278): the usual case
-# for a person who installed Veil on their account only.
-NO_MUTUAL_SERVER = 50278
+# Discord refuses a bot's DM to someone it shares no server with (NO_MUTUAL_SERVER): the usual
+# case for a person who installed Veil on their account only.
 NO_MUTUAL_SERVER_WARNING = (
     "Discord does not let me DM you: we share no server. Here is a copy only you can see. "
     "Ephemeral copies cannot be retracted if the image is deleted later; to get results by DM "

@@ -19,6 +19,7 @@ from bot.core.errors import VeilError
 log = logging.getLogger("veil.errors")
 
 CANNOT_DM = 50007  # Discord's "Cannot send messages to this user"
+NO_MUTUAL_SERVER = 50278  # "... due to having no mutual guilds": a user install, no shared server
 MESSAGE_LIMIT = 2000  # Discord's limit on a message's content
 
 
@@ -83,6 +84,9 @@ def message_for(error: BaseException) -> str | None:
         if isinstance(current, app_commands.BotMissingPermissions):
             missing = ", ".join(p.replace("_", " ") for p in current.missing_permissions)
             return f"I am missing permissions here: {missing}. Ask a moderator to grant them."
+        if isinstance(current, discord.Forbidden) and current.code == NO_MUTUAL_SERVER:
+            return ("Discord does not let me send you a direct message: we share no server. "
+                    "Join a server that has Veil, or message me once, then try again.")
         if isinstance(current, discord.Forbidden) and current.code == CANNOT_DM:
             return ("I cannot send you a direct message: your DMs are closed to me. Allow "
                     "direct messages from this server's members, then try again.")

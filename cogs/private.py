@@ -13,7 +13,7 @@ from bot.core.durations import format_duration
 from bot.core.models import DeliveryKind, ImageRecord
 from bot.core.venue import protection_notes
 from bot.generate import describe_generator
-from cogs._replies import plural, reply
+from cogs._replies import NO_MUTUAL_SERVER, plural, reply
 from cogs._viewer import venue_from
 from cogs._views import confirm
 
@@ -107,10 +107,12 @@ class PrivacyTools(commands.Cog):
         try:
             message = await interaction.user.send(caption + retractable,
                                                   file=_zip_file(archive))
-        except discord.Forbidden:
+        except discord.Forbidden as refused:
+            why = ("Discord does not let me DM you (we share no server)"
+                   if refused.code == NO_MUTUAL_SERVER else "Your DMs are closed")
             message = await interaction.followup.send(
-                "Your DMs are closed, so here is your export (only you can see it; an "
-                "ephemeral copy cannot be removed later). " + caption,
+                f"{why}, so here is your export (only you can see it; an ephemeral copy "
+                "cannot be removed later). " + caption,
                 file=_zip_file(archive), ephemeral=True, wait=True)
             await self._record(carried, message, "ephemeral", interaction)
             return

@@ -162,6 +162,10 @@ async def test_a_dm_refused_for_want_of_a_mutual_server_falls_back_to_an_ephemer
     [record] = await app.veil.images.owned(carol.id, limit=1)
     assert [kind for kind, _, _ in await app.veil.images.deliveries(record.public_id)] == [
         "ephemeral"]
+    export = await app.run("export", user=carol, guild=elsewhere.guild)
+    assert "Discord does not let me DM you (we share no server)" in texts(export)
+    assert [a.filename for m in export.messages if m.ephemeral for a in m.attachments] == [
+        "veil-export.zip"]
     assert channel_posts(app) == []
 
 
@@ -308,6 +312,8 @@ async def test_every_personal_command_answers_privately_from_a_user_install_in_e
                 ("share", {"target": app.world.bob, "image": image}), ("shares", {}),
                 ("unshare", {"target": app.world.bob, "image": image}),
                 ("group create", {"name": f"g{len(where)}"}), ("group list", {}),
+                ("group share", {"name": f"g{len(where)}", "image": image}),
+                ("report", {"image": image, "reason": "a test"}),
                 ("link create", {"image": image}), ("link list", {}),
                 ("access-log", {}), ("export", {}), ("privacy", {}), ("private status", {})]
         for command, options in runs:
