@@ -1,8 +1,10 @@
 """Small reusable pieces of interface: views only their invoker may use, a confirmation prompt,
 and the owner's buttons.
 
-The owner's buttons (Share, Link, Delete) are dynamic items: their custom id carries the image
-id, so they keep working after a restart without any state kept in memory.
+The owner's buttons (Share, Link, Delete; and on generated images Details, Variations and
+Re-roll) are dynamic items: their custom id carries the image id, so they keep working after a
+restart without any state kept in memory. Anyone can click a button on a channel post, or forge
+its custom id: the handler answers only the image's owner.
 """
 
 from __future__ import annotations
@@ -90,11 +92,18 @@ async def confirm(interaction: discord.Interaction, question: str, *,
 
 OWNER_ACTIONS = {"share": ("Share", discord.ButtonStyle.secondary),
                  "link": ("Link", discord.ButtonStyle.secondary),
-                 "delete": ("Delete", discord.ButtonStyle.danger)}
+                 "delete": ("Delete", discord.ButtonStyle.danger),
+                 "details": ("Details", discord.ButtonStyle.secondary),
+                 "vary": ("Variations", discord.ButtonStyle.secondary),
+                 "reroll": ("Re-roll", discord.ButtonStyle.primary)}
+IMAGE_ACTIONS = ("share", "link", "delete")
+GENERATED_ACTIONS = ("details", "vary")
+MAX_ROWS = 5  # Discord's limit for one message
 
 
 class OwnerButton(discord.ui.DynamicItem[discord.ui.Button],
-                  template=r"veil:(?P<action>share|link|delete):(?P<image>[a-z0-9]{6,16})"):
+                  template=r"veil:(?P<action>share|link|delete|details|vary|reroll):"
+                           r"(?P<image>[a-z0-9]{6,16})"):
     """A button on a delivered image that only its owner may use; handled by cogs.gallery."""
 
     def __init__(self, action: str, image_id: str) -> None:
@@ -119,11 +128,19 @@ class OwnerButton(discord.ui.DynamicItem[discord.ui.Button],
 
 
 def owner_buttons(contents: Sequence[ImageContent]) -> discord.ui.View | None:
-    """Share/Link/Delete rows for each image (at most 5 rows: one per image)."""
+    """One row per image: Share, Link, Delete, and for a generated image Details and
+    Variations; then, if a row is left and any image was generated, one Re-roll for the batch."""
     view = discord.ui.View(timeout=None)
-    for content in list(contents)[:5]:
-        for action in OWNER_ACTIONS:
-            button = OwnerButton(action, content.record.public_id)
-            button.item.row = len(view.children) // 3
+    records = [content.record for content in contents][:MAX_ROWS]
+    for row, record in enumerate(records):
+        actions = IMAGE_ACTIONS + (GENERATED_ACTIONS if record.source == "generated" else ())
+        for action in actions:
+            button = OwnerButton(action, record.public_id)
+            button.item.row = row
             view.add_item(button)
+    generated = [record for record in records if record.source == "generated"]
+    if generated and len(records) < MAX_ROWS:
+        button = OwnerButton("reroll", generated[0].public_id)
+        button.item.row = len(records)
+        view.add_item(button)
     return view

@@ -11,7 +11,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.core.errors import NotFound
-from bot.core.models import Removal, ViewEntry
+from bot.core.models import GenerationDetails, Removal, ViewEntry
+from bot.generate import GENERATOR_TITLES
 from cogs._options import owned_image_autocomplete, visible_image_autocomplete, when
 from cogs._replies import plural, reply, reply_lines, report_error
 from cogs._viewer import viewer_from
@@ -208,6 +209,16 @@ class Gallery(commands.Cog):
             elif action == "link":
                 links_cog = self.bot.get_cog("Links")
                 await links_cog.create_and_reply(interaction, record.public_id, viewer)
+            elif action == "details":
+                details = await self.veil.images.details(record.public_id, viewer)
+                # Ephemeral: only the owner who clicked sees it, wherever the button was.
+                await interaction.response.send_message(
+                    embed=details_embed(details), ephemeral=True,
+                    allowed_mentions=discord.AllowedMentions.none())
+            elif action in ("reroll", "vary"):
+                imagine = self.bot.get_cog("Imagine")
+                await imagine.follow_up(interaction, record.public_id, viewer,
+                                        "reroll" if action == "reroll" else "variation")
             else:
                 await interaction.response.send_message(
                     f"Who should see `{record.public_id}`?",
@@ -217,6 +228,33 @@ class Gallery(commands.Cog):
             await reply(interaction, GONE if gone else ONLY_THE_OWNER)
         except Exception as error:  # buttons have no tree error handler of their own
             await report_error(interaction, error)
+
+
+def details_embed(details: GenerationDetails) -> discord.Embed:
+    """The owner's own details of a generated image: the prompt, seed, size and generator."""
+    embed = discord.Embed(title=f"Details of `{details.image_public_id}`",
+                          description=_quoted(details.prompt))
+    params = details.params
+    if params is None:
+        embed.set_footer(text="Made before Veil kept seeds: only the prompt is known.")
+        return embed
+    seed = str(params.seed)
+    if params.variation_seed is not None:
+        seed += (f" · variation seed {params.variation_seed} at strength "
+                 f"{params.variation_strength:g}")
+    embed.add_field(name="Seed", value=seed, inline=False)
+    embed.add_field(name="Size", value=f"{params.width}×{params.height}")
+    embed.add_field(name="Generator", value=GENERATOR_TITLES.get(params.generator,
+                                                                   params.generator))
+    embed.set_footer(text="Only you can see this. Re-roll: same prompt, a new seed. "
+                          "Variations: this seed, small changes.")
+    return embed
+
+
+def _quoted(prompt: str) -> str:
+    """The prompt shown as text (never as mentions or markdown), within an embed's limit."""
+    shown = discord.utils.escape_mentions(discord.utils.escape_markdown(prompt))
+    return shown if len(shown) <= 4000 else shown[:3999] + "…"
 
 
 class SharePicker(InvokerView):

@@ -1,19 +1,22 @@
-"""Making images: `/imagine` (generate, with a queue and a progress bar) and `/upload`.
+"""Making images: `/imagine` (generate, with a queue and a progress bar), the owner's Re-roll
+and Variations buttons, and `/upload`.
 
-Both defer ephemerally at once, store through the core (which sanitizes and encrypts), and
-deliver through the one delivery path. The prompt is never shown in a channel.
+All defer ephemerally at once, store through the core (which sanitizes and encrypts), and
+deliver through the one delivery path. Re-roll and Variations go through the same queue, with
+its per-user limit, as `/imagine`. The prompt is never shown in a channel.
 """
 
 from __future__ import annotations
 
 import time
+from types import EllipsisType
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot.core.errors import BadImage, GeneratorUnavailable, QueueFull
-from bot.core.models import ImageContent, ImageRecord, Viewer
+from bot.core.models import FollowUpKind, GenerationParams, ImageContent, ImageRecord, Viewer
 from bot.generate import GenerationRequest, Progress
 from bot.images import check_declared_size
 from cogs._delivery import DeliveryFailed
@@ -49,10 +52,10 @@ class RetryView(InvokerView):
     not_yours = "Only the person who asked can try again."
 
     def __init__(self, cog: Imagine, source: discord.Interaction, request: GenerationRequest,
-                 private: bool | None, text: str) -> None:
+                 private: bool | None, guild_id: int | None | EllipsisType, text: str) -> None:
         super().__init__(source.user.id, timeout=cog.retry_wait_s)
         self.cog, self.source = cog, source
-        self.request, self.private, self.text = request, private, text
+        self.request, self.private, self.guild_id, self.text = request, private, guild_id, text
 
     async def on_timeout(self) -> None:
         self.disable_all()
@@ -69,7 +72,8 @@ class RetryView(InvokerView):
         self.stop()
         # The clicked message is this interaction's original response: progress, the result
         # or a fresh "Try again" all land in that one message.
-        await self.cog.run_generation(interaction, self.request, self.private)
+        await self.cog.run_generation(interaction, self.request, self.private,
+                                      guild_id=self.guild_id)
 
 
 class Imagine(commands.Cog):
@@ -90,21 +94,42 @@ class Imagine(commands.Cog):
         request = GenerationRequest(prompt=prompt, count=count)
         await self.run_generation(interaction, request, private)
 
+    async def follow_up(self, interaction: discord.Interaction, public_id: str, viewer: Viewer,
+                        kind: FollowUpKind) -> None:
+        """The owner's Re-roll or Variations on one of their images: the core decides what to
+        draw and where the new images belong; the queue and delivery are /imagine's own."""
+        plan = await self.veil.images.follow_up(public_id, viewer, kind)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        request = GenerationRequest(
+            prompt=plan.prompt, count=plan.count, seed=plan.seed, width=plan.width,
+            height=plan.height, variation_seed=plan.variation_seed,
+            variation_strength=plan.variation_strength)
+        await self.run_generation(interaction, request, plan.requested_private,
+                                  guild_id=plan.guild_id)
+
     async def run_generation(self, interaction: discord.Interaction, request: GenerationRequest,
-                             private: bool | None) -> None:
+                             private: bool | None, *,
+                             guild_id: int | None | EllipsisType = ...) -> None:
+        """Queue, generate, store and deliver. ``guild_id`` is the server the images belong to
+        (its forced private mode applies): the original's for Re-roll and Variations; by
+        default (``...``) the one whose policy governs where this runs."""
         viewer = await viewer_from(interaction)
+        home = viewer.guild_id if guild_id is ... else guild_id
         status = _StatusMessage(interaction, self.progress_every_s)
+        generator = self.bot.queue.generator.name
         try:
             images = await self.bot.queue.submit(viewer.user_id, request, status.progress)
         except (GeneratorUnavailable, QueueFull) as error:
             await status.show(error.message, view=RetryView(self, interaction, request,
-                                                            private, error.message))
+                                                            private, guild_id, error.message))
             return
         # viewer.guild_id is the server whose policy governs images made here: None where the
         # server did not install Veil (a user install), so no policy it never chose applies.
+        # A follow-up belongs to its original's server instead.
         records = [await self.veil.images.create(
-            viewer.user_id, data, guild_id=viewer.guild_id, source="generated",
-            prompt=request.prompt, requested_private=private) for data in images]
+            viewer.user_id, data, guild_id=home, source="generated",
+            prompt=request.prompt, requested_private=private,
+            generation=_params(request, index, generator)) for index, data in enumerate(images)]
         await self._deliver(interaction, viewer, records, status)
 
     async def _deliver(self, interaction: discord.Interaction, viewer: Viewer,
@@ -141,6 +166,15 @@ class Imagine(commands.Cog):
                                                requested_private=private)
         await self._deliver(interaction, viewer, [record],
                             _StatusMessage(interaction, self.progress_every_s))
+
+
+def _params(request: GenerationRequest, index: int, generator: str) -> GenerationParams:
+    """How image ``index`` of ``request`` was drawn, as the core keeps it (sealed)."""
+    return GenerationParams(
+        seed=request.seed_of(index), width=request.width, height=request.height,
+        generator=generator, batch_size=request.count,
+        variation_seed=request.variation_seed_of(index),
+        variation_strength=request.variation_strength if request.is_variation else 0.0)
 
 
 class _StatusMessage:

@@ -436,7 +436,7 @@ async def test_owner_buttons_come_with_the_dm_and_with_a_channel_post(veil_app):
     [post] = app.double.messages_in(app.world.gallery)
     for message, image in ((dm, private), (post, public)):
         labels = [c.get("label") for c in message.iter_components() if c["type"] == 2]
-        assert labels == ["Share", "Link", "Delete"]
+        assert labels == ["Share", "Link", "Delete", "Details", "Variations", "Re-roll"]
         assert message.find_component(owner_button("delete", image)) is not None
 
 

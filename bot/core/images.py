@@ -9,8 +9,10 @@ queues the retraction of every posted message, destroys the data key and unlinks
 from __future__ import annotations
 
 import asyncio
+import json
+import secrets
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 from bot.core import failpoints
 from bot.core.access import Decision, can_manage, can_remove, can_view, effective_visibility
@@ -21,8 +23,12 @@ from bot.core.crypto import new_key, seal, unseal
 from bot.core.errors import InvalidInput, NotFound, PolicyViolation
 from bot.core.models import (
     DeliveryKind,
+    FollowUp,
+    FollowUpKind,
     GalleryItem,
     GalleryPage,
+    GenerationDetails,
+    GenerationParams,
     ImageContent,
     ImageRecord,
     Removal,
@@ -38,6 +44,11 @@ NOT_VISIBLE = "There is no image with id `{}` that you can see."
 PAGE_SIZE = 25
 _CHUNK = 500
 MAX_PROMPT_CHARS = 2000
+# Re-roll and Variations draw seeds in the unsigned 32-bit range every backend accepts.
+SEED_LIMIT = 2**32
+# Variations keep the picture and move its details.
+VARIATION_STRENGTH = 0.25
+NOT_GENERATED = "Image `{}` was uploaded, not generated: it has no prompt or seed to show or reuse."
 
 # Own images, and images shared with the viewer one by one or through an all-images grant.
 # The page is chosen on ids alone (each branch cut to the page's end first, so a large library
@@ -87,16 +98,19 @@ class ImageService:
 
     async def create(self, owner_id: int, data: bytes, *, guild_id: int | None, source: str,
                      prompt: str | None = None, requested_private: bool | None = None,
-                     expires_in: float | None = None) -> ImageRecord:
-        """Sanitize, encrypt and store an image. Refusals raise BadImage and leave nothing."""
+                     expires_in: float | None = None,
+                     generation: GenerationParams | None = None) -> ImageRecord:
+        """Sanitize, encrypt and store an image. Refusals raise BadImage and leave nothing.
+
+        ``prompt`` and ``generation`` (how it was drawn) are sealed under the image's own key."""
         if prompt is not None and len(prompt) > MAX_PROMPT_CHARS:
             raise InvalidInput(f"The prompt is longer than {MAX_PROMPT_CHARS} characters.")
         if expires_in is not None and expires_in <= 0:
             raise InvalidInput("The lifetime must be longer than zero.")
         clean = await sanitize_image_async(data, self.ctx.limits)
         public_id, blob_name, data_key = new_public_id(), new_blob_name(), new_key()
-        full, thumb, prompt_ct = await asyncio.to_thread(
-            _seal_parts, data_key, public_id, clean.data, clean.thumbnail, prompt)
+        full, thumb, prompt_ct, generation_ct = await asyncio.to_thread(
+            _seal_parts, data_key, public_id, clean.data, clean.thumbnail, prompt, generation)
         await self.ctx.blobs.stage(blob_name, {"full": full, "thumb": thumb})
         failpoints.reach("create:staged")
         now = self.ctx.now()
@@ -113,10 +127,11 @@ class ImageService:
                 row_id = await tx.insert(
                     "INSERT INTO images (public_id, owner_id, guild_id, visibility, source,"
                     " created_at, expires_at, byte_size, format, width, height, prompt_ct,"
-                    " wrapped_key, blob_name) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " generation_ct, wrapped_key, blob_name)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (public_id, owner_id, guild_id, visibility, source, now,
                      None if expires_in is None else now + expires_in, len(clean.data),
-                     clean.format, clean.width, clean.height, prompt_ct,
+                     clean.format, clean.width, clean.height, prompt_ct, generation_ct,
                      seal(owner_key, data_key, aad(public_id, "key")), blob_name))
                 await self.ctx.audit(tx, "image.create", actor_id=owner_id, guild_id=guild_id,
                                      image_ref=public_id, detail=f"{source}, {visibility}")
@@ -186,6 +201,49 @@ class ImageService:
         if sealed is None:
             return None
         return unseal(await self._data_key(image), sealed, aad(image.public_id, "prompt")).decode()
+
+    async def details(self, public_id: str, viewer: Viewer) -> GenerationDetails:
+        """How the owner's generated image was drawn: prompt, seed, size, generator. Only the
+        owner gets it (anyone else gets the same NotFound as for a missing image); decrypted on
+        demand, never stored in the clear and never logged."""
+        return await self._details(await self.get_owned(public_id, viewer))
+
+    async def _details(self, image: ImageRecord) -> GenerationDetails:
+        row = await self.ctx.db.fetchone(
+            "SELECT prompt_ct, generation_ct FROM images WHERE id = ?", (image.id,))
+        if row is None:
+            raise NotFound(NOT_VISIBLE.format(image.public_id))
+        if row[0] is None:
+            raise InvalidInput(NOT_GENERATED.format(image.public_id))
+        data_key = await self._data_key(image)
+        prompt = unseal(data_key, row[0], aad(image.public_id, "prompt")).decode()
+        params = None
+        if row[1] is not None:
+            fields = json.loads(unseal(data_key, row[1], aad(image.public_id, "generation")))
+            params = GenerationParams(**fields)
+        return GenerationDetails(image.public_id, prompt, params)
+
+    async def follow_up(self, public_id: str, viewer: Viewer,
+                        kind: FollowUpKind) -> FollowUp:
+        """What the owner's Re-roll (same prompt, a new seed) or Variations (the same seed,
+        small changes) should draw. The new images belong to the original's server and take
+        its visibility; a server that forces private mode still wins when they are stored."""
+        image = await self.get_owned(public_id, viewer)
+        details = await self._details(image)
+        # Images made before seeds were kept: the stored size, on the 8-pixel grid samplers need.
+        params = details.params or GenerationParams(
+            seed=secrets.randbelow(SEED_LIMIT), width=_grid(image.width),
+            height=_grid(image.height), generator="unknown")
+        fresh = secrets.randbelow(SEED_LIMIT)
+        if kind == "reroll":
+            seed, variation_seed, strength = fresh, None, 0.0
+        elif kind == "variation":
+            seed, variation_seed, strength = params.seed, fresh, VARIATION_STRENGTH
+        else:
+            raise InvalidInput("Ask for a re-roll or for variations.")
+        return FollowUp(details.prompt, params.batch_size, seed, params.width, params.height,
+                        variation_seed, strength, image.guild_id,
+                        requested_private=image.visibility == "private")
 
     async def _data_key(self, image: ImageRecord) -> bytes:
         row = await self.ctx.db.fetchone(
@@ -413,11 +471,19 @@ async def queue_retractions(tx: Transaction, now: float, where: str,
     return max(queued, 0)
 
 
-def _seal_parts(data_key: bytes, public_id: str, full: bytes, thumb: bytes,
-                prompt: str | None) -> tuple[bytes, bytes, bytes | None]:
+def _seal_parts(data_key: bytes, public_id: str, full: bytes, thumb: bytes, prompt: str | None,
+                generation: GenerationParams | None
+                ) -> tuple[bytes, bytes, bytes | None, bytes | None]:
     return (seal(data_key, full, aad(public_id, "full")),
             seal(data_key, thumb, aad(public_id, "thumb")),
-            None if prompt is None else seal(data_key, prompt.encode(), aad(public_id, "prompt")))
+            None if prompt is None else seal(data_key, prompt.encode(), aad(public_id, "prompt")),
+            None if generation is None else seal(
+                data_key, json.dumps(asdict(generation)).encode(),
+                aad(public_id, "generation")))
+
+
+def _grid(side: int) -> int:
+    return max(64, min(2048, side - side % 8))
 
 
 def _like_prefix(prefix: str) -> str:

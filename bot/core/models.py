@@ -62,6 +62,47 @@ class ImageContent:
 
 
 @dataclass(frozen=True)
+class GenerationParams:
+    """How one generated image was drawn: enough to draw it again or vary it."""
+
+    seed: int
+    width: int
+    height: int
+    generator: str
+    batch_size: int = 1
+    variation_seed: int | None = None
+    variation_strength: float = 0.0
+
+
+@dataclass(frozen=True)
+class GenerationDetails:
+    """What the owner's Details button shows. The prompt never appears in a repr."""
+
+    image_public_id: str
+    prompt: str = field(repr=False)
+    params: GenerationParams | None = None
+
+
+FollowUpKind = Literal["reroll", "variation"]
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """A new generation the owner asked for from one of their images (Re-roll or Variations):
+    what to draw, and where the new images belong (the original's server and visibility)."""
+
+    prompt: str = field(repr=False)
+    count: int
+    seed: int
+    width: int
+    height: int
+    variation_seed: int | None
+    variation_strength: float
+    guild_id: int | None
+    requested_private: bool
+
+
+@dataclass(frozen=True)
 class Grant:
     id: int
     owner_id: int

@@ -119,6 +119,9 @@ class PrivacyService:
             files.append((f"images/{content.filename}", content.data))
             entry = {k: v for k, v in asdict(image).items() if k not in ("id", "blob_name")}
             entry["prompt"] = await self.images.prompt(image.public_id, viewer)
+            if entry["prompt"] is not None:
+                params = (await self.images.details(image.public_id, viewer)).params
+                entry["generation"] = None if params is None else asdict(params)
             records.append(entry)
         grants = [asdict(g) for g in await self.sharing.grants_by(user_id, live_only=False)]
         groups = [asdict(g) for g in await self.sharing.groups(user_id)]

@@ -43,6 +43,7 @@ __all__ = [
     "ProgressCallback",
     "SDWebUIGenerator",
     "make_generator",
+    "GENERATOR_TITLES",
     "describe_generator",
     "startup_warnings",
 ]
