@@ -181,8 +181,15 @@ class Gallery(commands.Cog):
                          image: str | None = None) -> None:
         viewer = await viewer_from(interaction)
         entries = await self.veil.images.view_log(viewer, image, limit=ACCESS_LOG_ENTRIES)
+        links = await self.veil.links.links_of(viewer, image)
+        # Counts only: who tried, and from where, is never kept.
+        failures = [f"`{link.public_id}` {plural(link.password_failures, 'time')}"
+                    for link in links if link.password_failures]
+        footer = ("Wrong passwords were tried on links " + ", ".join(failures) + "."
+                  if failures else "")
         await reply_lines(interaction, [describe_view(e) for e in entries],
-                          empty="Nobody else has viewed your images yet.")
+                          empty="Nobody else has viewed your images yet."
+                          + (f"\n{footer}" if footer else ""), footer=footer)
 
     @app_commands.command(name="report",
                           description="Report an image shared with you to this server's "

@@ -4,6 +4,12 @@ A token is 32 random bytes in url-safe base64 (43 characters). Its first 16 char
 selector used to find the row; the rest is a verifier of which only a SHA-256 is stored and
 compared in constant time, so a copy of the database gives no working link. Every verdict is
 taken on the request itself: expiry, revocation, the view limit and the image's existence.
+
+A link may also carry a password (kept only as a slow hash, see ``passwords``). A correct answer
+gives a session bound to that link and to the password's epoch; every way to the image (the
+page's image, HEAD, the watermarked and download forms) asks ``resolve``/``fetch`` with the
+session, and a locked link serves nothing. Changing or removing the password bumps the epoch and
+drops the link's sessions; revoking drops them too; a session never outlives its link.
 """
 
 from __future__ import annotations
@@ -12,45 +18,67 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from bot.core.context import IMAGE_COLUMNS, Context, image_from_row, new_public_id
 from bot.core.durations import format_duration
 from bot.core.errors import InvalidInput, NotFound, PolicyViolation
 from bot.core.images import ImageService
-from bot.core.models import ImageContent, ImageRecord, NewLink, ShareLink, Viewer
+from bot.core.models import ImageContent, ImageRecord, LinkSession, NewLink, ShareLink, Viewer
+from bot.core.passwords import DEFAULT_COST, ScryptCost, hash_password, verify_password
 
 TOKEN_BYTES = 32
 TOKEN_CHARS = 43
 SELECTOR_CHARS = 16
 DEFAULT_LIFETIME = 24 * 3600.0
 MAX_VIEWS = 1000
+SESSION_LIFETIME = 30 * 60.0  # a session after a correct password; never past the link's expiry
 _TOKEN_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 # Hashed when no row matches, so a miss costs what a hit costs.
 _DUMMY_HASH = hashlib.sha256(b"veil-no-such-link").digest()
 
 _LINK_COLUMNS = ("l.id, l.public_id, i.public_id, l.created_at, l.expires_at, l.max_views,"
                  " l.views, l.revoked_at IS NOT NULL, l.allow_download, l.watermark,"
-                 " l.verifier_hash")
+                 " l.verifier_hash, l.password_hash IS NOT NULL, l.password_failures,"
+                 " l.password_epoch")
+_IMAGE_AT = 14  # where the image's columns start in a resolve row
 
 
 @dataclass(frozen=True)
 class LinkTarget:
-    """A live link and its image, as found by a token (nothing counted yet)."""
+    """A live link and its image, as found by a token (nothing counted yet). ``locked``: the
+    link has a password and the request brought no valid session for it, so no byte of the
+    image may be served."""
 
     link: ShareLink
     image: ImageRecord
     row_id: int
+    locked: bool = False
+    password_epoch: int = 0
+
+
+LoginOutcome = Literal["accepted", "wrong", "dead"]
+
+
+@dataclass(frozen=True)
+class Login:
+    outcome: LoginOutcome
+    session: LinkSession | None = None
 
 
 class LinkService:
     def __init__(self, ctx: Context, images: ImageService) -> None:
         self.ctx = ctx
         self.images = images
+        self.password_cost: ScryptCost = DEFAULT_COST
 
     async def create(self, public_id: str, owner: Viewer, *, expires_in: float | None = None,
                      max_views: int | None = None, allow_download: bool = False,
-                     watermark: bool = False) -> NewLink:
+                     watermark: bool = False, password: str | None = None) -> NewLink:
         image = await self.images.get_owned(public_id, owner)
+        # Hashed first: a password that is too short is refused before anything else happens.
+        password_hash = (None if password is None
+                         else await hash_password(password, self.password_cost))
         policy = await self.ctx.db.fetchone(
             "SELECT links_enabled, link_max_lifetime FROM guild_policy WHERE guild_id = ?",
             (image.guild_id,)) if image.guild_id is not None else None
@@ -71,21 +99,24 @@ class LinkService:
         async with self.ctx.db.transaction() as tx:
             await tx.insert(
                 "INSERT INTO links (public_id, selector, verifier_hash, image_id, created_by,"
-                " created_at, expires_at, max_views, allow_download, watermark)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                " created_at, expires_at, max_views, allow_download, watermark, password_hash)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (link_public_id, token[:SELECTOR_CHARS], _hash(token[SELECTOR_CHARS:]), image.id,
                  owner.user_id, now, now + lifetime, max_views, int(allow_download),
-                 int(watermark)))
+                 int(watermark), password_hash))
             await self.ctx.audit(tx, "link.create", actor_id=owner.user_id,
                                  guild_id=image.guild_id, image_ref=image.public_id,
-                                 detail=f"link:{link_public_id}")
+                                 detail=f"link:{link_public_id}"
+                                 + (" password" if password_hash else ""))
         link = ShareLink(link_public_id, image.public_id, now, now + lifetime, max_views, 0,
-                         False, allow_download, watermark)
+                         False, allow_download, watermark, password_hash is not None)
         return NewLink(link, token)
 
-    async def resolve(self, token: str) -> LinkTarget | None:
+    async def resolve(self, token: str, *, session: str | None = None) -> LinkTarget | None:
         """The live link behind ``token``, or None for unknown, tampered, expired, revoked,
-        used-up or deleted-image tokens alike. Spends nothing."""
+        used-up or deleted-image tokens alike. Spends nothing. A link with a password comes
+        back ``locked`` unless ``session`` is a live session of this link under its current
+        password."""
         if len(token) != TOKEN_CHARS or not _TOKEN_ALPHABET.issuperset(token):
             # A malformed token costs the same lookup and hash as any other miss, so timing
             # does not tell a tampered token from an unknown one.
@@ -100,24 +131,103 @@ class LinkService:
         if not hmac.compare_digest(_hash(token[SELECTOR_CHARS:]), expected) or row is None:
             return None
         link = _link_from_row(row)
-        image = image_from_row(row[11:24])
-        if row[24] == 0:
+        image = image_from_row(row[_IMAGE_AT:_IMAGE_AT + 13])
+        if row[_IMAGE_AT + 13] == 0:
             return None  # moderators turned links off: existing links stop too (while off)
         now = self.ctx.now()
         if link.status(now) != "live" or (image.expires_at is not None
                                           and now >= image.expires_at):
             return None
-        return LinkTarget(link, image, row[0])
+        epoch = row[13]
+        locked = link.has_password and not await self._session_holds(row[0], epoch, session,
+                                                                     now)
+        return LinkTarget(link, image, row[0], locked, epoch)
 
-    async def fetch(self, token: str, *, agent: str | None = None) -> tuple[ImageContent,
-                                                                            ShareLink] | None:
+    async def _session_holds(self, link_row: int, epoch: int, session: str | None,
+                             now: float) -> bool:
+        if session is None or len(session) != TOKEN_CHARS \
+                or not _TOKEN_ALPHABET.issuperset(session):
+            return False
+        found = await self.ctx.db.fetchone(
+            "SELECT link_id, verifier_hash, password_epoch, expires_at FROM link_sessions"
+            " WHERE selector = ?", (session[:SELECTOR_CHARS],))
+        expected = _DUMMY_HASH if found is None else found[1]
+        matches = hmac.compare_digest(_hash(session[SELECTOR_CHARS:]), expected)
+        # A session is good for its own link only, under the password it was given for.
+        return (found is not None and matches and found[0] == link_row and found[2] == epoch
+                and now < found[3])
+
+    async def login(self, target: LinkTarget, password: str) -> Login:
+        """Check a password for a link found by ``resolve``. A correct one gives a new session
+        (a new one on every login: a session id the browser had before is never promoted). A
+        wrong one is counted for the owner's access log. ``dead``: the link stopped being live,
+        or its password changed, while the answer was being checked."""
+        stored = await self.ctx.db.fetchval(
+            "SELECT password_hash FROM links WHERE id = ? AND password_epoch = ?",
+            (target.row_id, target.password_epoch))
+        if stored is None:
+            return Login("dead")
+        if not await verify_password(password, stored):
+            async with self.ctx.db.transaction() as tx:
+                await tx.execute(
+                    "UPDATE links SET password_failures = password_failures + 1 WHERE id = ?",
+                    (target.row_id,))
+            return Login("wrong")
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+        now = self.ctx.now()
+        expires_at = min(now + SESSION_LIFETIME, target.link.expires_at)
+        async with self.ctx.db.transaction() as tx:
+            await tx.execute("DELETE FROM link_sessions WHERE expires_at <= ?", (now,))
+            # Only while the link is still live under the same password: a change or a revoke
+            # racing this login wins.
+            made = await tx.execute(
+                "INSERT INTO link_sessions (link_id, selector, verifier_hash, password_epoch,"
+                " created_at, expires_at)"
+                " SELECT id, ?, ?, password_epoch, ?, ? FROM links WHERE id = ?"
+                " AND password_epoch = ? AND password_hash IS NOT NULL AND revoked_at IS NULL"
+                " AND expires_at > ?",
+                (token[:SELECTOR_CHARS], _hash(token[SELECTOR_CHARS:]), now, expires_at,
+                 target.row_id, target.password_epoch, now))
+        if made != 1:
+            return Login("dead")
+        return Login("accepted", LinkSession(token, expires_at))
+
+    async def set_password(self, link_public_id: str, owner: Viewer,
+                           password: str | None) -> ShareLink:
+        """Set, change (``password``) or remove (None) a link's password. Either way every
+        session of the link ends at once."""
+        row = await self._owned_row(link_public_id, owner)
+        password_hash = (None if password is None
+                         else await hash_password(password, self.password_cost))
+        async with self.ctx.db.transaction() as tx:
+            await tx.execute(
+                "UPDATE links SET password_hash = ?, password_epoch = password_epoch + 1"
+                " WHERE id = ?", (password_hash, row[0]))
+            await tx.execute("DELETE FROM link_sessions WHERE link_id = ?", (row[0],))
+            await self.ctx.audit(tx, "link.password" if password else "link.password_off",
+                                 actor_id=owner.user_id, guild_id=row[_IMAGE_AT + 1],
+                                 image_ref=row[2], detail=f"link:{row[1]}")
+        return replace(_link_from_row(row), has_password=password_hash is not None)
+
+    async def _owned_row(self, link_public_id: str, owner: Viewer):
+        row = await self.ctx.db.fetchone(
+            f"SELECT {_LINK_COLUMNS}, i.owner_id, i.guild_id FROM links l"
+            " JOIN images i ON i.id = l.image_id WHERE l.public_id = ?",
+            (link_public_id.strip().lower(),))
+        if row is None or row[_IMAGE_AT] != owner.user_id:
+            raise NotFound("You have no link with that id.")
+        return row
+
+    async def fetch(self, token: str, *, session: str | None = None,
+                    agent: str | None = None) -> tuple[ImageContent, ShareLink] | None:
         """Serve the image behind ``token``, counting one view atomically: with max_views=N,
-        exactly N fetches succeed however many run at once. None when the link is not live.
+        exactly N fetches succeed however many run at once. None when the link is not live, or
+        has a password and ``session`` is not a live session for it (nothing is spent then).
 
         Decrypts before counting, so a failure to read the image spends no view; the count and
         the owner's view log are written in one transaction."""
-        target = await self.resolve(token)
-        if target is None:
+        target = await self.resolve(token, session=session)
+        if target is None or target.locked:
             return None
         try:
             content = await self.images.decrypt(target.image)
@@ -137,18 +247,14 @@ class LinkService:
         return content, target.link
 
     async def revoke(self, link_public_id: str, owner: Viewer) -> ShareLink:
-        row = await self.ctx.db.fetchone(
-            f"SELECT {_LINK_COLUMNS}, i.owner_id, i.guild_id FROM links l"
-            " JOIN images i ON i.id = l.image_id WHERE l.public_id = ?",
-            (link_public_id.strip().lower(),))
-        if row is None or row[11] != owner.user_id:
-            raise NotFound("You have no link with that id.")
+        row = await self._owned_row(link_public_id, owner)
         async with self.ctx.db.transaction() as tx:
             await tx.execute(
                 "UPDATE links SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?",
                 (self.ctx.now(), row[0]))
+            await tx.execute("DELETE FROM link_sessions WHERE link_id = ?", (row[0],))
             await self.ctx.audit(tx, "link.revoke", actor_id=owner.user_id,
-                                 guild_id=row[12], image_ref=row[2],
+                                 guild_id=row[_IMAGE_AT + 1], image_ref=row[2],
                                  detail=f"link:{row[1]}")
         link = _link_from_row(row)
         return replace(link, revoked=True)
@@ -171,4 +277,4 @@ def _hash(verifier: str) -> bytes:
 
 def _link_from_row(row) -> ShareLink:
     return ShareLink(row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]), bool(row[8]),
-                     bool(row[9]))
+                     bool(row[9]), bool(row[11]), row[12])

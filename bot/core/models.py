@@ -133,6 +133,8 @@ class ShareLink:
     revoked: bool
     allow_download: bool
     watermark: bool
+    has_password: bool = False
+    password_failures: int = 0  # wrong answers so far (a count: never who or from where)
 
     def status(self, now: float) -> str:
         if self.revoked:
@@ -150,6 +152,15 @@ class NewLink:
 
     link: ShareLink
     token: str
+
+
+@dataclass(frozen=True)
+class LinkSession:
+    """What a correct password gives: a session for one link. The token exists only here and in
+    the viewer's cookie; the database keeps a hash of it."""
+
+    token: str = field(repr=False)
+    expires_at: float
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from aiohttp import web
 
 from bot.web.logs import RedactingAccessLogger, install_log_redaction
 from bot.web.pages import Pages
+from bot.web.passwordthrottle import PasswordThrottle
 from bot.web.ratelimit import FailureLimiter, IPAddress, IPNetwork, RateLimit, parse_networks
 from bot.web.routes import LinkRoutes
 from bot.web.security import PAGES, add_security_headers, error_pages
@@ -48,8 +49,8 @@ def create_app(veil: Veil, *, public_url: str,
                trusted_proxies: Iterable[str | IPNetwork | IPAddress] = (),
                clock: Callable[[], float] = time.time,
                rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT) -> web.Application:
-    """The link server over ``veil``. ``rate_limit=None`` turns off the guessing throttle
-    (for tests that hammer one link from one address on purpose)."""
+    """The link server over ``veil``. ``rate_limit=None`` turns off the guessing throttles
+    (tokens and passwords; for tests that hammer one link from one address on purpose)."""
     install_log_redaction()
     app = web.Application(middlewares=[error_pages])
     pages = Pages(urlsplit(public_url).path)
@@ -57,7 +58,9 @@ def create_app(veil: Veil, *, public_url: str,
     limiter = FailureLimiter(rate_limit, clock) if rate_limit is not None else None
     LinkRoutes(veil.links, veil.ctx.db, pages, limiter=limiter,
                trusted_proxies=parse_networks(trusted_proxies), clock=clock,
-               executor=lambda: app.get(WATERMARK_POOL)).add_to(app)
+               executor=lambda: app.get(WATERMARK_POOL),
+               passwords=PasswordThrottle(clock) if rate_limit is not None else None,
+               secure_cookies=urlsplit(public_url).scheme == "https").add_to(app)
     app.on_response_prepare.append(add_security_headers)
     app.cleanup_ctx.append(_watermark_pool)
     return app

@@ -33,6 +33,15 @@ dl { display: grid; grid-template-columns: max-content 1fr; gap: 0.25rem 1rem; m
 dt { color: var(--muted); }
 dd { margin: 0; }
 p { margin: 0 0 0.75rem; }
+form { display: flex; flex-wrap: wrap; gap: 0.5rem; margin: 0 0 1rem; }
+label { flex-basis: 100%; }
+input { font: inherit; padding: 0.4rem 0.6rem; border: 1px solid var(--line);
+        border-radius: 0.375rem; color: var(--fg); background: var(--bg); }
+input[type=password] { flex: 1 1 12rem; }
+button { font: inherit; padding: 0.4rem 1rem; border: 1px solid var(--line);
+         border-radius: 0.375rem; cursor: pointer; }
+.error { color: #b3261e; }
+@media (prefers-color-scheme: dark) { .error { color: #f2b8b5; } }
 .note { color: var(--muted); font-size: 0.925rem; }
 footer { max-width: 48rem; margin: 1rem auto 0; color: var(--muted); font-size: 0.85rem;
          text-align: center; }
@@ -84,8 +93,34 @@ class Pages:
             "<p>Too many links that do not work were opened from your network. Please wait a "
             "minute and try again.</p>\n"))
 
+        self.too_many_answers = _document(self.base_path, "Too many attempts · Veil", (
+            "<h1>Too many wrong passwords</h1>\n"
+            "<p>Too many wrong passwords were tried for this link. Please wait a little and "
+            "try again.</p>\n"))
+
+    def page_url(self, token: str) -> str:
+        return f"{self.base_path}/l/{quote(token, safe='')}"
+
     def image_url(self, token: str) -> str:
-        return f"{self.base_path}/l/{quote(token, safe='')}/image"
+        return f"{self.page_url(token)}/image"
+
+    def password_form(self, token: str, *, wrong: bool = False) -> bytes:
+        """The page of a link with a password, before a correct answer: no image, no address of
+        it, nothing about the link but that it asks for a password."""
+        error = ('<p class="error" role="alert">That password is not right. Please try '
+                 "again.</p>\n" if wrong else "")
+        return _document(self.base_path, "A private image · Veil", (
+            "<h1>This image is protected by a password</h1>\n"
+            "<p>The person who shared it gave this link a password. Enter it to see the "
+            "image.</p>\n"
+            f"{error}"
+            f'<form method="post" action="{html.escape(self.page_url(token))}">'
+            '<label for="password">Password</label>'
+            '<input type="password" id="password" name="password" required '
+            'autocomplete="off" autofocus maxlength="128">'
+            '<button type="submit">Open</button>'
+            "</form>\n"
+            '<p class="note">Opening the image once you are in uses a view, as usual.</p>\n'))
 
     def viewer(self, token: str, link: ShareLink, image: ImageRecord, now: float) -> bytes:
         """The page a person sees: the image (fetched by the browser, which spends the view),

@@ -6,6 +6,11 @@ give the unit back. Malformed tokens are swapped for a random well-formed one fi
 cost the same database lookup and hash as a real miss and take about the same time.
 
 Only ``GET /l/<token>/image`` from something that is not a link-preview fetcher counts a view.
+
+A link with a password shows a form instead of the image until ``POST /l/<token>`` brings the
+right answer; that sets a session cookie (HttpOnly, SameSite=Strict, Secure behind https, scoped
+to this link's path) and redirects to the page. Every handler passes the cookie to the core,
+which decides; a locked link answers HEAD and the image with the one 404.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ from concurrent.futures import Executor
 from aiohttp import web
 
 from bot.core.links import LinkService, LinkTarget
-from bot.core.models import ImageContent, ShareLink
+from bot.core.models import ImageContent, LinkSession, ShareLink
+from bot.core.passwords import MAX_LENGTH
 from bot.web.pages import STYLESHEET, Pages
+from bot.web.passwordthrottle import PasswordThrottle
 from bot.web.ratelimit import FailureLimiter, IPNetwork, client_address, retry_after_header
-from bot.web.security import not_found, too_many_requests
+from bot.web.security import ALLOWS_FORM, not_found, too_many_requests
 from bot.web.useragent import agent_family, is_unfurler
 from bot.web.watermark import apply_watermark, watermark_text
 from db import Database
@@ -31,6 +38,7 @@ log = logging.getLogger(__name__)
 
 # Whether the throttle took a unit from this request's address before its lookup.
 _CHARGED = web.RequestKey("veil_charged", bool)
+SESSION_COOKIE = "veil_session"
 
 
 class LinkRoutes:
@@ -39,8 +47,12 @@ class LinkRoutes:
     def __init__(self, links: LinkService, db: Database, pages: Pages, *,
                  limiter: FailureLimiter | None, trusted_proxies: tuple[IPNetwork, ...],
                  clock: Callable[[], float] = time.time,
-                 executor: Callable[[], Executor | None] = lambda: None) -> None:
+                 executor: Callable[[], Executor | None] = lambda: None,
+                 passwords: PasswordThrottle | None = None,
+                 secure_cookies: bool = False) -> None:
         self.links = links
+        self.passwords = passwords
+        self.secure_cookies = secure_cookies
         self.db = db
         self.pages = pages
         self.limiter = limiter
@@ -52,6 +64,7 @@ class LinkRoutes:
     def add_to(self, app: web.Application) -> None:
         # add_get also answers HEAD with the same handler (which then sends no body).
         app.router.add_get("/l/{token}", self.page, name="link_page")
+        app.router.add_post("/l/{token}", self.login, name="link_login")
         app.router.add_get("/l/{token}/image", self.image, name="link_image")
         app.router.add_get("/static/veil.css", self.stylesheet, name="stylesheet")
         app.router.add_get("/healthz", self.health, name="health")
@@ -88,15 +101,65 @@ class LinkRoutes:
         if (refusal := self._refused(request, client)) is not None:
             return refusal
         token = request.match_info["token"]
-        target = await self.links.resolve(token)
+        target = await self.links.resolve(token, session=_session(request))
         if target is None:
             return self._miss(request, client)
         self._settle(request, client, found=True)
         if is_unfurler(request.headers.get("User-Agent")):
             body = self.pages.for_unfurler()
+        elif target.locked:
+            return self._password_form(request, token)
         else:
             body = self.pages.viewer(token, target.link, target.image, self.clock())
         return web.Response(body=body, content_type="text/html", charset="utf-8")
+
+    def _password_form(self, request: web.Request, token: str, *,
+                       wrong: bool = False) -> web.Response:
+        request[ALLOWS_FORM] = True
+        return web.Response(status=403 if wrong else 200,
+                            body=self.pages.password_form(token, wrong=wrong),
+                            content_type="text/html", charset="utf-8")
+
+    async def login(self, request: web.Request) -> web.StreamResponse:
+        """A password answered on the form. Right: a new session cookie and a redirect to the
+        page. Wrong: the form again (403). Throttled per link and address, then per link."""
+        client = self._client(request)
+        if (refusal := self._refused(request, client)) is not None:
+            return refusal
+        token = request.match_info["token"]
+        target = await self.links.resolve(token)
+        if target is None:
+            return self._miss(request, client)
+        self._settle(request, client, found=True)
+        if not target.link.has_password:
+            raise web.HTTPSeeOther(self.pages.page_url(token))
+        form = await request.post()
+        answer = form.get("password")
+        password = answer[:MAX_LENGTH + 1] if isinstance(answer, str) else ""
+        ticket = None
+        if self.passwords is not None:
+            wait, ticket = self.passwords.acquire(str(target.row_id), client)
+            if wait is not None:
+                return web.Response(status=429, body=self.pages.too_many_answers,
+                                    content_type="text/html", charset="utf-8",
+                                    headers={"Retry-After": retry_after_header(wait)})
+        result = await self.links.login(target, password)
+        if ticket is not None and self.passwords is not None:
+            self.passwords.settle(ticket, correct=result.outcome != "wrong")
+        if result.outcome == "dead" or result.session is None:
+            if result.outcome == "wrong":
+                return self._password_form(request, token, wrong=True)
+            return not_found(self.pages)
+        # See Other: the browser reloads the page with GET, so a reload never posts again.
+        response = web.Response(status=303, headers={"Location": self.pages.page_url(token)})
+        self._set_session(response, token, result.session)
+        return response
+
+    def _set_session(self, response: web.StreamResponse, token: str,
+                     session: LinkSession) -> None:
+        response.set_cookie(SESSION_COOKIE, session.token, path=self.pages.page_url(token),
+                            max_age=max(1, int(session.expires_at - self.clock())),
+                            httponly=True, samesite="Strict", secure=self.secure_cookies)
 
     async def image(self, request: web.Request) -> web.StreamResponse:
         """The image itself: counts one view (atomically, in the core) and logs it for the
@@ -107,16 +170,18 @@ class LinkRoutes:
         token = request.match_info["token"]
         user_agent = request.headers.get("User-Agent")
         unfurler = is_unfurler(user_agent)
+        session = _session(request)
         if unfurler or request.method == "HEAD":
-            target = await self.links.resolve(token)
+            target = await self.links.resolve(token, session=session)
             if target is None:
                 return self._miss(request, client)
             self._settle(request, client, found=True)
-            if not unfurler:
+            if not unfurler and not target.locked:
                 return self._head(target)
-            # Same bytes as any miss, so a preview fetcher learns nothing and spends nothing.
+            # Same bytes as any miss, so a preview fetcher or a request without the password's
+            # session learns nothing and spends nothing.
             return not_found(self.pages)
-        served = await self.links.fetch(token, agent=agent_family(user_agent))
+        served = await self.links.fetch(token, session=session, agent=agent_family(user_agent))
         if served is None:
             return self._miss(request, client)
         self._settle(request, client, found=True)
@@ -148,6 +213,10 @@ class LinkRoutes:
         if ok:
             return web.json_response({"status": "ok"})
         return web.json_response({"status": "unavailable"}, status=503)
+
+
+def _session(request: web.Request) -> str | None:
+    return request.cookies.get(SESSION_COOKIE)
 
 
 def _disposition(content: ImageContent, link: ShareLink) -> str:

@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 CONTENT_SECURITY_POLICY = ("default-src 'none'; img-src 'self'; style-src 'self'; "
                            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
+# The password page alone may submit its one form, and only to our own origin.
+PASSWORD_PAGE_CSP = CONTENT_SECURITY_POLICY.replace("form-action 'none'", "form-action 'self'")
+
 SECURITY_HEADERS: dict[str, str] = {
     "Cache-Control": "no-store",
     "Referrer-Policy": "no-referrer",
@@ -35,6 +38,8 @@ SECURITY_HEADERS: dict[str, str] = {
 }
 
 PAGES = web.AppKey("veil_pages", Pages)
+# Set by the handler that renders the password form (the only page with a form).
+ALLOWS_FORM = web.RequestKey("veil_allows_form", bool)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -43,6 +48,8 @@ async def add_security_headers(request: web.Request, response: web.StreamRespons
     """on_response_prepare hook: overwrite, never merge, so a handler cannot weaken them."""
     for name, value in SECURITY_HEADERS.items():
         response.headers[name] = value
+    if request.get(ALLOWS_FORM):
+        response.headers["Content-Security-Policy"] = PASSWORD_PAGE_CSP
     # no-store above is for HTTP/1.1 caches; an HTTP/1.0 proxy only understands Pragma.
     response.headers["Pragma"] = "no-cache"
 
