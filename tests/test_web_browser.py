@@ -200,3 +200,58 @@ async def test_a_browser_shows_the_image_then_the_404_page_once_the_link_is_revo
                 assert await browser.evaluate("document.querySelector('img')") is None
         finally:
             await server.stop()
+
+
+async def test_a_browser_needs_the_password_then_sees_the_image_then_the_404_once_revoked(
+        tmp_path):
+    binary = chromium_binary()
+    picture = Image.linear_gradient("L").resize((WIDTH, HEIGHT)).convert("RGB")
+    data = io.BytesIO()
+    picture.save(data, "PNG")
+
+    async with await Veil.open(tmp_path / "data", master_key=bytes(32)) as veil:
+        image = await veil.images.create(OWNER, data.getvalue(), guild_id=None, source="upload")
+        new = await veil.links.create(image.public_id, Viewer(OWNER), max_views=3,
+                                      password="open sesame please")
+        server = await start_web(create_app(veil, public_url="http://127.0.0.1"),
+                                 "127.0.0.1", 0)
+
+        async def answer(browser: DevTools, password: str) -> None:
+            while not browser.events.empty():
+                browser.events.get_nowait()
+            await browser.evaluate(
+                f"document.querySelector('#password').value = {password!r};"
+                "document.querySelector('button[type=submit]').click()")
+            await browser.wait_for("Page.loadEventFired")
+
+        try:
+            async with headless_chromium(binary, tmp_path / "profile") as browser:
+                await browser.load("Page.navigate", url=f"{server.url}/l/{new.token}")
+                text = await browser.evaluate("document.body.innerText")
+                assert "protected by a password" in text
+                assert await browser.evaluate("document.querySelector('img')") is None
+
+                await answer(browser, "a wrong guess")
+                text = await browser.evaluate("document.body.innerText")
+                assert "That password is not right" in text
+                assert await browser.evaluate("document.querySelector('img')") is None
+                # The form posted under the page's CSP (form-action 'self'): nothing blocked.
+                assert [e for e in browser.log if "Content Security Policy" in e["text"]] == []
+
+                await answer(browser, "open sesame please")
+                assert await browser.evaluate("location.pathname") == f"/l/{new.token}"
+                assert await browser.evaluate("document.querySelector('img').complete")
+                assert await browser.evaluate(
+                    "document.querySelector('img').naturalWidth") == WIDTH
+                # The session cookie is HttpOnly: the page's own scripts could not read it.
+                assert await browser.evaluate("document.cookie") == ""
+                [link] = await veil.links.links_of(Viewer(OWNER))
+                assert link.views == 1 and link.password_failures == 1
+
+                await veil.links.revoke(new.link.public_id, Viewer(OWNER))
+                await browser.load("Page.reload", ignoreCache=True)
+                text = await browser.evaluate("document.body.innerText")
+                assert "This link is not available" in text
+                assert await browser.evaluate("document.querySelector('img')") is None
+        finally:
+            await server.stop()
