@@ -103,7 +103,9 @@ async def rotate_key(settings: Settings) -> None:
 async def sweep(settings: Settings) -> None:
     async with await _open_veil(settings) as veil:
         result = await veil.retention.sweep()
-    print(f"Removed {result.images} images, {result.links} links, {result.grants} shares.")
+        exports = await veil.exports.sweep()
+    print(f"Removed {result.images} images, {result.links} links, {result.grants} shares, "
+          f"{exports} export files.")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -207,6 +207,7 @@ class VeilBot(commands.Bot):
                 result = await self.veil.retention.sweep()
                 if result.images or result.retractions:
                     self.wake_retractions()
+                await self.veil.exports.sweep()  # expired and abandoned export files
             except Exception:
                 log.exception("Retention sweep failed; will try again")
             await asyncio.sleep(SWEEP_EVERY_S)

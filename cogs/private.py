@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import io
-import zipfile
-
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot.core.durations import format_duration
-from bot.core.models import DeliveryKind, ImageRecord
 from bot.core.venue import protection_notes
 from bot.generate import describe_generator
+from cogs._options import when
 from cogs._replies import NO_MUTUAL_SERVER, plural, reply
 from cogs._viewer import venue_from
 from cogs._views import confirm
-
-RECORDS_FILE = "veil-export.json"
 
 
 class Private(commands.GroupCog, group_name="private",
@@ -96,53 +91,37 @@ class PrivacyTools(commands.Cog):
             ]
         await reply(interaction, "\n".join(lines))
 
-    @app_commands.command(name="export", description="Get your images and records as a zip file.")
+    @app_commands.command(name="export",
+                          description="Get your images and records as a one-time download.")
     async def export(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        archive, carried, note = await self._build_export(interaction.user.id,
-                                                          interaction.filesize_limit)
-        caption = "Your Veil export." + note
-        retractable = " I remove this message if you delete any of these images." if carried \
-            else ""
+        job = await self.veil.exports.start(interaction.user.id)
+        await interaction.followup.send(
+            "Preparing your export. I will DM you a one-time download link when it is ready.",
+            ephemeral=True)
+        ready = await self.veil.exports.prepare(job)
+        url = f"{self.bot.settings.public_url.rstrip('/')}/x/{ready.token}"
+        text = (f"Your Veil export is ready: {plural(ready.images, 'image')} and your records, "
+                f"{_size(ready.byte_size)}.\n{url}\n"
+                f"The link works **once**, until {when(ready.expires_at)}; after the download "
+                "or by then, the file is deleted from Veil. Deleting any of your images before "
+                "the download deletes the export too. Do not pass this link on.")
         try:
-            message = await interaction.user.send(caption + retractable,
-                                                  file=_zip_file(archive))
-        except discord.Forbidden as refused:
-            why = ("Discord does not let me DM you (we share no server)"
-                   if refused.code == NO_MUTUAL_SERVER else "Your DMs are closed")
-            message = await interaction.followup.send(
-                f"{why}, so here is your export (only you can see it; an ephemeral copy "
-                "cannot be removed later). " + caption,
-                file=_zip_file(archive), ephemeral=True, wait=True)
-            await self._record(carried, message, "ephemeral", interaction)
+            # No preview: Discord's crawler need not be handed the token at all.
+            await interaction.user.send(text, suppress_embeds=True)
+        except discord.HTTPException as exc:
+            # The export is ready and spent the cooldown: the link must reach its owner anyway.
+            if isinstance(exc, discord.Forbidden):
+                why = ("Discord does not let me DM you (we share no server)"
+                       if exc.code == NO_MUTUAL_SERVER else "Your DMs are closed")
+            else:
+                why = "Discord would not let me DM you just now"
+            await interaction.followup.send(
+                f"{why}, so here is the link (only you can see this). " + text,
+                ephemeral=True, suppress_embeds=True)
             return
-        await self._record(carried, message, "dm", interaction)
-        await interaction.followup.send("Sent your export to your DMs." + note, ephemeral=True)
-
-    async def _build_export(self, user_id: int,
-                            limit: int) -> tuple[bytes, tuple[ImageRecord, ...], str]:
-        """The archive to send, the images it carries, and a note on anything left out."""
-        export = await self.veil.privacy.export(user_id)
-        if len(export.archive) > limit:
-            note = (f" With your images it would be {len(export.archive) / 1e6:.1f} MB, over the "
-                    f"{limit / 1e6:.2g} MB Discord lets me send here, so it holds your records "
-                    "only; /view sends each image.")
-            return records_only(export.archive), (), note
-        if export.truncated:
-            total = (await self.veil.privacy.status(user_id)).images
-            return export.archive, export.images, (
-                f" It holds your newest {len(export.images)} of {total} images; /view sends "
-                "any other one.")
-        return export.archive, export.images, ""
-
-    async def _record(self, records: tuple[ImageRecord, ...], message: discord.Message,
-                      kind: DeliveryKind, interaction: discord.Interaction) -> None:
-        """Remember the export as a message carrying these images, so deleting any of them (or
-        /forget-me) retracts it like every other copy (guarantee 5)."""
-        for record in records:
-            await self.veil.images.record_delivery(
-                record, kind=kind, channel_id=message.channel.id, message_id=message.id,
-                recipient_id=interaction.user.id, guild_id=interaction.guild_id)
+        await interaction.followup.send("Sent your export's download link to your DMs.",
+                                        ephemeral=True)
 
     @app_commands.command(name="forget-me",
                           description="Delete everything Veil holds about you, key included.")
@@ -170,17 +149,9 @@ class PrivacyTools(commands.Cog):
         await interaction.followup.send(text, ephemeral=True)
 
 
-def _zip_file(archive: bytes) -> discord.File:
-    return discord.File(io.BytesIO(archive), filename="veil-export.zip")
-
-
-def records_only(archive: bytes) -> bytes:
-    """The export without its images: the records file alone, for exports too large to send."""
-    out = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(archive)) as full, \
-            zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as small:
-        small.writestr(RECORDS_FILE, full.read(RECORDS_FILE))
-    return out.getvalue()
+def _size(byte_size: int) -> str:
+    return f"{byte_size / 1e6:.1f} MB" if byte_size >= 100_000 else \
+        f"{max(1, round(byte_size / 1e3))} kB"
 
 
 async def setup(bot: commands.Bot) -> None:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import json
+import re
 import zipfile
 
+from aiohttp.test_utils import TestClient, TestServer
+
 from bot.core.models import Viewer
-from tests.e2e import button_id, image_attachments, image_dms, image_ids
+from bot.web import create_app
+from tests.e2e import button_id, image_attachments, image_dms, image_ids, texts
+from tests.test_bot_links import everything_shown_to_others
 
 
 async def visibility_of_latest_image(app, owner) -> str:
@@ -111,41 +118,95 @@ def read_zip(data: bytes) -> tuple[dict, dict[str, bytes]]:
     return json.loads(files.pop("veil-export.json")), files
 
 
-async def test_export_sends_a_zip_of_records_and_images_to_dms(veil_app):
+EXPORT_LINK = re.compile(r"https://veil\.example/x/([A-Za-z0-9_-]{43})(?![A-Za-z0-9_-])")
+
+
+@contextlib.asynccontextmanager
+async def link_server(app):
+    """The real link server over the bot's Veil, as a person's browser would reach it."""
+    server = TestServer(create_app(app.veil, public_url="https://veil.example"))
+    async with TestClient(server) as client:
+        yield client
+
+
+async def test_export_dms_a_one_time_link_that_downloads_every_image_and_the_records(veil_app):
     app = veil_app
     alice = app.world.alice
     await app.run("imagine", user=alice, options={"prompt": "a paper boat", "count": 2})
-    ids = {r[0] for r in await app.veil.ctx.db.fetchall(
-        "SELECT public_id FROM images WHERE owner_id = ?", (alice.id,))}
+    ids = await image_ids(app, alice)
     before = len(app.double.dm_messages(alice))
 
     handle = await app.run("export", user=alice)
 
     assert handle.ephemeral
-    assert "Sent your export to your DMs" in handle.messages[-1].content
-    dm = app.double.dm_messages(alice)[before:]
-    [export] = [a for m in dm for a in m.attachments if a.filename == "veil-export.zip"]
-    document, images = read_zip(export.data)
+    assert "Preparing your export" in texts(handle)
+    assert "Sent your export's download link to your DMs" in handle.messages[-1].content
+    [dm] = app.double.dm_messages(alice)[before:]
+    assert not dm.attachments and dm.flags & (1 << 2), "a link, with no preview fetched"
+    assert "works **once**" in dm.content and "2 images" in dm.content
+    token = EXPORT_LINK.search(dm.content).group(1)
+    async with link_server(app) as client:
+        response = await client.post(f"/x/{token}")
+        document, images = read_zip(await response.read())
+        assert (await client.post(f"/x/{token}")).status == 404, "it works once"
     assert document["user_id"] == str(alice.id)
     assert {entry["public_id"] for entry in document["images"]} == ids
     assert {entry["prompt"] for entry in document["images"]} == {"a paper boat"}
     assert sorted(images) == sorted(f"images/veil-{i}.png" for i in ids)
     assert all(data.startswith(b"\x89PNG") for data in images.values())
+    assert list(app.veil.data_dir.joinpath("exports").iterdir()) == []
     assert image_attachments(app.double.all_guild_channel_messages()) == []
+    assert EXPORT_LINK.pattern not in everything_shown_to_others(app)
+    assert token not in everything_shown_to_others(app).replace(dm.content, "")
 
 
-async def test_export_with_closed_dms_arrives_as_an_ephemeral_file(veil_app):
+async def test_export_with_closed_dms_gives_the_link_in_an_ephemeral_reply(veil_app):
     app = veil_app
     alice = app.world.alice
     await app.run("imagine", user=alice, options={"prompt": "a kite"})
     app.double.close_dms(alice)
     handle = await app.run("export", user=alice)
-    [carrier] = [m for m in handle.messages if m.attachments]
-    assert carrier.ephemeral
-    assert carrier.attachments[0].filename == "veil-export.zip"
-    document, images = read_zip(carrier.attachments[0].data)
-    assert len(document["images"]) == 1 and len(images) == 1
+    [carrier] = [m for m in handle.messages if EXPORT_LINK.search(m.content)]
+    assert carrier.ephemeral and "Your DMs are closed" in carrier.content
     assert app.double.all_guild_channel_messages() == []
+
+
+async def test_two_exports_at_once_by_one_user_give_one_link_and_the_cooldown_message(veil_app):
+    app = veil_app
+    alice = app.world.alice
+    await app.run("imagine", user=alice, options={"prompt": "twins", "count": 2})
+    before = len(app.double.dm_messages(alice))
+    first, second = await asyncio.gather(
+        app.double.slash("export", user=alice, guild=app.world.guild,
+                         channel=app.world.general),
+        app.double.slash("export", user=alice, guild=app.world.guild,
+                         channel=app.world.general))
+    await app.settle(first)
+    await app.settle(second)
+    links = [m for m in app.double.dm_messages(alice)[before:] if EXPORT_LINK.search(m.content)]
+    assert len(links) == 1
+    refused = [h for h in (first, second) if "Sent your export" not in texts(h)]
+    assert len(refused) == 1
+    assert ("Your export is being prepared" in texts(refused[0])
+            or "You asked for an export a moment ago" in texts(refused[0]))
+    again = await app.run("export", user=alice)
+    assert "You can ask for another one in" in texts(again)
+
+
+async def test_deleting_an_image_drops_the_waiting_export(veil_app):
+    app = veil_app
+    alice = app.world.alice
+    await app.run("imagine", user=alice, options={"prompt": "a lantern", "count": 2})
+    await app.run("export", user=alice)
+    [dm] = [m for m in app.double.dm_messages(alice) if EXPORT_LINK.search(m.content)]
+    token = EXPORT_LINK.search(dm.content).group(1)
+    image = sorted(await image_ids(app, alice))[0]
+
+    await app.veil.images.delete(image, Viewer(alice.id))
+
+    assert list(app.veil.data_dir.joinpath("exports").iterdir()) == []
+    async with link_server(app) as client:
+        assert (await client.post(f"/x/{token}")).status == 404
 
 
 async def forget_me_prompt(app, user):
@@ -196,17 +257,19 @@ async def test_forget_me_confirmed_retracts_every_message_and_erases_rows_and_ke
         "SELECT public_id FROM images WHERE owner_id = ? AND visibility = 'private'", (alice.id,))
     await app.run("view", user=bob, options={"image": shared})
     await app.run("export", user=alice)
+    assert len(list(app.veil.data_dir.joinpath("exports").iterdir())) == 1
     alice_messages = [m for m in app.double.dm_messages(alice) if m.attachments]
     alice_messages += app.double.messages_in(app.world.gallery)
     bob_copy = [m for m in app.double.dm_messages(bob) if shared in m.content and m.attachments]
-    assert len(alice_messages) == 3 and len(bob_copy) == 1
+    assert len(alice_messages) == 2 and len(bob_copy) == 1
     assert await app.veil.ctx.owner_key(alice.id) is not None
 
     handle, prompt = await forget_me_prompt(app, alice)
     await app.click(prompt, button_id(prompt, "Forget me"), user=alice)
     await app.settle(handle)
 
-    assert "Done. Deleted 2 images and retracted 4 messages" in handle.messages[-1].content
+    assert "Done. Deleted 2 images and retracted 3 messages" in handle.messages[-1].content
+    assert list(app.veil.data_dir.joinpath("exports").iterdir()) == []
     assert all(m.deleted for m in alice_messages + bob_copy)
     assert app.double.messages_in(app.world.gallery) == []
     for table, column in (("users", "user_id"), ("images", "owner_id"), ("grants", "owner_id")):
@@ -228,41 +291,3 @@ async def test_forget_me_in_a_dm_erases_images_made_in_dms(veil_app):
     await app.settle(handle)
     assert dm.deleted
     assert await count(app, "SELECT count(*) FROM images WHERE owner_id = ?", alice.id) == 0
-
-
-async def test_deleting_an_exported_image_retracts_the_export_message_too(veil_app):
-    app = veil_app
-    alice = app.world.alice
-    await app.run("imagine", user=alice, options={"prompt": "a lantern", "count": 2})
-    await app.run("export", user=alice)
-    [export] = [m for m in app.double.dm_messages(alice)
-                if any(a.filename == "veil-export.zip" for a in m.attachments)]
-    assert "I remove this message if you delete any of these images" in export.content
-    image = sorted(await image_ids(app, alice))[0]
-
-    await app.veil.images.delete(image, Viewer(alice.id))
-    await app.bot.retract_now()
-
-    assert export.deleted
-
-
-async def test_an_export_too_large_for_discord_carries_the_records_only(veil_app):
-    app = veil_app
-    alice = app.world.alice
-    await app.run("imagine", user=alice, options={"prompt": "a big canvas", "count": 2})
-    app.double.attachment_size_limit = 20_000
-    handle = await app.run("export", user=alice)
-    [export] = [a for m in app.double.dm_messages(alice) for a in m.attachments
-                if a.filename == "veil-export.zip"]
-    document, images = read_zip(export.data)
-    assert len(document["images"]) == 2 and images == {}
-    assert "records only" in handle.messages[-1].content
-
-
-async def test_an_export_of_a_library_larger_than_the_export_limit_says_what_it_holds(
-        veil_app, monkeypatch):
-    app = veil_app
-    monkeypatch.setattr("bot.core.users.MAX_EXPORT_IMAGES", 1)
-    await app.run("imagine", user=app.world.alice, options={"prompt": "many", "count": 2})
-    handle = await app.run("export", user=app.world.alice)
-    assert "newest 1 of 2 images" in handle.messages[-1].content

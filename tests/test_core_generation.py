@@ -82,8 +82,10 @@ async def test_an_export_carries_how_each_generated_image_was_drawn(veil):
     import zipfile
 
     await generated(veil)
-    export = await veil.privacy.export(ALICE)
-    with zipfile.ZipFile(io.BytesIO(export.archive)) as archive:
+    ready = await veil.exports.prepare(await veil.exports.start(ALICE))
+    download = await veil.exports.take(ready.token)
+    data = b"".join([chunk async for chunk in download.chunks])
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
         document = json.loads(archive.read("veil-export.json"))
     [entry] = document["images"]
     assert entry["prompt"] == PROMPT and entry["generation"]["seed"] == 4242

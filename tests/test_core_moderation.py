@@ -106,22 +106,6 @@ async def test_policy_changes_are_kept_and_audited(veil):
     assert {"admin.force_private", "admin.channel-allow", "admin.channel-deny"} <= actions
 
 
-async def test_export_contains_the_users_images_prompts_and_records(veil):
-    import io
-    import json
-    import zipfile
-
-    image = await veil.images.create(ALICE, png(), guild_id=GUILD, source="generated",
-                                     prompt="exported prompt")
-    export = await veil.privacy.export(ALICE)
-    assert export.images == (image,) and not export.truncated
-    archive = zipfile.ZipFile(io.BytesIO(export.archive))
-    document = json.loads(archive.read("veil-export.json"))
-    assert document["images"][0]["public_id"] == image.public_id
-    assert document["images"][0]["prompt"] == "exported prompt"
-    assert f"images/veil-{image.public_id}.png" in archive.namelist()
-
-
 async def test_a_report_on_a_public_image_stops_counting_once_the_image_is_private(veil):
     image = await veil.images.create(ALICE, png(), guild_id=GUILD, source="upload",
                                      requested_private=False)

@@ -25,8 +25,11 @@ class LocalBlobStore:
         self.root = root
         self.final_dir = root / "blobs"
         self.tmp_dir = root / "tmp"
+        # Exports waiting for their one download, sealed in chunks (see bot.core.exports).
+        self.export_dir = root / "exports"
         self.final_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.export_dir.mkdir(parents=True, exist_ok=True)
 
     def _final(self, name: str, part: str) -> Path:
         return self.final_dir / name[:2] / f"{name}.{part}"
@@ -74,6 +77,15 @@ class LocalBlobStore:
         paths = [self._final(n, p) for n in names for p in PARTS]
         paths += [self._staged(n, p) for n in names for p in PARTS]
         await asyncio.to_thread(self._unlink, paths)
+
+    def export_path(self, name: str) -> Path:
+        return self.export_dir / f"{name}.sealed"
+
+    async def delete_exports(self, names: list[str]) -> None:
+        await asyncio.to_thread(self._unlink, [self.export_path(n) for n in names])
+
+    def export_names(self) -> set[str]:
+        return {p.name.split(".")[0] for p in self.export_dir.glob("*.sealed")}
 
     @staticmethod
     def _unlink(paths: list[Path]) -> None:

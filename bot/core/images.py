@@ -328,6 +328,8 @@ class ImageService:
         queued = ephemeral = 0
         now = self.ctx.now()
         async with self.ctx.db.transaction() as tx:
+            # An export waiting for its download is a copy too (guarantee 5): it goes now.
+            exports = await drop_exports_in(tx, {i.owner_id for i in images})
             for start in range(0, len(images), _CHUNK):
                 chunk = images[start:start + _CHUNK]
                 marks = ",".join("?" * len(chunk))
@@ -343,6 +345,7 @@ class ImageService:
                     await self.ctx.audit(tx, action, actor_id=actor_id, guild_id=guild_id,
                                          target_user=image.owner_id, image_ref=image.public_id)
         failpoints.reach("delete:committed")
+        await self.ctx.blobs.delete_exports(exports)
         await self.finish_blob_deletions()
         await self.ctx.db.checkpoint()
         return Removal(tuple(i.public_id for i in images), queued, ephemeral)
@@ -494,3 +497,18 @@ def _like_prefix(prefix: str) -> str:
 def _shown(public_id: str) -> str:
     """An id echoed back in a message: only the characters an id can have, and short."""
     return "".join(c for c in public_id if c.isalnum())[:16] or "?"
+
+
+async def drop_exports_in(tx: Transaction, user_ids: set[int]) -> list[str]:
+    """Delete the export rows of these users (in any state) inside ``tx``; returns their file
+    names, to unlink once ``tx`` has committed (a file without a row opens for nobody: its key
+    comes from a token that is not stored, and the sweep removes such files)."""
+    names: list[str] = []
+    ids = sorted(user_ids)
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start:start + _CHUNK]
+        marks = ",".join("?" * len(chunk))
+        names += [r[0] for r in await tx.fetchall(
+            f"SELECT file_name FROM exports WHERE user_id IN ({marks})", chunk)]
+        await tx.execute(f"DELETE FROM exports WHERE user_id IN ({marks})", chunk)
+    return names

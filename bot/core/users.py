@@ -1,4 +1,4 @@
-"""A person's own settings and data: private mode, what Veil holds about them, export, forget.
+"""A person's own settings and data: private mode, what Veil holds about them, forget.
 
 ``forget`` is the right to erasure: every image (through the one deletion path), every grant,
 group, link and report of theirs, their key (so no backup of the database can be read for them),
@@ -7,18 +7,12 @@ and their id in other people's records is replaced by nothing.
 
 from __future__ import annotations
 
-import asyncio
-import io
-import json
-import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from bot.core.context import IMAGE_COLUMNS, Context, image_from_row
-from bot.core.images import ImageService
-from bot.core.models import ImageRecord, Removal, Viewer
+from bot.core.images import ImageService, drop_exports_in
+from bot.core.models import Removal
 from bot.core.sharing import SharingService
-
-MAX_EXPORT_IMAGES = 500
 
 
 @dataclass(frozen=True)
@@ -29,15 +23,6 @@ class PrivacyStatus:
     grants: int
     live_links: int
     groups: int
-
-
-@dataclass(frozen=True)
-class Export:
-    """A person's export: the zip, the images it holds (newest first), and whether they have
-    more images than an export carries (``MAX_EXPORT_IMAGES``)."""
-    archive: bytes
-    images: tuple[ImageRecord, ...]
-    truncated: bool
 
 
 class PrivacyService:
@@ -99,54 +84,10 @@ class PrivacyService:
             await tx.execute("UPDATE audit_log SET target_user = NULL WHERE target_user = ?",
                              (user_id,))
             await tx.execute("DELETE FROM links WHERE created_by = ?", (user_id,))
+            exports = await drop_exports_in(tx, {user_id})
             await tx.execute("DELETE FROM users WHERE user_id = ?", (user_id,))
             await self.ctx.audit(tx, "user.forget", actor_id=None,
                                  detail=f"{len(removal.image_ids)} images")
+        await self.ctx.blobs.delete_exports(exports)
         await self.ctx.db.checkpoint()
         return removal
-
-    async def export(self, user_id: int) -> Export:
-        """A zip of the person's newest images (sanitized, decrypted), prompts and records, with
-        the very images it holds, so a message carrying it can be retracted with them."""
-        viewer = Viewer(user_id)
-        # One more than an export holds, to learn whether any were left out.
-        newest = await self.images.owned(user_id, limit=MAX_EXPORT_IMAGES + 1)
-        images = newest[:MAX_EXPORT_IMAGES]
-        files: list[tuple[str, bytes]] = []
-        records = []
-        for image in images:
-            content = await self.images.decrypt(image)
-            files.append((f"images/{content.filename}", content.data))
-            entry = {k: v for k, v in asdict(image).items() if k not in ("id", "blob_name")}
-            entry["prompt"] = await self.images.prompt(image.public_id, viewer)
-            if entry["prompt"] is not None:
-                params = (await self.images.details(image.public_id, viewer)).params
-                entry["generation"] = None if params is None else asdict(params)
-            records.append(entry)
-        grants = [asdict(g) for g in await self.sharing.grants_by(user_id, live_only=False)]
-        groups = [asdict(g) for g in await self.sharing.groups(user_id)]
-        views = await self.ctx.db.fetchall(
-            "SELECT i.public_id, v.viewer_id, v.via, v.link_id, v.agent, v.at FROM view_log v"
-            " JOIN images i ON i.id = v.image_id WHERE v.owner_id = ? ORDER BY v.id", (user_id,))
-        document = {
-            "user_id": str(user_id),
-            "private_mode": await self.private_mode(user_id),
-            "images": records,
-            "grants": grants,
-            "groups": groups,
-            "views": [dict(zip(("image", "viewer_id", "via", "link", "agent", "at"), v,
-                                    strict=True))
-                      for v in views],
-            "note": "Exported by Veil. Images are the sanitized copies Veil stores.",
-        }
-        archive = await asyncio.to_thread(_zip, files, document)
-        return Export(archive, tuple(images), truncated=len(newest) > len(images))
-
-
-def _zip(files: list[tuple[str, bytes]], document: dict) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as archive:
-        archive.writestr("veil-export.json", json.dumps(document, indent=2, default=str))
-        for name, data in files:
-            archive.writestr(name, data)
-    return buf.getvalue()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bot.core.blobs import LocalBlobStore
 from bot.core.context import Clock, Context
+from bot.core.exports import ExportService
 from bot.core.images import ImageService
 from bot.core.keys import LoadedKey, load_master_key, rotate_master_key
 from bot.core.links import LinkService
@@ -35,6 +36,7 @@ class Veil:
         self.sharing = SharingService(ctx, self.images)
         self.privacy = PrivacyService(ctx, self.images, self.sharing)
         self.links = LinkService(ctx, self.images)
+        self.exports = ExportService(ctx, self.images, self.sharing)
         self.moderation = ModerationService(ctx, self.images)
         self.retention = RetentionSweeper(ctx, self.images)
         self.key_file_created: Path | None = None

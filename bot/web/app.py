@@ -21,6 +21,7 @@ from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 
+from bot.web.exports import ExportRoutes
 from bot.web.logs import RedactingAccessLogger, install_log_redaction
 from bot.web.pages import Pages
 from bot.web.passwordthrottle import PasswordThrottle
@@ -56,11 +57,13 @@ def create_app(veil: Veil, *, public_url: str,
     pages = Pages(urlsplit(public_url).path)
     app[PAGES] = pages
     limiter = FailureLimiter(rate_limit, clock) if rate_limit is not None else None
-    LinkRoutes(veil.links, veil.ctx.db, pages, limiter=limiter,
+    routes = LinkRoutes(veil.links, veil.ctx.db, pages, limiter=limiter,
                trusted_proxies=parse_networks(trusted_proxies), clock=clock,
                executor=lambda: app.get(WATERMARK_POOL),
                passwords=PasswordThrottle(clock) if rate_limit is not None else None,
-               secure_cookies=urlsplit(public_url).scheme == "https").add_to(app)
+               secure_cookies=urlsplit(public_url).scheme == "https")
+    routes.add_to(app)
+    ExportRoutes(veil.exports, routes).add_to(app)
     app.on_response_prepare.append(add_security_headers)
     app.cleanup_ctx.append(_watermark_pool)
     return app

@@ -1,8 +1,9 @@
 """Logging for the link server that never writes a link token (guarantee 8).
 
-A token is the whole secret of a link, and it travels in the URL path: ``/l/<token>``. Three
-places could leak it: the access log, our own error logs, and aiohttp's internal loggers (whose
-exception messages may quote the request line). The access log gets a logger that writes the
+A token is the whole secret of a link, and it travels in the URL path: ``/l/<token>`` (and
+``/x/<token>`` for an export download). Three places could leak it: the access log, our own
+error logs, and aiohttp's internal loggers (whose exception messages may quote the request
+line). The access log gets a logger that writes the
 redacted path only; the rest go through a filter that rewrites the finished message.
 """
 
@@ -16,8 +17,9 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 REDACTED = "<redacted>"
-# A path segment after "/l/", wherever it appears (paths, request lines, URLs in messages).
-_LINK_PATH = re.compile(r"/l/[^/\s?#\"'<>]+")
+# A path segment after "/l/" (a link) or "/x/" (an export download), wherever it appears
+# (paths, request lines, URLs in messages).
+_LINK_PATH = re.compile(r"/([lx])/[^/\s?#\"'<>]+")
 # A token-shaped word on its own (43 url-safe characters), for messages that quote it bare.
 _BARE_TOKEN = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])")
 
@@ -25,12 +27,12 @@ _BARE_TOKEN = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])"
 # those of its children, so each module's logger is named).
 _LOGGERS = ("aiohttp.access", "aiohttp.server", "aiohttp.web", "aiohttp.internal",
             "aiohttp.client", "aiohttp.websocket", "bot.web.app", "bot.web.routes",
-            "bot.web.security")
+            "bot.web.security", "bot.web.exports")
 
 
 def redact(text: str) -> str:
     """``text`` with every link token replaced by <redacted>."""
-    return _BARE_TOKEN.sub(REDACTED, _LINK_PATH.sub("/l/" + REDACTED, text))
+    return _BARE_TOKEN.sub(REDACTED, _LINK_PATH.sub(r"/\1/" + REDACTED, text))
 
 
 def redacted_path(request: web.BaseRequest) -> str:

@@ -154,6 +154,31 @@ class Pages:
         )
         return _document(self.base_path, "A private image · Veil", body)
 
+    def export_url(self, token: str) -> str:
+        return f"{self.base_path}/x/{quote(token, safe='')}"
+
+    def export_ready(self, token: str, images: int, byte_size: int, expires_at: float,
+                     now: float) -> bytes:
+        """The page of a ready export: what it holds, and a button that spends the download
+        (a POST, so a link checker or a preview fetcher following the URL spends nothing)."""
+        expires = datetime.fromtimestamp(expires_at, UTC)
+        size = (f"{byte_size / 1e6:.1f} MB" if byte_size >= 100_000
+                else f"{max(1, round(byte_size / 1e3))} kB")
+        return _document(self.base_path, "Your export · Veil", (
+            "<h1>Your Veil export is ready</h1>\n"
+            f"<dl>\n<dt>Holds</dt><dd>{int(images)} image{'' if images == 1 else 's'} and "
+            "your records</dd>\n"
+            f"<dt>Size</dt><dd>{html.escape(size)} (zip)</dd>\n"
+            "<dt>Available until</dt>"
+            f'<dd><time datetime="{expires.strftime("%Y-%m-%dT%H:%M:%SZ")}">'
+            f'{expires.strftime("%d %b %Y, %H:%M")} UTC</time> '
+            f"(in {_in_words(expires_at - now)})</dd>\n</dl>\n"
+            f'<form method="post" action="{html.escape(self.export_url(token))}">'
+            '<button type="submit">Download</button></form>\n'
+            '<p class="note">The download works once: after it, or when the time above has '
+            "passed, the file is deleted from Veil. Ask for a new export with /export if you "
+            "need it again.</p>\n"))
+
     def for_unfurler(self) -> bytes:
         """What a link-preview fetcher gets for a live link: no image, no address of it."""
         return _document(self.base_path, "A private image · Veil", (

@@ -1,0 +1,356 @@
+"""A person's export as a one-time, short-lived download (issue 15).
+
+``start`` claims the user's one export slot (a clear refusal while one is being prepared, and a
+cooldown after); ``prepare`` streams the zip (images one at a time, records page by page) into a
+file sealed in chunks as it is written (``sealedstream``), so memory stays bounded whatever the
+library size and no plaintext touches the disk. The key comes from the download token, which is
+handed to the user and never stored (the database keeps a selector and a SHA-256 of the verifier,
+as for links), so the file and the database together do not open it.
+
+``take`` spends the download: exactly one request gets it, and the file is deleted once it has
+been streamed (or the stream broke). Expired, taken and abandoned exports are swept, and deleting
+any of the person's images (or forgetting them) drops a waiting export at once (guarantee 5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import zipfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import IO, BinaryIO
+
+from bot.core.context import IMAGE_COLUMNS, Context, image_from_row
+from bot.core.durations import format_duration
+from bot.core.errors import NotFound, RateLimited
+from bot.core.images import ImageService
+from bot.core.models import Viewer
+from bot.core.sealedstream import SealedWriter, read_sealed
+from bot.core.sharing import SharingService
+
+TOKEN_BYTES = 32
+TOKEN_CHARS = 43
+SELECTOR_CHARS = 16
+LIFETIME = 3600.0  # a ready export waits this long for its download
+COOLDOWN = 600.0  # between two exports of one person
+ABANDONED_AFTER = 3600.0  # a 'preparing' export this old was left by a process that died
+PAGE = 100  # rows read per query while writing
+RECORDS_FILE = "veil-export.json"
+_TOKEN_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+_DUMMY_HASH = hashlib.sha256(b"veil-no-such-export").digest()
+
+
+@dataclass(frozen=True)
+class ExportJob:
+    """A claimed export slot, being prepared."""
+
+    id: int
+    user_id: int
+    file_name: str
+
+
+@dataclass(frozen=True)
+class NewExport:
+    """A ready export. The token exists only here (and in the link handed to the user)."""
+
+    token: str = field(repr=False)
+    expires_at: float
+    images: int
+    byte_size: int  # of the zip, as downloaded
+
+
+@dataclass(frozen=True)
+class ReadyExport:
+    """What a download page may show before the download is spent."""
+
+    expires_at: float
+    images: int
+    byte_size: int
+
+
+@dataclass(frozen=True)
+class Download:
+    """A spent export: its size and its plaintext, chunk by chunk. Iterate it to the end (or
+    ``close`` it): the file is deleted either way."""
+
+    byte_size: int
+    chunks: AsyncIterator[bytes]
+
+
+class ExportService:
+    def __init__(self, ctx: Context, images: ImageService, sharing: SharingService) -> None:
+        self.ctx = ctx
+        self.images = images
+        self.sharing = sharing
+
+    # Asking ----------------------------------------------------------------------------------
+
+    async def start(self, user_id: int) -> ExportJob:
+        """Claim the user's export slot, or say why not (RateLimited, with a message for them)."""
+        now = self.ctx.now()
+        file_name = secrets.token_hex(16)
+        stale: list[str] = []
+        async with self.ctx.db.transaction() as tx:
+            row = await tx.fetchone(
+                "SELECT id, state, created_at, file_name FROM exports WHERE user_id = ?",
+                (user_id,))
+            if row is not None:
+                state, created_at = row[1], row[2]
+                if state == "preparing" and now < created_at + ABANDONED_AFTER:
+                    raise RateLimited("Your export is being prepared; I will send you its link "
+                                      "as soon as it is ready.")
+                if state != "preparing" and now < created_at + COOLDOWN:
+                    wait = format_duration(max(1.0, created_at + COOLDOWN - now))
+                    raise RateLimited(f"You asked for an export a moment ago. You can ask for "
+                                      f"another one in {wait}.")
+                stale.append(row[3])
+                await tx.execute("DELETE FROM exports WHERE id = ?", (row[0],))
+            export_id = await tx.insert(
+                "INSERT INTO exports (user_id, state, file_name, created_at)"
+                " VALUES (?, 'preparing', ?, ?)", (user_id, file_name, now))
+            await self.ctx.audit(tx, "export.start", actor_id=user_id)
+        await self.ctx.blobs.delete_exports(stale)
+        return ExportJob(export_id, user_id, file_name)
+
+    async def prepare(self, job: ExportJob) -> NewExport:
+        """Write the archive for ``job`` and make it ready for one download. On any failure,
+        the slot and the partial file are gone (the user may ask again at once)."""
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+        path = self.ctx.blobs.export_path(job.file_name)
+        try:
+            plain_size, count = await self._write(job.user_id, path, token.encode())
+            now = self.ctx.now()
+            async with self.ctx.db.transaction() as tx:
+                ready = await tx.execute(
+                    "UPDATE exports SET state = 'ready', selector = ?, verifier_hash = ?,"
+                    " byte_size = ?, image_count = ?, expires_at = ?"
+                    " WHERE id = ? AND state = 'preparing'",
+                    (token[:SELECTOR_CHARS], _hash(token[SELECTOR_CHARS:]), plain_size, count,
+                     now + LIFETIME, job.id))
+            if ready != 1:
+                raise NotFound("One of your images was deleted while your export was being "
+                               "prepared, so I dropped it. Please ask again.")
+        except BaseException:
+            async with self.ctx.db.transaction() as tx:
+                await tx.execute("DELETE FROM exports WHERE id = ? AND state = 'preparing'",
+                                 (job.id,))
+            await self.ctx.blobs.delete_exports([job.file_name])
+            raise
+        return NewExport(token, now + LIFETIME, count, plain_size)
+
+    # Writing ---------------------------------------------------------------------------------
+
+    async def _write(self, user_id: int, path: os.PathLike[str] | str,
+                     secret: bytes) -> tuple[int, int]:
+        """Stream the zip into a sealed file; returns (zip size, images written)."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        out = os.fdopen(fd, "wb")
+        try:
+            sealed = SealedWriter(out, secret)
+            # An unseekable target: zipfile writes each entry with a data descriptor and never
+            # looks back, so nothing but the current chunk stays in memory.
+            archive = zipfile.ZipFile(sealed, "w", zipfile.ZIP_STORED)  # type: ignore[arg-type]
+            try:
+                count = 0
+                async for image in self._images_of(user_id):
+                    try:
+                        content = await self.images.decrypt(image)
+                    except NotFound:
+                        continue  # deleted meanwhile; the deletion also drops this export
+                    await asyncio.to_thread(_add, archive, f"images/{content.filename}",
+                                            content.data)
+                    count += 1
+                    del content
+                entry = await asyncio.to_thread(archive.open, RECORDS_FILE, "w",
+                                                force_zip64=True)
+                records = _TextEntry(entry)
+                await self._records(user_id, records)
+                await records.close()
+                await asyncio.to_thread(_finish, archive, sealed, out)
+            except BaseException:
+                sealed.abandon()
+                archive.close()  # into the void: only to release it quietly
+                raise
+            return sealed.plain_size, count
+        finally:
+            out.close()
+
+    async def _images_of(self, user_id: int):
+        after = 0
+        while True:
+            rows = await self.ctx.db.fetchall(
+                f"SELECT {IMAGE_COLUMNS} FROM images WHERE owner_id = ? AND id > ?"
+                " ORDER BY id LIMIT ?", (user_id, after, PAGE))
+            for row in rows:
+                yield image_from_row(row)
+            if len(rows) < PAGE:
+                return
+            after = rows[-1][0]
+
+    async def _records(self, user_id: int, out: _TextEntry) -> None:
+        """The records document, written piece by piece (a library's records may be large)."""
+        viewer = Viewer(user_id)
+        mode = await self.ctx.db.fetchval("SELECT private_mode FROM users WHERE user_id = ?",
+                                          (user_id,))
+        await out.add('{\n  "user_id": ' + json.dumps(str(user_id)) + ',\n  "private_mode": '
+                + json.dumps(True if mode is None else bool(mode)) + ',\n  "images": [')
+        first = True
+        async for image in self._images_of(user_id):
+            entry = {k: v for k, v in asdict(image).items() if k not in ("id", "blob_name")}
+            entry["prompt"] = await self.images.prompt(image.public_id, viewer)
+            if entry["prompt"] is not None:
+                params = (await self.images.details(image.public_id, viewer)).params
+                entry["generation"] = None if params is None else asdict(params)
+            await out.add(("\n    " if first else ",\n    ") + json.dumps(entry, default=str))
+            first = False
+        grants = [asdict(g) for g in await self.sharing.grants_by(user_id, live_only=False)]
+        groups = [asdict(g) for g in await self.sharing.groups(user_id)]
+        await out.add('\n  ],\n  "grants": ' + json.dumps(grants, default=str)
+                + ',\n  "groups": ' + json.dumps(groups, default=str) + ',\n  "views": [')
+        after, first = 0, True
+        while True:
+            rows = await self.ctx.db.fetchall(
+                "SELECT v.id, i.public_id, v.viewer_id, v.via, v.link_id, v.agent, v.at"
+                " FROM view_log v JOIN images i ON i.id = v.image_id"
+                " WHERE v.owner_id = ? AND v.id > ? ORDER BY v.id LIMIT ?",
+                (user_id, after, PAGE))
+            for row in rows:
+                view = dict(zip(("image", "viewer_id", "via", "link", "agent", "at"), row[1:],
+                                strict=True))
+                await out.add(("\n    " if first else ",\n    ") + json.dumps(view, default=str))
+                first = False
+            if len(rows) < PAGE:
+                break
+            after = rows[-1][0]
+        await out.add('\n  ],\n  "note": "Exported by Veil. Images are the sanitized copies Veil '
+                'stores."\n}\n')
+
+    # Downloading -----------------------------------------------------------------------------
+
+    async def ready(self, token: str) -> ReadyExport | None:
+        """The ready export behind ``token``, without spending it; None for unknown, taken,
+        expired and malformed tokens alike."""
+        row = await self._find(token)
+        if row is None:
+            return None
+        return ReadyExport(row[3], row[4], row[5])
+
+    async def take(self, token: str) -> Download | None:
+        """Spend the download behind ``token``: exactly one caller gets it, however many ask at
+        once. None for unknown, taken, expired and malformed tokens alike."""
+        row = await self._find(token)
+        if row is None:
+            return None
+        async with self.ctx.db.transaction() as tx:
+            taken = await tx.execute(
+                "UPDATE exports SET state = 'taken', selector = NULL, verifier_hash = NULL"
+                " WHERE id = ? AND state = 'ready' AND expires_at > ?", (row[0], self.ctx.now()))
+            if taken == 1:
+                await self.ctx.audit(tx, "export.download", actor_id=row[1])
+        if taken != 1:
+            return None
+        path = self.ctx.blobs.export_path(row[2])
+        return Download(row[5], self._stream(path, token.encode(), row[2]))
+
+    async def _stream(self, path: os.PathLike[str] | str, secret: bytes,
+                      file_name: str) -> AsyncIterator[bytes]:
+        try:
+            source = await asyncio.to_thread(open, path, "rb")
+        except FileNotFoundError:
+            return
+        try:
+            size = os.fstat(source.fileno()).st_size
+            chunks: Iterator[bytes] = read_sealed(source, size, secret)
+            while True:
+                chunk = await asyncio.to_thread(next, chunks, None)
+                if chunk is None:
+                    return
+                yield chunk
+        finally:
+            source.close()
+            await self.ctx.blobs.delete_exports([file_name])
+
+    async def _find(self, token: str):
+        if len(token) != TOKEN_CHARS or not _TOKEN_ALPHABET.issuperset(token):
+            token = secrets.token_urlsafe(TOKEN_BYTES)  # the same cost as any other miss
+        row = await self.ctx.db.fetchone(
+            "SELECT id, user_id, file_name, expires_at, image_count, byte_size, verifier_hash"
+            " FROM exports WHERE selector = ? AND state = 'ready'", (token[:SELECTOR_CHARS],))
+        expected = _DUMMY_HASH if row is None else row[6]
+        if not hmac.compare_digest(_hash(token[SELECTOR_CHARS:]), expected) or row is None:
+            return None
+        if self.ctx.now() >= row[3]:
+            return None
+        return row
+
+    # Housekeeping ----------------------------------------------------------------------------
+
+    async def sweep(self) -> int:
+        """Drop expired and abandoned exports, the cooldown records that ran out, and any file
+        without a row; returns how many files were deleted."""
+        now = self.ctx.now()
+        async with self.ctx.db.transaction() as tx:
+            gone = [r[0] for r in await tx.fetchall(
+                "SELECT file_name FROM exports WHERE (state = 'ready' AND expires_at <= :now)"
+                " OR (state = 'preparing' AND created_at <= :now - :abandoned)"
+                " OR (state = 'taken' AND created_at <= :now - :cooldown)",
+                {"now": now, "abandoned": ABANDONED_AFTER, "cooldown": COOLDOWN})]
+            if gone:
+                marks = ",".join("?" * len(gone))
+                await tx.execute(f"DELETE FROM exports WHERE file_name IN ({marks})", gone)
+            # 'taken' rows only wait out the cooldown: their file went with the download.
+            known = {r[0] for r in await tx.fetchall("SELECT file_name FROM exports")}
+        orphans = self.ctx.blobs.export_names() - known
+        files = [n for n in set(gone) | orphans
+                 if self.ctx.blobs.export_path(n).exists()]
+        await self.ctx.blobs.delete_exports(sorted(set(gone) | orphans))
+        return len(files)
+
+
+def _hash(verifier: str) -> bytes:
+    return hashlib.sha256(verifier.encode()).digest()
+
+
+class _TextEntry:
+    """A zip entry written as text from the event loop: pieces are gathered up to
+    ``FLUSH_BYTES`` and written in one thread hop, so the records never sit whole in memory."""
+
+    FLUSH_BYTES = 256 * 1024
+
+    def __init__(self, entry: IO[bytes]) -> None:
+        self._entry = entry
+        self._pending: list[bytes] = []
+        self._size = 0
+
+    async def add(self, text: str) -> None:
+        data = text.encode()
+        self._pending.append(data)
+        self._size += len(data)
+        if self._size >= self.FLUSH_BYTES:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        data, self._pending, self._size = b"".join(self._pending), [], 0
+        await asyncio.to_thread(self._entry.write, data)
+
+    async def close(self) -> None:
+        await self._flush()
+        await asyncio.to_thread(self._entry.close)
+
+
+def _add(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
+    with archive.open(name, "w") as entry:
+        entry.write(data)
+
+
+def _finish(archive: zipfile.ZipFile, sealed: SealedWriter, out: BinaryIO) -> None:
+    archive.close()
+    sealed.close()
+    out.flush()
+    os.fsync(out.fileno())
+
