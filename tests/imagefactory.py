@@ -8,12 +8,13 @@ tests and by any other test that needs a realistic, dirty image.
 
 import gzip
 import io
+import json
 import math
 import zipfile
 import zlib
 from typing import Final
 
-from PIL import ExifTags, Image, ImageCms, PngImagePlugin
+from PIL import ExifTags, Image, ImageCms, ImageDraw, ImageStat, PngImagePlugin
 
 SECRET: Final = b"VEIL-SECRET"
 _SECRET_TEXT: Final = SECRET.decode()
@@ -228,7 +229,7 @@ def png_with_text_chunks(size: tuple[int, int] = (64, 48)) -> bytes:
         "PNG",
         pnginfo=info,
         exif=_exif_with_gps(orientation=1),
-        icc_profile=_srgb_profile(),
+        icc_profile=srgb_profile(),
         dpi=(300, 300),
     )
     return insert_png_chunk(png, b"caBX", _jumbf_c2pa_box())
@@ -289,7 +290,7 @@ def jpeg_with_metadata(orientation: int = 1, size: tuple[int, int] = (64, 48)) -
         quality=90,
         exif=_exif_with_gps(orientation),
         xmp=_XMP_PACKET.encode(),
-        icc_profile=_srgb_profile(),
+        icc_profile=srgb_profile(),
         comment=f"{_SECRET_TEXT} comment",
     )
     return insert_jpeg_segments(jpeg, [(APP13, _photoshop_iptc()), (APP11, _jpeg_jumbf())])
@@ -302,7 +303,7 @@ def webp_with_metadata(size: tuple[int, int] = (64, 48)) -> bytes:
         quality=90,
         exif=_exif_with_gps(orientation=1),
         xmp=_XMP_PACKET.encode(),
-        icc_profile=_srgb_profile(),
+        icc_profile=srgb_profile(),
     )
 
 
@@ -673,7 +674,7 @@ def _orientation_exif(orientation: int) -> bytes:
     return exif.tobytes()
 
 
-def _srgb_profile() -> bytes:
+def srgb_profile() -> bytes:
     profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
     return profile.tobytes()
 
@@ -700,3 +701,163 @@ def _photoshop_iptc() -> bytes:
     resource = b"8BIM" + (0x0404).to_bytes(2, "big") + b"\x00\x00" + len(iptc).to_bytes(4, "big")
     resource += iptc + (b"\x00" if len(iptc) % 2 else b"")
     return b"Photoshop 3.0\x00" + resource
+
+
+# ---------------------------------------------------------------- what the picture does not show
+
+ERASED_TEXT: Final = "Jane Roe, 12 Elm St"
+ERASED_BOX: Final = (64, 0, 128, 48)  # the right half of a 128x48 picture
+
+
+def erased_text_mask() -> Image.Image:
+    """Where the "erased" text was drawn: 255 on the letters, 0 around them (the right half)."""
+    mask = Image.new("L", (ERASED_BOX[2] - ERASED_BOX[0], ERASED_BOX[3]), 0)
+    draw = ImageDraw.Draw(mask)
+    for row, words in enumerate(ERASED_TEXT.split(", ")):
+        draw.text((2, 4 + 20 * row), words, fill=255)
+    return mask
+
+
+def erased_text_rgba(alphas: tuple[int, ...]) -> Image.Image:
+    """A picture whose right half was "erased" in an editor: alpha lowered, colours kept.
+
+    The left half is an opaque gradient. The right half's colour values still spell a name
+    and an address (black on white), under the given alpha values, repeated column by column.
+    """
+    image = gradient((128, 48), "RGBA")
+    mask = erased_text_mask()
+    paper = Image.new("RGBA", mask.size, (255, 255, 255, 255))
+    paper.paste((0, 0, 0, 255), mask=mask)
+    alpha = Image.new("L", mask.size)
+    alpha.putdata([alphas[x % len(alphas)] for _ in range(mask.height) for x in range(mask.width)])
+    paper.putalpha(alpha)
+    image.paste(paper, ERASED_BOX[:2])
+    return image
+
+
+def erased_text_png(alphas: tuple[int, ...] = (0,)) -> bytes:
+    return encode(erased_text_rgba(alphas), "PNG")
+
+
+def erased_text_webp(alphas: tuple[int, ...] = (0,)) -> bytes:
+    # exact=True keeps the colour under alpha 0, as an editor's lossless export may.
+    return encode(erased_text_rgba(alphas), "WEBP", lossless=True, exact=True)
+
+
+def fading_glow_png(colour: tuple[int, int, int] = (250, 120, 30)) -> bytes:
+    """One colour whose alpha fades from 64 to 0 across the picture: a glow or a soft shadow."""
+    image = Image.new("RGBA", (72, 8), (*colour, 0))
+    image.putalpha(Image.linear_gradient("L").rotate(90).resize((72, 8)).point(lambda v: v // 4))
+    return encode(image, "PNG")
+
+
+# ---------------------------------------------------------------- colour profiles
+
+# Patches of colour, each PATCH pixels square (a multiple of JPEG's 16-pixel chroma blocks, so
+# a patch's centre is flat even after lossy coding). The first is the issue's dulled red.
+PATCH: Final = 16
+_LEVELS: Final = (0, 96, 176, 255)
+RGB_PATCHES: Final = [(241, 0, 0)] + [(r, g, b) for r in _LEVELS for g in _LEVELS for b in _LEVELS]
+_INK: Final = (0, 128, 255)
+CMYK_PATCHES: Final = [(c, m, y, k) for c in _INK for m in _INK for y in _INK for k in (0, 96, 200)]
+
+
+def patches(colours: list[tuple[int, ...]], mode: str) -> Image.Image:
+    columns = 8
+    rows = math.ceil(len(colours) / columns)
+    image = Image.new(mode, (columns * PATCH, rows * PATCH))
+    for index, colour in enumerate(colours):
+        x, y = index % columns * PATCH, index // columns * PATCH
+        image.paste(colour, (x, y, x + PATCH, y + PATCH))
+    return image
+
+
+def patch_colours(image: Image.Image, count: int) -> list[tuple[int, ...]]:
+    """The mean colour of the middle of each patch (lossy coding blurs their edges)."""
+    found = []
+    for index in range(count):
+        x, y = index % 8 * PATCH, index // 8 * PATCH
+        middle = image.convert("RGB").crop((x + 4, y + 4, x + PATCH - 4, y + PATCH - 4))
+        found.append(tuple(round(v) for v in ImageStat.Stat(middle).mean))
+    return found
+
+
+def profiled_patches(profile: bytes, fmt: str) -> bytes:
+    """RGB patches tagged with an RGB profile (as a phone or Photoshop saves them)."""
+    options: dict[str, object] = {"icc_profile": profile}
+    if fmt == "JPEG":
+        options |= {"quality": 95, "subsampling": 0}
+    return encode(patches(RGB_PATCHES, "RGB"), fmt, **options)
+
+
+def cmyk_press_jpeg(profile: bytes | None) -> bytes:
+    """CMYK patches in a JPEG, tagged with the press's profile (or with none)."""
+    options: dict[str, object] = {"quality": 95}
+    if profile is not None:
+        options["icc_profile"] = profile
+    return encode(patches(CMYK_PATCHES, "CMYK"), "JPEG", **options)
+
+
+# ---------------------------------------------------------------- unusual JPEGs
+
+
+def unusual_jpeg(kind: str, size: tuple[int, int] = (16, 16)) -> bytes:
+    """A real, valid mid-grey JPEG of a kind Pillow cannot write.
+
+    "12-bit": extended sequential DCT (SOF1) with 12-bit samples, as medical and some raw
+    workflows write, which Pillow's 8-bit libjpeg interface cannot decode; "lossless":
+    lossless JPEG (SOF3, predictor 1), which libjpeg-turbo 3 decodes. Assembled here: every
+    difference is zero, which one Huffman code of one bit, '0', encodes, so the entropy-coded
+    data is all zero bits.
+    """
+    width, height = size
+    if kind == "12-bit":
+        frame_marker, precision = 0xC1, 12
+        quantisation = _jpeg_segment(0xDB, b"\x00" + bytes([1]) * 64)
+        # One DC code (difference category 0) and one AC code (end of block) per 8x8 block.
+        symbols = 2 * math.ceil(width / 8) * math.ceil(height / 8)
+        tables = _jpeg_huffman(0x00) + _jpeg_huffman(0x10)
+        scan = bytes([1, 1, 0x00, 0, 63, 0])
+    elif kind == "lossless":
+        frame_marker, precision = 0xC3, 8
+        quantisation = b""
+        symbols = width * height  # one difference per sample
+        tables = _jpeg_huffman(0x00)
+        scan = bytes([1, 1, 0x00, 1, 0, 0])  # predictor 1 (left), point transform 0
+    else:
+        raise ValueError(kind)
+    frame = bytes([precision]) + height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    frame += bytes([1, 1, 0x11, 0])
+    entropy = bytes(math.ceil(symbols / 8))
+    return (
+        b"\xff\xd8" + quantisation + _jpeg_segment(frame_marker, frame) + tables
+        + _jpeg_segment(0xDA, scan) + entropy + b"\xff\xd9"
+    )
+
+
+def _jpeg_segment(marker: int, payload: bytes) -> bytes:
+    return bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload
+
+
+def _jpeg_huffman(table_class_and_id: int) -> bytes:
+    # One code of length 1 ('0') for the symbol 0: category 0 (DC) or end of block (AC).
+    counts = bytes([1]) + bytes(15)
+    return _jpeg_segment(0xC4, bytes([table_class_and_id]) + counts + b"\x00")
+
+
+# ---------------------------------------------------------------- honest but awkward PNGs
+
+
+def png_with_large_workflow(kind: bytes = b"zTXt", size: int = 3 * 1024 * 1024) -> bytes:
+    """A ComfyUI-style PNG whose compressed workflow inflates past Pillow's 1 MB text limit."""
+    nodes = [
+        {"id": n, "type": "KSampler", "widgets_values": [n * 7919 % 100_000, 20, 7.5, "euler"],
+         "title": f"{_SECRET_TEXT} node {n}"}
+        for n in range(size // 120)
+    ]
+    text = json.dumps({"nodes": nodes}).encode()[:size]
+    if kind == b"zTXt":
+        payload = b"workflow\x00\x00" + zlib.compress(text, 9)
+    else:
+        payload = b"workflow\x00\x01\x00\x00\x00" + zlib.compress(text, 9)
+    return insert_png_chunk(plain_png(), kind, payload)

@@ -124,6 +124,24 @@ _JPEG_STANDALONE_MARKERS: Final = frozenset({0x01, *range(0xD0, 0xD9)})
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    position = _jpeg_frame_offset(data)
+    if position is None or position + 9 > len(data):
+        return None
+    height = int.from_bytes(data[position + 5 : position + 7], "big")
+    width = int.from_bytes(data[position + 7 : position + 9], "big")
+    return width, height
+
+
+def _jpeg_frame_header(data: bytes) -> tuple[int, int] | None:
+    """The first frame header's marker and its sample precision in bits, or None."""
+    position = _jpeg_frame_offset(data)
+    if position is None or position + 5 > len(data):
+        return None
+    return data[position + 1], data[position + 4]
+
+
+def _jpeg_frame_offset(data: bytes) -> int | None:
+    """Where the first start-of-frame marker segment begins, walking the segments from SOI."""
     position = 2
     while position + 4 <= len(data):
         if data[position] != 0xFF:
@@ -140,13 +158,61 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
             # End of image or start of scan before any frame header: nothing to read here.
             return None
         if marker in _JPEG_SOF_MARKERS:
-            if position + 9 > len(data):
-                return None
-            height = int.from_bytes(data[position + 5 : position + 7], "big")
-            width = int.from_bytes(data[position + 7 : position + 9], "big")
-            return width, height
+            return position
         length = int.from_bytes(data[position + 2 : position + 4], "big")
         if length < 2:
             return None
         position += 2 + length
     return None
+
+
+# What decoding a PNG needs: the header, the palette and its transparency, the pixel data and
+# the end, plus the two ancillary chunks whose meaning we apply to the pixels before dropping
+# them (the colour profile and the EXIF orientation). Every other chunk is cut before Pillow
+# parses the file: text (whose compressed forms may inflate past Pillow's 1 MB safety limit
+# and get an honest file refused), timestamps, C2PA, animation control (we keep the still
+# default image) and anything private, so the parser sees less of what it need not read.
+_PNG_CHUNKS_FOR_DECODING: Final = frozenset(
+    {b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND", b"iCCP", b"eXIf"}
+)
+
+
+def png_without_ancillary_chunks(data: bytes) -> bytes:
+    """The PNG with only the chunks decoding needs, in their order, each copied byte for byte.
+
+    Structure problems are left for Pillow to find (so they are reported as damage in one
+    place): a chunk whose length runs past the end is kept as it is, truncated, and stops the
+    walk; bytes after IEND are dropped, as nothing reads them.
+    """
+    view = memoryview(data)
+    kept = [view[: len(_PNG_SIGNATURE)]]
+    position = len(_PNG_SIGNATURE)
+    while position + 8 <= len(data):
+        length = int.from_bytes(data[position : position + 4], "big")
+        chunk_type = bytes(data[position + 4 : position + 8])
+        end = position + 12 + length
+        if end > len(data):
+            kept.append(view[position:])
+            break
+        if chunk_type in _PNG_CHUNKS_FOR_DECODING:
+            kept.append(view[position:end])
+        if chunk_type == b"IEND":
+            break
+        position = end
+    else:
+        kept.append(view[position:])
+    return b"".join(kept)
+
+
+def jpeg_unsupported_feature(data: bytes) -> str | None:
+    """Name what makes this JPEG undecodable by Pillow (samples of other than 8 bits), if so.
+
+    Pillow reads JPEG through libjpeg-turbo's 8-bit interface, which refuses 12- and 16-bit
+    samples (medical, scientific and some raw workflows write them) before reading a pixel.
+    Read here from the frame header without decoding anything, so that an honest file gets an
+    honest refusal instead of "damaged". None when the header is 8-bit or cannot be found.
+    """
+    header = _jpeg_frame_header(data)
+    if header is None or header[1] == 8:
+        return None
+    return f"{header[1]}-bit samples"

@@ -21,15 +21,24 @@ from typing import Any, Final
 from PIL import Image, ImageFile
 
 from bot.core.errors import BadImage
+from bot.images.colour import to_srgb
 from bot.images.formats import (
     ACCEPTED_FORMATS_TEXT,
     MIME_TYPE,
     OUTPUT_FORMAT,
     declared_size,
+    jpeg_unsupported_feature,
     name_refused_type,
+    png_without_ancillary_chunks,
     sniff_format,
 )
-from bot.images.pixels import plain_mode, scrub_low_bits, shrink_for_thumbnail, upright
+from bot.images.pixels import (
+    clear_hidden_colour,
+    plain_mode,
+    scrub_low_bits,
+    shrink_for_thumbnail,
+    upright,
+)
 
 _MEGABYTE: Final = 1024 * 1024
 
@@ -86,8 +95,9 @@ _DECODE_FAILURES: Final = (
 )
 
 _DAMAGED: Final = "The image is damaged or incomplete, so it could not be read."
-_TOO_LARGE_TO_OPEN: Final = (
-    "The image declares a size too large to open safely (it may be a decompression bomb)."
+_UNSUPPORTED_JPEG: Final = (
+    "This JPEG uses {}, which Veil cannot decode. "
+    "Export it as a standard 8-bit JPEG or as a PNG and send it again."
 )
 
 # warnings.catch_warnings swaps process-wide filter state, so two threads using it at once can
@@ -108,21 +118,14 @@ def sanitize_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> CleanIm
     size = declared_size(data, source_format)
     if size is not None:
         _check_dimensions(size, limits)
+    if source_format == "JPEG" and (feature := jpeg_unsupported_feature(data)) is not None:
+        raise BadImage(_UNSUPPORTED_JPEG.format(feature))
+    if source_format == "PNG":
+        data = png_without_ancillary_chunks(data)
 
-    image = _open(data, source_format, limits)
-    with _reading_untrusted_pixels():
-        image.load()
-        _check_decoded(image)
-        # Still the file's own structures at work here (EXIF, palette, transparency), so a
-        # failure is the file's fault too.
-        clean = plain_mode(upright(image))
-
+    clean = _decode(data, source_format, limits)
     output_format = OUTPUT_FORMAT[source_format]
-    # Some encoders fall back to the source's info for icc_profile, transparency or comment
-    # when no argument is given, so the info dict goes before anything is encoded.
-    clean.info = {}
-    if _keeps_low_bits(output_format, clean.mode):
-        clean = scrub_low_bits(clean)
+    _scrub(clean, output_format)
     full = _encode(clean, output_format)
 
     small = shrink_for_thumbnail(clean)
@@ -130,8 +133,8 @@ def sanitize_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> CleanIm
         # Already thumbnail-sized: the thumbnail is the image itself, no second encode.
         thumbnail = full
     else:
-        if _keeps_low_bits(output_format, small.mode):
-            small = scrub_low_bits(small)
+        # Resampling mixes neighbours into new values, so the thumbnail is scrubbed on its own.
+        _scrub(small, output_format)
         thumbnail = _encode(small, output_format)
 
     return CleanImage(
@@ -142,6 +145,43 @@ def sanitize_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> CleanIm
         height=clean.height,
         thumbnail=thumbnail,
     )
+
+
+def _decode(data: bytes, source_format: str, limits: ImageLimits) -> Image.Image:
+    """The file's pixels upright, in sRGB and in a plain mode, with an empty info dict.
+
+    Its own function so that the decoded image and its intermediates are freed on return,
+    before anything is encoded: a 40-megapixel image is 120 MB per copy.
+    """
+    image = _open(data, source_format, limits)
+    with _reading_untrusted_pixels(limits):
+        image.load()
+        _check_decoded(image)
+        profile = image.info.get("icc_profile")
+        # Still the file's own structures at work here (EXIF, palette, transparency), so a
+        # failure is the file's fault too.
+        pixels = upright(image)
+        if pixels.mode == "CMYK":
+            # Only a CMYK profile can say what the inks look like; without one (or with one
+            # littlecms refuses), plain_mode falls back to the textbook formula.
+            pixels = to_srgb(pixels, profile)
+            profile = None
+        clean = plain_mode(pixels)
+    clean = to_srgb(clean, profile)
+    # Some encoders fall back to the source's info for icc_profile, transparency or comment
+    # when no argument is given, so the info dict goes before anything is encoded.
+    clean.info = {}
+    return clean
+
+
+def _scrub(image: Image.Image, output_format: str) -> None:
+    """Remove, in place, what the pixels could carry that the picture does not show.
+
+    Low bits first: its alpha table turns alpha 1 into 0, whose colour the second step clears.
+    """
+    if _keeps_low_bits(output_format, image.mode):
+        scrub_low_bits(image)
+    clear_hidden_colour(image)
 
 
 async def sanitize_image_async(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> CleanImage:
@@ -187,16 +227,27 @@ def _check_byte_count(count: int, limits: ImageLimits) -> None:
 
 def _check_dimensions(size: tuple[int, int], limits: ImageLimits) -> None:
     width, height = size
-    if width * height > limits.max_pixels:
+    if width * height > (limit := _pixel_limit(limits)):
         raise BadImage(
             f"The image is {width}×{height} pixels ({_describe_pixels(width * height)}); "
-            f"the limit is {_describe_pixels(limits.max_pixels)}."
+            f"the limit is {_describe_pixels(limit)}."
         )
     if max(width, height) > limits.max_side:
         raise BadImage(
             f"The image is {width}×{height} pixels; "
             f"each side may be at most {limits.max_side} pixels."
         )
+
+
+def _pixel_limit(limits: ImageLimits) -> int:
+    """Ours, or Pillow's own bomb limit if some code lowered it below ours.
+
+    Pillow only warns between MAX_IMAGE_PIXELS and twice that, but _open makes the warning an
+    error, so its limit is MAX_IMAGE_PIXELS itself. Checking it here, with the file's size in
+    hand, gives the same message with numbers as our own limit instead of Pillow's jargon.
+    """
+    pillow = Image.MAX_IMAGE_PIXELS
+    return limits.max_pixels if not pillow else min(limits.max_pixels, int(pillow))
 
 
 def _refused_type_message(data: bytes) -> str:
@@ -213,7 +264,7 @@ def _open(data: bytes, source_format: str, limits: ImageLimits) -> ImageFile.Ima
     Its DecompressionBombWarning becomes an error here; our own limits are checked as well,
     because Image.MAX_IMAGE_PIXELS is global and any code may raise it or set it to None.
     """
-    with _reading_untrusted_pixels(), _OPEN_LOCK, warnings.catch_warnings():
+    with _reading_untrusted_pixels(limits), _OPEN_LOCK, warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         image = Image.open(io.BytesIO(data), formats=[source_format])
     # A GIF grows to fit a first frame larger than its screen, so this can differ from the
@@ -234,11 +285,15 @@ def _check_decoded(image: Image.Image) -> None:
 
 
 @contextmanager
-def _reading_untrusted_pixels() -> Iterator[None]:
+def _reading_untrusted_pixels(limits: ImageLimits) -> Iterator[None]:
     try:
         yield
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise BadImage(_TOO_LARGE_TO_OPEN) from error
+        # Only reached when Pillow found a size that our own reading of the header could not
+        # (a GIF frame larger than its screen, an unusual JPEG), so the size is not at hand.
+        raise BadImage(
+            f"The image has more pixels than the limit of {_describe_pixels(_pixel_limit(limits))}."
+        ) from error
     except _DECODE_FAILURES as error:
         raise BadImage(_DAMAGED) from error
 

@@ -42,6 +42,26 @@ _LOW_BIT_LUTS: Final[dict[str, list[int]]] = {
     "RGBA": _COLOUR_LUT * 3 + _ALPHA_LUT,
 }
 
+# Colour under transparency. An editor's eraser often only lowers alpha and leaves the colour
+# values in place, so a "blank" region can still spell a name once the alpha is dropped. What
+# the picture shows of a pixel is its colour times alpha/255 over whatever lies behind it:
+# - alpha 0 shows nothing, so its colour becomes one constant, black, the value premultiplied
+#   storage would hold (and the cheapest to compress);
+# - alpha 1 to FAINT_ALPHA shows at most 8/255 (3%) of its colour, about the smallest step a
+#   viewer can pick out, yet enough to carry an "erased" text at full contrast underneath.
+#   Any quantisation that keeps two levels keeps dark text on light paper legible, so these
+#   pixels are quantised to one level: all take the mean colour of the image's faint pixels.
+#   A fading shadow or glow is usually one colour and keeps it exactly; the shown picture
+#   moves by at most 8/255 anywhere; and the hidden region has no variance left to read.
+# Run after the low-bit scrub, whose alpha table maps 1 to 0 and 9 to 8.
+FAINT_ALPHA: Final = 8
+_TRANSPARENT_COLOUR: Final = (0, 0, 0)
+# Rows handled at a time, so that scrubbing a 40-megapixel image needs a few megabytes more
+# rather than another copy of it.
+_STRIP_ROWS: Final = 256
+_FAINT_MASK_LUT: Final = [255 if value <= FAINT_ALPHA else 0 for value in range(256)]
+_FAINT_ONLY_LUT: Final = [255 if 0 < value <= FAINT_ALPHA else 0 for value in range(256)]
+
 
 def upright(im: Image.Image) -> Image.Image:
     """Rotate or flip the pixels as the EXIF orientation asks, so that dropping EXIF is safe.
@@ -93,8 +113,53 @@ def plain_mode(im: Image.Image) -> Image.Image:
 
 
 def scrub_low_bits(im: Image.Image) -> Image.Image:
-    """Make the least significant bit of every channel carry no hidden data (see the tables)."""
-    return im.point(_LOW_BIT_LUTS[im.mode])
+    """Make the least significant bit of every channel carry no hidden data (see the tables).
+
+    Changes ``im`` in place, a strip of rows at a time (Image.point would make a whole second
+    copy), and returns it.
+    """
+    table = _LOW_BIT_LUTS[im.mode]
+    for box in _strips(im):
+        im.paste(im.crop(box).point(table), box)
+    return im
+
+
+def clear_hidden_colour(im: Image.Image) -> Image.Image:
+    """Make the colour of invisible and nearly invisible RGBA pixels carry nothing (see above).
+
+    Changes ``im`` in place, a strip of rows at a time, and returns it.
+    """
+    if im.mode != "RGBA" or im.getchannel("A").getextrema()[0] > FAINT_ALPHA:
+        return im
+    # First pass: which strips hold hidden pixels, and the mean colour of the faint ones.
+    sums, count, touched = [0, 0, 0], 0, []
+    for box in _strips(im):
+        strip = im.crop(box)
+        alpha = strip.getchannel("A")
+        if alpha.getextrema()[0] > FAINT_ALPHA:
+            continue
+        touched.append(box)
+        faint = sum(alpha.histogram()[1 : FAINT_ALPHA + 1])
+        if faint:
+            colours = strip.histogram(mask=alpha.point(_FAINT_ONLY_LUT))
+            for band in range(3):
+                counts = colours[band * 256 : band * 256 + 256]
+                sums[band] += sum(value * n for value, n in enumerate(counts))
+            count += faint
+    # Low bit cleared, like every other colour a PNG output may hold.
+    faint_colour = [(round(total / count) & 0xFE) if count else 0 for total in sums]
+    # Second pass: every hidden pixel takes its constant; alpha stays as it is.
+    tables: list[int] = []
+    for band in range(3):
+        tables += [_TRANSPARENT_COLOUR[band] if a == 0 else faint_colour[band] for a in range(256)]
+    tables += list(range(256))
+    for box in touched:
+        strip = im.crop(box)
+        alpha = strip.getchannel("A")
+        fill = Image.merge("RGBA", (alpha, alpha, alpha, alpha)).point(tables)
+        strip.paste(fill, mask=alpha.point(_FAINT_MASK_LUT))
+        im.paste(strip, box)
+    return im
 
 
 def shrink_for_thumbnail(im: Image.Image) -> Image.Image | None:
@@ -118,6 +183,13 @@ def shrink_for_thumbnail(im: Image.Image) -> Image.Image | None:
     factor = longest // THUMBNAIL_SIDE
     small = im.reduce(factor) if factor > 1 else im
     return small.resize(target, Image.Resampling.BICUBIC)
+
+
+def _strips(im: Image.Image) -> list[tuple[int, int, int, int]]:
+    width, height = im.size
+    return [
+        (0, top, width, min(height, top + _STRIP_ROWS)) for top in range(0, height, _STRIP_ROWS)
+    ]
 
 
 def _alpha_is_opaque(im: Image.Image) -> bool:
