@@ -735,6 +735,33 @@ def erased_text_rgba(alphas: tuple[int, ...]) -> Image.Image:
     return image
 
 
+def erased_region(data: bytes, scale: float = 1.0) -> Image.Image:
+    """The erased half of a stored erased_text picture (scaled, for a resized copy)."""
+    box = tuple(round(edge * scale) for edge in ERASED_BOX)
+    image = Image.open(io.BytesIO(data))
+    return image.convert("RGBA").crop(box)
+
+
+def erased_text_correlation(region: Image.Image) -> float:
+    """How well the region's colours, once the alpha is thrown away, show the erased text.
+
+    Pearson correlation with the letters' mask: about -1 when black letters on white paper are
+    legible, about 0 when nothing of them is left (and 0 for a flat region).
+    """
+    seen = region.convert("RGB").convert("L").get_flattened_data()
+    mask = erased_text_mask().resize(region.size, Image.Resampling.BOX).get_flattened_data()
+    mean_seen, mean_mask = sum(seen) / len(seen), sum(mask) / len(mask)
+    covariance = sum((a - mean_seen) * (b - mean_mask) for a, b in zip(seen, mask, strict=True))
+    spread = math.sqrt(
+        sum((a - mean_seen) ** 2 for a in seen) * sum((b - mean_mask) ** 2 for b in mask)
+    )
+    return covariance / spread if spread else 0.0
+
+
+def erased_text_is_legible(data: bytes) -> bool:
+    return erased_text_correlation(erased_region(data)) < -0.5
+
+
 def erased_text_png(alphas: tuple[int, ...] = (0,)) -> bytes:
     return encode(erased_text_rgba(alphas), "PNG")
 

@@ -35,7 +35,8 @@ from PIL import Image
 from bot.core.errors import BadImage
 from bot.core.veil import Veil
 from bot.images import check_declared_size, sanitize_image, sniff_format
-from tests import e2e
+from bot.images.pixels import FAINT_ALPHA
+from tests import colourmodel, e2e
 from tests import imagefactory as factory
 from tests.conftest import ALICE, GUILD
 
@@ -169,6 +170,13 @@ def assert_clean(data: bytes) -> None:
     if image.mode == "RGBA":
         # Alpha low bits only repeat the top bit: 0 and 255 survive, nothing else is carried.
         assert all((a & 1) == (a >> 7) for a in image.getchannel("A").tobytes())
+    if image.mode == "RGBA" and image.format == "PNG":
+        # Nothing under transparency: black under alpha 0, one colour under all faint alphas.
+        hidden: dict[bool, set[tuple[int, ...]]] = {False: set(), True: set()}
+        for *colour, alpha in image.get_flattened_data():
+            if alpha <= FAINT_ALPHA:
+                hidden[alpha > 0].add(tuple(colour))
+        assert hidden[False] <= {(0, 0, 0)} and len(hidden[True]) <= 1
 
 
 # ---------------------------------------------------------------- the corpus
@@ -208,6 +216,10 @@ def _sniffed_as(kind: str | None) -> Callable[[bytes], bool]:
     return lambda source: sniff_format(source) == kind
 
 
+def _has_profile(source: bytes) -> bool:
+    return "icc_profile" in decode(source).info
+
+
 def _anything(source: bytes) -> bool:
     return True
 
@@ -225,6 +237,9 @@ class Case:
     carries: Callable[[bytes], bool] = field(default=_anything)
     # A stealth payload the source hides, which the reader must get back from the source.
     hidden: bytes | None = None
+    # Whether something the picture does not show (erased text) can be read from these bytes:
+    # true of the source, false of every stored and delivered output.
+    legible: Callable[[bytes], bool] | None = None
     # What the Discord answer must say when it is not the core's exact message: the cog may
     # refuse a declared giant before downloading it, in its own words.
     says: tuple[str, ...] = ()
@@ -315,12 +330,12 @@ CASES: list[Case] = [
         too_many_pixels(7_000, 7_000, "49"),
         lambda source: len(source) < 100,
     ),
+    # Text chunks are cut before Pillow parses the file, so a text bomb is never inflated.
     Case(
         "png-ztxt-bomb",
         factory.png_with_text_bomb,
         "bomb.png",
-        DAMAGED,
-        lambda source: len(source) < 100_000 and b"zTXt" in source,
+        carries=lambda source: len(source) < 100_000 and b"zTXt" in source,
     ),
     # -- polyglots: the image is kept, whatever rides behind it is not
     Case(
@@ -422,7 +437,67 @@ CASES: list[Case] = [
         "stealth.webp",
         hidden=STEALTH_PAYLOAD,
     ),
+    # -- what the picture does not show: colour under (near-)transparency
+    *(
+        Case(
+            f"png-erased-text-{label}",
+            functools.partial(factory.erased_text_png, alphas),
+            "redacted.png",
+            carries=factory.erased_text_is_legible,
+            legible=factory.erased_text_is_legible,
+        )
+        for label, alphas in (("alpha-0", (0,)), ("alpha-1-to-8", tuple(range(1, 9))))
+    ),
+    Case(
+        "webp-erased-text",
+        functools.partial(factory.erased_text_webp, (0, 4, 8)),
+        "redacted.webp",
+        carries=factory.erased_text_is_legible,
+        legible=factory.erased_text_is_legible,
+    ),
     # -- unusual but honest images
+    *(
+        Case(
+            f"png-workflow-{kind.decode().lower()}-over-1mb",
+            functools.partial(factory.png_with_large_workflow, kind),
+            "ComfyUI_00001_.png",
+            carries=_png_chunk(kind),
+        )
+        for kind in (b"zTXt", b"iTXt")
+    ),
+    *(
+        Case(
+            f"{fmt.lower()}-{name}",
+            functools.partial(factory.profiled_patches, build(), fmt),
+            f"photo.{fmt.lower()}",
+            carries=_has_profile,
+        )
+        for name, build in (
+            ("display-p3", colourmodel.display_p3_profile),
+            ("adobe-rgb", colourmodel.adobe_rgb_profile),
+        )
+        for fmt in ("PNG", "JPEG")
+    ),
+    Case(
+        "jpeg-cmyk-press-profile",
+        lambda: factory.cmyk_press_jpeg(colourmodel.press_cmyk_profile()),
+        "press.jpg",
+        carries=lambda source: _pillow_mode("CMYK")(source) and _has_profile(source),
+    ),
+    Case(
+        "jpeg-12-bit",
+        functools.partial(factory.unusual_jpeg, "12-bit"),
+        "scan.jpg",
+        "This JPEG uses 12-bit samples, which Veil cannot decode. "
+        "Export it as a standard 8-bit JPEG or as a PNG and send it again.",
+        _sniffed_as("JPEG"),
+    ),
+    Case(
+        "jpeg-lossless",
+        functools.partial(factory.unusual_jpeg, "lossless"),
+        "scan.jpg",
+        carries=lambda source: b"\xff\xc3" in source,
+    ),
     *(
         Case(
             f"png-{mode.lower()}-colour-key",
@@ -507,7 +582,7 @@ def test_the_corpus_is_real_and_has_both_outcomes() -> None:
             # A case meant to be cleaned must have something to clean, or the checks on its
             # output prove nothing.
             dirty = metadata_structures(source) or [w for w in TELLTALES if w in source]
-            assert dirty or case.hidden or case.name in _CLEAN_BY_DESIGN, case.name
+            assert dirty or case.hidden or case.legible or case.name in _CLEAN_BY_DESIGN, case.name
     refused = sum(case.refusal is not None for case in CASES)
     assert 0 < refused < len(CASES)
 
@@ -520,6 +595,7 @@ _CLEAN_BY_DESIGN = {
     "png-animated",
     "webp-animated",
     "jpeg-multi-picture",
+    "jpeg-lossless",
 }
 
 
@@ -599,7 +675,14 @@ def _precondition(case: Case) -> bytes:
     assert case.carries(source)
     if case.hidden is not None:
         assert factory.read_stealth_payload(source) == case.hidden
+    if case.legible is not None:
+        assert case.legible(source)
     return source
+
+
+def assert_nothing_hidden(case: Case, *outputs: bytes) -> None:
+    if case.legible is not None:
+        assert [case.legible(output) for output in outputs] == [False] * len(outputs)
 
 
 # ---------------------------------------------------------------- path 1: the core
@@ -620,6 +703,7 @@ async def test_hostile_file_in_the_core_is_refused_or_cleaned(case: Case, veil: 
     record = await veil.images.create(ALICE, source, guild_id=GUILD, source="upload")
 
     full = await assert_stored_clean(veil, record.public_id)
+    assert_nothing_hidden(case, full)
     await assert_no_plaintext_on_disk(veil, source, full)
 
 
@@ -659,6 +743,7 @@ async def test_hostile_upload_is_refused_or_cleaned(case: Case, veil_app) -> Non
     assert_clean(delivered.data)
     stored = await assert_stored_clean(app.veil, public_id)
     assert delivered.data == stored
+    assert_nothing_hidden(case, delivered.data)
     await assert_no_plaintext_on_disk(app.veil, source, stored)
 
 

@@ -8,7 +8,6 @@ that checks something was removed first checks that the input really carried it.
 import asyncio
 import inspect
 import io
-import math
 import statistics
 import threading
 import warnings
@@ -329,23 +328,8 @@ def test_low_bits_in_a_source_really_are_set_before_sanitizing() -> None:
 # ---------------------------------------------------------------- what the picture does not show
 
 
-def correlation(first: Image.Image, second: Image.Image) -> float:
-    """Pearson correlation of two same-sized greyscale pictures; 0 if either is flat."""
-    a, b = first.get_flattened_data(), second.get_flattened_data()
-    mean_a, mean_b = sum(a) / len(a), sum(b) / len(b)
-    covariance = sum((x - mean_a) * (y - mean_b) for x, y in zip(a, b, strict=True))
-    spread = math.sqrt(sum((x - mean_a) ** 2 for x in a) * sum((y - mean_b) ** 2 for y in b))
-    return covariance / spread if spread else 0.0
-
-
 def erased_region(data: bytes, scale: float = 1.0) -> Image.Image:
-    box = tuple(round(edge * scale) for edge in factory.ERASED_BOX)
-    return decode(data).convert("RGBA").crop(box)
-
-
-def colour_with_alpha_dropped(region: Image.Image) -> Image.Image:
-    """What anyone sees of the region once they throw its alpha channel away."""
-    return region.convert("RGB").convert("L")
+    return factory.erased_region(data, scale)
 
 
 def colours_by_alpha(region: Image.Image) -> dict[int, set[tuple[int, int, int]]]:
@@ -356,8 +340,7 @@ def colours_by_alpha(region: Image.Image) -> dict[int, set[tuple[int, int, int]]
 
 
 def text_correlation(region: Image.Image) -> float:
-    mask = factory.erased_text_mask().resize(region.size, Image.Resampling.BOX)
-    return correlation(colour_with_alpha_dropped(region), mask)
+    return factory.erased_text_correlation(region)
 
 
 def test_the_erased_text_really_is_legible_in_the_source_once_alpha_is_dropped() -> None:
@@ -873,6 +856,59 @@ def test_only_the_parser_for_the_sniffed_format_ever_sees_the_bytes(
         sanitize_image(source)
 
     assert asked_for == [["PNG"], ["JPEG"], ["WEBP"], ["GIF"]]
+
+
+def test_pillow_sees_only_the_png_chunks_that_decoding_needs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[bytes] = []
+    real_open = Image.open
+
+    def spying_open(fp: io.BytesIO, mode: str = "r", formats: object = None) -> Image.Image:
+        seen.append(fp.getvalue())
+        return real_open(fp, mode, formats)
+
+    monkeypatch.setattr(Image, "open", spying_open)
+    source = factory.png_with_text_chunks()
+    assert {b"tEXt", b"zTXt", b"iTXt", b"iCCP", b"caBX", b"tIME", b"eXIf"} <= {
+        chunk for chunk, _ in factory.png_chunks(source)
+    }
+
+    sanitize_image(source)
+
+    # The profile and the EXIF stay for Pillow to read (to convert and to turn the pixels
+    # upright); they are never written out.
+    [parsed] = seen
+    assert {chunk for chunk, _ in factory.png_chunks(parsed)} == {
+        b"IHDR", b"iCCP", b"eXIf", b"IDAT", b"IEND"
+    }
+
+
+@pytest.mark.parametrize("kind", [b"zTXt", b"iTXt"])
+def test_a_workflow_over_pillows_text_limit_is_accepted_and_dropped(kind: bytes) -> None:
+    source = factory.png_with_large_workflow(kind)
+    with pytest.raises(ValueError, match="Decompressed"):
+        decode(source)  # what Pillow does with the chunk when it parses it
+
+    clean = sanitize_image(source)
+
+    assert (clean.width, clean.height) == (64, 48)
+    assert {chunk for chunk, _ in factory.png_chunks(clean.data)} <= PNG_CRITICAL_CHUNKS
+    assert factory.SECRET not in clean.data
+
+
+def test_a_12_bit_jpeg_is_refused_with_a_message_that_names_the_cause() -> None:
+    assert refusal(factory.unusual_jpeg("12-bit")) == (
+        "This JPEG uses 12-bit samples, which Veil cannot decode. "
+        "Export it as a standard 8-bit JPEG or as a PNG and send it again."
+    )
+
+
+def test_a_lossless_jpeg_is_accepted() -> None:
+    clean = sanitize_image(factory.unusual_jpeg("lossless"))
+
+    assert clean.format == "JPEG"
+    assert decode(clean.data).getextrema() == (128, 128)
 
 
 def test_sanitizing_leaves_pillows_global_settings_as_they_were() -> None:
