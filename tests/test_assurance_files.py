@@ -990,10 +990,23 @@ _WRITE_EVENTS = frozenset(
 )
 
 
+def _is_memory_file(path: object) -> bool:
+    """An anonymous memfd, where the pipeline encodes JPEGs (see pipeline.py): memory with no
+    name in any folder, so writing there puts nothing on disk. Anything else still counts."""
+    if not isinstance(path, int):
+        return False
+    try:
+        return os.readlink(f"/proc/self/fd/{path}").startswith("/memfd:veil-encode")
+    except OSError:
+        return False
+
+
 def _audit_writes(event: str, args: tuple[object, ...]) -> None:
     if threading.get_ident() not in _watched_threads:
         return
     if event == "open":
+        if _is_memory_file(args[0]):
+            return
         mode, flags = args[1], args[2]
         writing = isinstance(mode, str) and any(c in mode for c in "wax+")
         if writing or (isinstance(flags, int) and flags & _WRITE_FLAGS):

@@ -8,6 +8,7 @@ that checks something was removed first checks that the input really carried it.
 import asyncio
 import inspect
 import io
+import os
 import statistics
 import threading
 import warnings
@@ -17,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageChops, ImageFile
 
-from bot.core.errors import BadImage
+from bot.core.errors import BadImage, RateLimited
 from bot.images import (
     CleanImage,
     ImageLimits,
@@ -27,6 +28,7 @@ from bot.images import (
     sanitize_image_async,
     sniff_format,
 )
+from bot.images.work import IMAGE_WORK, ImageWork
 from tests import colourmodel
 from tests import imagefactory as factory
 
@@ -830,7 +832,7 @@ def test_the_type_is_read_from_the_bytes_and_the_file_name_is_never_asked_for() 
     assert sniff_format(factory.svg_document()) is None
     # No parameter through which a name (and the extension it claims) could arrive.
     assert list(inspect.signature(sanitize_image).parameters) == ["data", "limits"]
-    assert list(inspect.signature(sanitize_image_async).parameters) == ["data", "limits"]
+    assert list(inspect.signature(sanitize_image_async).parameters) == ["data", "limits", "work"]
 
 
 def test_only_the_parser_for_the_sniffed_format_ever_sees_the_bytes(
@@ -1030,3 +1032,112 @@ def test_a_clean_image_never_prints_its_bytes() -> None:
 
     assert "data=" not in repr(clean) and "thumbnail=" not in repr(clean)
     assert "width=64" in repr(clean)
+
+
+# ---------------------------------------------------------------- the bound on image work
+
+
+def counting_sanitize(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Wrap the real sanitize_image to record how many run at once; returns [now, most]."""
+    counts = [0, 0]
+    lock = threading.Lock()
+    real_sanitize = pipeline.sanitize_image
+
+    def counted(data: bytes, limits: ImageLimits) -> CleanImage:
+        with lock:
+            counts[0] += 1
+            counts[1] = max(counts)
+        try:
+            return real_sanitize(data, limits)
+        finally:
+            with lock:
+                counts[0] -= 1
+
+    monkeypatch.setattr(pipeline, "sanitize_image", counted)
+    return counts
+
+
+async def test_no_more_images_are_decoded_at_once_than_there_are_workers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    counts = counting_sanitize(monkeypatch)
+    work = ImageWork(workers=2, max_waiting=10)
+    sources = [factory.plain_png((900 + n, 700)) for n in range(8)]
+
+    results = await asyncio.gather(*(sanitize_image_async(s, work=work) for s in sources))
+
+    assert [result.width for result in results] == [900 + n for n in range(8)]
+    assert counts[1] == 2
+    assert work.admitted == 0
+
+
+async def test_the_default_workers_are_one_per_core_and_not_the_loops_executor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    names: list[str] = []
+    real_sanitize = pipeline.sanitize_image
+
+    def recording(data: bytes, limits: ImageLimits) -> CleanImage:
+        names.append(threading.current_thread().name)
+        return real_sanitize(data, limits)
+
+    monkeypatch.setattr(pipeline, "sanitize_image", recording)
+
+    await sanitize_image_async(factory.plain_png())
+
+    assert names[0].startswith("veil-image")
+    assert IMAGE_WORK.workers == min(len(os.sched_getaffinity(0)), 4)
+
+
+async def test_beyond_the_waiting_list_an_upload_is_refused_at_once_and_politely() -> None:
+    work = ImageWork(workers=1, max_waiting=1)
+    release = threading.Event()
+    running = asyncio.create_task(work.run(release.wait, 10))
+    waiting = asyncio.create_task(sanitize_image_async(factory.plain_png(), work=work))
+    await asyncio.sleep(0.05)
+
+    with pytest.raises(RateLimited) as refused:
+        await sanitize_image_async(factory.plain_png(), work=work)
+
+    assert str(refused.value) == (
+        "Veil is busy cleaning other images right now. Send this one again in a minute."
+    )
+    release.set()
+    assert await running is True
+    assert (await waiting).width == 64
+    # The queue drained: the next one is taken again.
+    assert (await sanitize_image_async(factory.plain_png(), work=work)).width == 64
+
+
+async def test_a_file_refused_by_its_header_alone_is_refused_without_waiting_its_turn() -> None:
+    work = ImageWork(workers=1, max_waiting=0)
+    release = threading.Event()
+    running = asyncio.create_task(work.run(release.wait, 10))
+    await asyncio.sleep(0.05)
+
+    # The queue is full, yet the bomb hears why it is refused, not that Veil is busy.
+    with pytest.raises(BadImage, match="50000×50000 pixels"):
+        await sanitize_image_async(factory.decompression_bomb_png(), work=work)
+
+    release.set()
+    await running
+
+
+async def test_giving_up_while_waiting_frees_the_place_and_costs_no_work() -> None:
+    work = ImageWork(workers=1, max_waiting=1)
+    release = threading.Event()
+    ran: list[str] = []
+    running = asyncio.create_task(work.run(release.wait, 10))
+    waiting = asyncio.create_task(work.run(ran.append, "cancelled job"))
+    await asyncio.sleep(0.05)
+
+    waiting.cancel()
+    await asyncio.sleep(0.05)
+    taken = asyncio.create_task(work.run(ran.append, "next job"))
+    await asyncio.sleep(0.05)
+    release.set()
+    await running
+    await taken
+
+    assert ran == ["next job"]
+    assert work.admitted == 0

@@ -1,0 +1,88 @@
+"""Where image work runs: a few threads of its own, and a short queue in front of them.
+
+Decoding a 40-megapixel image holds about 120 MB per copy of its pixels, and sanitizing takes
+about a second of CPU. In the loop's default executor (as many threads as cores + 4, shared
+with decryption, blob I/O and aiohttp's DNS lookups) ten large uploads at once ran side by side
+and took the process past a gigabyte, while everything else waited behind them. Here at most
+``workers`` images are worked on at once (one per core: more threads would only share the
+same cores, and each holds its pixels while it waits for one); up to ``max_waiting`` more wait
+their turn in order, and any beyond that are refused at once with a message saying to send
+again shortly, rather than holding their bytes in a queue without end.
+
+Threads, not processes: Pillow and littlecms release the GIL while they work on pixels, so
+threads use every core without copying each image across a process boundary.
+"""
+
+import asyncio
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Final, TypeVar
+
+from bot.core.errors import RateLimited
+
+T = TypeVar("T")
+
+BUSY: Final = "Veil is busy cleaning other images right now. Send this one again in a minute."
+# One thread per core, but no more than this: each worker may hold a 40-megapixel image
+# (about 130 MB at its peak), so a big machine still stays near half a gigabyte.
+_MOST_WORKERS: Final = 4
+# A waiting job holds only its input bytes (at most the 25 MB upload limit).
+DEFAULT_MAX_WAITING: Final = 16
+
+
+def default_workers() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, _MOST_WORKERS))
+
+
+class ImageWork:
+    """A bounded pool for CPU-heavy image work, usable from any event loop (and from several).
+
+    Thread-safe and loop-agnostic on purpose: tests, the bot and the CLI each run their own
+    loops, and an asyncio.Semaphore would belong to the first loop that used it.
+    """
+
+    def __init__(self, workers: int, max_waiting: int = DEFAULT_MAX_WAITING) -> None:
+        if workers < 1 or max_waiting < 0:
+            raise ValueError("at least one worker, and a waiting list of zero or more")
+        self.workers = workers
+        self.max_waiting = max_waiting
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="veil-image")
+        self._lock = threading.Lock()
+        self._admitted = 0
+
+    @property
+    def admitted(self) -> int:
+        """Jobs running or waiting now."""
+        with self._lock:
+            return self._admitted
+
+    async def run(self, function: Callable[..., T], *args: object) -> T:
+        """``function(*args)`` on a worker thread; RateLimited at once if the queue is full.
+
+        Cancelling the caller before the job starts takes it off the queue, so a user who
+        gave up does not cost a worker.
+        """
+        with self._lock:
+            if self._admitted >= self.workers + self.max_waiting:
+                raise RateLimited(BUSY)
+            self._admitted += 1
+        try:
+            future = self._executor.submit(function, *args)
+        except BaseException:
+            self._release(None)
+            raise
+        future.add_done_callback(self._release)
+        return await asyncio.wrap_future(future)
+
+    def _release(self, _: Future[object] | None) -> None:
+        with self._lock:
+            self._admitted -= 1
+
+
+IMAGE_WORK: Final = ImageWork(default_workers())
