@@ -18,12 +18,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from PIL import Image, ImageFile
-
-# The decoders for the four accepted formats, registered now rather than by Pillow on the first
-# Image.open, which would import them on a worker thread while holding the GIL (a 176 ms stall
-# of the event loop on the first upload, measured); WebP is not even in Pillow's first batch.
-from PIL import GifImagePlugin, JpegImagePlugin, PngImagePlugin, WebPImagePlugin  # noqa: F401
+from PIL import (
+    GifImagePlugin,
+    Image,
+    ImageFile,
+    JpegImagePlugin,
+    PngImagePlugin,
+    WebPImagePlugin,
+)
 
 from bot.core.errors import BadImage
 from bot.images.colour import to_srgb
@@ -45,6 +47,11 @@ from bot.images.pixels import (
     upright,
 )
 from bot.images.work import IMAGE_WORK, ImageWork
+
+# The decoders for the four accepted formats, registered at import rather than by Pillow on the
+# first Image.open, which would import them on a worker thread while holding the GIL (a 176 ms
+# stall of the event loop on the first upload, measured); WebP is not in Pillow's first batch.
+_DECODERS: Final = (GifImagePlugin, JpegImagePlugin, PngImagePlugin, WebPImagePlugin)
 
 _MEGABYTE: Final = 1024 * 1024
 
