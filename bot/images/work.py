@@ -1,9 +1,10 @@
 """Where image work runs: a few threads of its own, and a short queue in front of them.
 
-Decoding a 40-megapixel image holds about 120 MB per copy of its pixels, and sanitizing takes
-about a second of CPU. In the loop's default executor (as many threads as cores + 4, shared
-with decryption, blob I/O and aiohttp's DNS lookups) ten large uploads at once ran side by side
-and took the process past a gigabyte, while everything else waited behind them. Here at most
+Sanitizing a 40-megapixel upload holds about 165 MB at its peak (120 MB of decoded pixels,
+measured by bench/uploads.py) and takes one to two seconds of CPU. In the loop's default
+executor (as many threads as cores + 4, shared with decryption, blob I/O and aiohttp's DNS
+lookups) ten such uploads at once ran six at a time and took the process to 1.1 GB, while
+everything else queued behind them. Here at most
 ``workers`` images are worked on at once (one per core: more threads would only share the
 same cores, and each holds its pixels while it waits for one); up to ``max_waiting`` more wait
 their turn in order, and any beyond that are refused at once with a message saying to send
@@ -28,7 +29,7 @@ T = TypeVar("T")
 
 BUSY: Final = "Veil is busy cleaning other images right now. Send this one again in a minute."
 # One thread per core, but no more than this: each worker may hold a 40-megapixel image
-# (about 130 MB at its peak), so a big machine still stays near half a gigabyte.
+# (about 165 MB at its peak), so a big machine still stays under a gigabyte.
 _MOST_WORKERS: Final = 4
 # A waiting job holds only its input bytes (at most the 25 MB upload limit).
 DEFAULT_MAX_WAITING: Final = 16
