@@ -75,3 +75,17 @@ async def test_a_dropped_comfyui_websocket_still_delivers_the_image(veil_app, co
     assert comfy.connections >= 2
     [dm] = app.double.dm_messages(app.world.alice)
     assert len(dm.attachments) == 1
+
+
+async def test_a_slow_comfyui_job_is_given_up_with_try_again_and_stopped_on_the_server(
+        veil_app, comfy):
+    app = veil_app
+    generator = app.bot.queue.generator
+    generator._timeout_s = 0.5
+    comfy.mode = "slow"
+    handle = await app.run("imagine", user=app.world.alice, options={"prompt": SECRET})
+    assert "took longer than 0.5 seconds" in handle.original.content
+    assert button_id(handle.original, "Try again")
+    [prompt_id] = comfy.queue_deletes
+    assert comfy.interrupts == [prompt_id] and comfy.kept_prompts == []
+    assert app.double.dm_messages(app.world.alice) == []

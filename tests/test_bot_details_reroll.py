@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import pytest
+
 from bot.core.models import Viewer
 from bot.generate import GenerationQueue, Progress
 from tests.e2e import (
@@ -101,6 +103,7 @@ async def test_an_upload_has_no_details_reroll_or_variations_buttons(veil_app):
     assert labels == ["Share", "Link", "Delete"]
 
 
+@pytest.mark.slow
 async def test_reroll_draws_the_same_prompt_with_a_new_seed_and_the_same_batch_size(veil_app):
     app = veil_app
     image = await make(app, app.world.alice, private=True, count=2)
@@ -119,6 +122,7 @@ async def test_reroll_draws_the_same_prompt_with_a_new_seed_and_the_same_batch_s
     assert record.visibility == "private"
 
 
+@pytest.mark.slow
 async def test_variations_keep_the_seed_and_change_the_picture_a_little(veil_app):
     app = veil_app
     image = await make(app, app.world.alice, private=True)
@@ -135,6 +139,7 @@ async def test_variations_keep_the_seed_and_change_the_picture_a_little(veil_app
     assert old_bytes != new_bytes
 
 
+@pytest.mark.slow
 async def test_a_public_images_reroll_is_public_but_private_once_the_server_forces_it(veil_app):
     app = veil_app
     await app.permit(app.world.gallery)

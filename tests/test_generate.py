@@ -374,6 +374,18 @@ async def test_webui_progress_is_polled_and_forwarded_rising_to_one(
     assert log.events[-1] == Progress(1.0, "done")
 
 
+async def test_webui_variations_keep_the_seed_and_send_a_subseed(
+    webui: tuple[FakeWebUI, str], sd_factory: Callable[..., SDWebUIGenerator]
+) -> None:
+    fake, url = webui
+    await sd_factory(url).generate(GenerationRequest("moss", count=2, seed=10, variation_seed=77,
+                                                     variation_strength=0.25))
+    await sd_factory(url).generate(GenerationRequest("moss", seed=10))
+    varied, plain = fake.payloads
+    assert (varied["seed"], varied["subseed"], varied["subseed_strength"]) == (10, 77, 0.25)
+    assert "subseed" not in plain and plain["seed"] == 10
+
+
 async def test_webui_per_task_progress_follows_our_own_task_only(
     webui: tuple[FakeWebUI, str], sd_factory: Callable[..., SDWebUIGenerator]
 ) -> None:

@@ -300,7 +300,8 @@ class ComfyUIGenerator:
                                 reply.status,
                                 sorted(errors) if isinstance(errors, dict) else "none named")
                     raise GeneratorUnavailable(_refused(reply.status))
-        except (aiohttp.ClientError, ValueError):
+        except (aiohttp.ClientError, ValueError, TimeoutError):
+            # A stuck request only: the whole generation's limit arrives as a cancellation.
             raise GeneratorUnavailable(NOT_ANSWERING) from None
         prompt_id = answer.get("prompt_id") if isinstance(answer, dict) else None
         if not isinstance(prompt_id, str) or not prompt_id:
@@ -386,7 +387,7 @@ class ComfyUIGenerator:
             async with session.get(f"{self._base_url}/history/{job.prompt_id}",
                                    timeout=timeout) as reply:
                 answer = await reply.json(content_type=None) if reply.status == 200 else None
-        except (aiohttp.ClientError, ValueError):
+        except (aiohttp.ClientError, ValueError, TimeoutError):
             raise GeneratorUnavailable(NOT_ANSWERING) from None
         entry = answer.get(job.prompt_id) if isinstance(answer, dict) else None
         return entry if isinstance(entry, dict) else None
@@ -431,7 +432,7 @@ class ComfyUIGenerator:
                 if reply.status != 200:
                     raise GeneratorUnavailable(_refused(reply.status))
                 data = await reply.content.read(MAX_IMAGE_BYTES + 1)
-        except aiohttp.ClientError:
+        except (aiohttp.ClientError, TimeoutError):
             raise GeneratorUnavailable(NOT_ANSWERING) from None
         if len(data) > MAX_IMAGE_BYTES or not data.startswith(PNG_SIGNATURE):
             raise GeneratorUnavailable(UNREADABLE)
