@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test web check lint bench clean
+.PHONY: run test test-fast web check lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,13 @@ web: $(STAMP)
 check: $(STAMP)
 	$(PY) -m bot check
 
+# Everything: what CI runs (.ci/run).
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The edit-test loop: every test not marked slow, in under a minute.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,10 +1,8 @@
-"""Command line: `python -m bot [run|web|check|rotate-key|sweep]`.
+"""Command line: `python -m bot [command]`; `python -m bot --help` lists the commands.
 
-- run (default): the Discord bot, with the link server inside the same process.
-- web: only the link server, e.g. behind a reverse proxy on another host or port.
-- check: validate settings and the data folder, then exit.
-- rotate-key: re-wrap every owner key under a new master key (blobs are not touched).
-- sweep: remove what has outlived its retention now, instead of waiting for the schedule.
+Every mistake an operator can make at start-up (no .env, a wrong token, no network, a port in
+use, an unusable data folder, a bad setting) ends in one line that says what to do and exit code
+2, with no traceback unless VEIL_LOG_LEVEL=DEBUG.
 """
 
 from __future__ import annotations
@@ -15,22 +13,30 @@ import contextlib
 import logging
 import os
 import sys
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
-from bot.config import ConfigError, Settings, load_settings, parse_master_key
-from bot.core.keys import MasterKeyError
+from bot.config import ConfigError, Settings, StartupError, load_settings, parse_master_key
+from bot.logs import REDACTOR, setup_logging
+
+if TYPE_CHECKING:
+    from bot.core.veil import Veil
 
 log = logging.getLogger("veil")
 
+EXIT_STARTUP = 2  # the operator can fix it; the message said how
+EXIT_FAULT = 1  # a defect or an unforeseen condition
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    # discord.py's DEBUG output includes request bodies and aiosqlite's includes SQL parameters
-    # (link selectors, wrapped keys): never let either run below INFO (guarantee 8).
-    for name in ("discord", "aiosqlite"):
-        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLevelName(level)))
+COMMANDS = {
+    "run": "run the Discord bot, with the link server in the same process (the default)",
+    "web": "run only the link server, over this machine's data folder (e.g. behind a proxy)",
+    "check": "validate the settings and the data folder, then exit",
+    "rotate-key": "re-wrap every owner key under a new master key (images are not touched)",
+    "sweep": "delete what has outlived its retention now, instead of waiting for the schedule",
+}
 
 
-async def _open_veil(settings: Settings):
+async def _open_veil(settings: Settings) -> Veil:
     from bot.core.veil import Veil
     from bot.images import ImageLimits
 
@@ -50,6 +56,9 @@ def _make_generator(settings: Settings):
 
 
 async def run_bot(settings: Settings) -> None:
+    import aiohttp
+    import discord
+
     from bot.client import VeilBot
     from bot.generate import GenerationQueue, startup_warnings
 
@@ -61,9 +70,23 @@ async def run_bot(settings: Settings) -> None:
         queue = GenerationQueue(generator, per_user_limit=settings.per_user_queue_limit)
         try:
             async with VeilBot(settings=settings, veil=veil, queue=queue) as client:
-                await client.start(settings.discord_token)
+                await client.start(settings.discord_token or "")
+        except discord.LoginFailure as exc:
+            raise ConfigError(
+                "Discord refused DISCORD_TOKEN (wrong, or reset since): copy a new token from "
+                "https://discord.com/developers/applications -> your app -> Bot -> Reset Token "
+                "into .env.") from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise StartupError(
+                f"Veil cannot start: cannot reach Discord at {exc.host} ({_reason(exc)}): check "
+                "this machine's network connection and DNS, then start Veil again.") from exc
         finally:
             await generator.close()
+
+
+def _reason(exc: OSError) -> str:
+    cause = exc.os_error if hasattr(exc, "os_error") else exc
+    return getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
 
 
 async def check(settings: Settings) -> None:
@@ -90,7 +113,10 @@ async def rotate_key(settings: Settings) -> None:
         if not raw:
             raise ConfigError("VEIL_MASTER_KEY is set, so give the new key in "
                               "VEIL_NEW_MASTER_KEY for this command (64 hex digits).")
-        new_key = parse_master_key(raw)
+        try:
+            new_key = parse_master_key(raw)
+        except ValueError as exc:
+            raise ConfigError(f"VEIL_NEW_MASTER_KEY {exc}.") from exc
     async with await _open_veil(settings) as veil:
         count = await veil.rotate_master_key(new_key)
     print(f"Re-wrapped {count} owner keys under the new master key.")
@@ -108,32 +134,75 @@ async def sweep(settings: Settings) -> None:
           f"{exports} export files.")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bot", description=__doc__.splitlines()[0])
-    parser.add_argument("command", nargs="?", default="run",
-                        choices=["run", "web", "check", "rotate-key", "sweep"])
-    args = parser.parse_args(argv)
-    try:
-        settings = load_settings(require_token=args.command == "run")
-    except ConfigError as error:
-        print(error, file=sys.stderr)
-        return 2
-    _setup_logging(settings.log_level)
-    try:
-        if args.command == "run":
-            asyncio.run(run_bot(settings))
-        elif args.command == "web":
-            from bot.web import serve
+async def web(settings: Settings) -> None:
+    from bot.web import serve
 
-            asyncio.run(serve(settings))
-        else:
-            action = {"check": check, "rotate-key": rotate_key, "sweep": sweep}[args.command]
-            asyncio.run(action(settings))
-    except (ConfigError, MasterKeyError, ValueError) as error:
-        print(error, file=sys.stderr)
-        return 2
+    await serve(settings)
+
+
+ACTIONS: dict[str, Callable[[Settings], Awaitable[None]]] = {
+    "run": run_bot, "web": web, "check": check, "rotate-key": rotate_key, "sweep": sweep}
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """One line per command, without argparse's extra line naming the command placeholder."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=100)
+        # argparse sizes the name column by "command", not by the longest command's name.
+        self._action_max_length = max(len(name) for name in COMMANDS) + 6
+
+    def _format_action(self, action: argparse.Action) -> str:
+        text = super()._format_action(action)
+        if action.nargs == argparse.PARSER:
+            text = text.split("\n", 1)[1]
+        return text
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bot", formatter_class=_HelpFormatter,
+        description="Veil, a Discord bot that keeps image work private. Settings come from "
+                    "the environment or .env (see .env.example).")
+    commands = parser.add_subparsers(dest="command", title="commands (default: run)",
+                                     metavar="command")
+    for name, summary in COMMANDS.items():
+        commands.add_parser(name, help=summary, description=summary[0].upper() + summary[1:])
+    return parser
+
+
+def _say(message: str) -> None:
+    print(REDACTOR.scrub(message), file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command = args.command or "run"
+    try:
+        settings = load_settings(require_token=command == "run")
+    except ConfigError as error:
+        _say(str(error))
+        return EXIT_STARTUP
+    setup_logging(settings.log_level)
+    debug = settings.log_level == "DEBUG"
+    from bot.core.keys import MasterKeyError
+    from bot.core.veil import DataFolderError
+
+    try:
+        asyncio.run(ACTIONS[command](settings))
+    except (StartupError, MasterKeyError, DataFolderError) as error:
+        if debug:
+            log.debug("Start-up failed", exc_info=error)
+        _say(str(error))
+        return EXIT_STARTUP
     except KeyboardInterrupt:
         pass
+    except Exception as error:
+        if debug:
+            raise
+        _say(f"Veil stopped on an unexpected error ({type(error).__name__}: {error}). Run "
+             "again with VEIL_LOG_LEVEL=DEBUG to see where, and report it.")
+        return EXIT_FAULT
     return 0
 
 

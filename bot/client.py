@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import json
 import logging
-import re
-import traceback
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 
 import discord
 from discord import app_commands
@@ -23,6 +20,7 @@ from discord.ext import commands
 from bot.config import Settings
 from bot.core.veil import Veil
 from bot.generate import GenerationQueue
+from bot.logs import REDACTOR
 from cogs import EXTENSIONS
 from cogs._delivery import Deliverer
 from cogs._views import OwnerButton
@@ -32,81 +30,10 @@ log = logging.getLogger("veil.bot")
 RETRACT_EVERY_S = 30.0
 SWEEP_EVERY_S = 600.0
 
-# Loggers whose records may quote what travels on the wire. discord.py's DEBUG lines carry whole
-# gateway events (interaction tokens, command options such as prompts) and HTTP bodies (our
-# replies, link URLs included); aiosqlite's carry SQL parameters. A filter sees only the records
-# of the logger it is on, not those of its children, so each logger is named.
-WIRE_LOGGERS = ("discord.client", "discord.gateway", "discord.http", "discord.shard",
-                "discord.state", "discord.webhook.async_", "discord.app_commands.tree",
-                "discord.ui.view", "discord.ui.modal", "discord.ext.commands.bot", "aiosqlite")
-_TOKEN_IN_URL = re.compile(r"(/(?:interactions/\d+|webhooks/\d+)/)[A-Za-z0-9_.\-]+")
-
-
-def _withheld(value: object) -> object:
-    """A log argument, or a short stand-in when it is a payload that may hold secrets."""
-    if isinstance(value, dict) and "op" in value:
-        return f"<op {value.get('op')} {value.get('t') or ''} payload withheld>"
-    if isinstance(value, dict | list | tuple | set | bytes | bytearray | memoryview):
-        return f"<{type(value).__name__} withheld>"
-    if isinstance(value, functools.partial):
-        return f"<{getattr(value.func, '__name__', 'call')}(...) withheld>"
-    if isinstance(value, str) and value.lstrip().startswith(("{", "[")):
-        return "<body withheld>"
-    if type(value).__name__ in ("FormData", "WSMessage"):
-        return f"<{type(value).__name__} withheld>"
-    return value
-
-
-class WireLogRedactor(logging.Filter):
-    """Keeps every line of the libraries' logs, but never a payload, an interaction or webhook
-    token in a URL, or a registered secret such as the bot token (guarantee 8)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        # A tuple replaced whole, never changed in place: aiosqlite logs from its own thread.
-        self.secrets: tuple[str, ...] = ()
-
-    def add_secrets(self, *secrets: str | None) -> None:
-        known = set(self.secrets) | {s for s in secrets if s}
-        self.secrets = tuple(sorted(known, key=len, reverse=True))
-
-    def scrub(self, text: str) -> str:
-        text = _TOKEN_IN_URL.sub(r"\1<token>", text)
-        for secret in self.secrets:
-            text = text.replace(secret, "<secret>")
-        return text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        template, args = str(record.msg), record.args
-        try:
-            if not args:
-                message = template
-            elif isinstance(args, Mapping) and "%(" in template:
-                message = template % {k: _withheld(v) for k, v in args.items()}
-            elif isinstance(args, Mapping):  # one dict argument, which logging unwraps
-                message = template % (_withheld(dict(args)),)
-            else:
-                message = template % tuple(_withheld(a) for a in args)
-        except (TypeError, ValueError, KeyError):
-            message = template
-        record.msg, record.args = self.scrub(message), None
-        if record.exc_info:
-            record.exc_text = self.scrub("".join(
-                traceback.format_exception(*record.exc_info))).rstrip("\n")
-            record.exc_info = None
-        return True
-
-
-LOG_REDACTOR = WireLogRedactor()
-
-
-def redact_wire_logs(*secrets: str | None) -> None:
-    """Install the redactor on the libraries' loggers (once) and register ``secrets``."""
-    LOG_REDACTOR.add_secrets(*secrets)
-    for name in WIRE_LOGGERS:
-        logger = logging.getLogger(name)
-        if LOG_REDACTOR not in logger.filters:
-            logger.addFilter(LOG_REDACTOR)
+# Veil has no voice features: discord.py's start-up warnings about PyNaCl and davey (its voice
+# libraries) would only puzzle an operator.
+discord.VoiceClient.warn_nacl = False
+discord.VoiceClient.warn_dave = False
 
 
 class VeilBot(commands.Bot):
@@ -134,10 +61,10 @@ class VeilBot(commands.Bot):
         self._web_runner = None
         self.retract_wakeup = asyncio.Event()
         self._retract_lock = asyncio.Lock()
-        redact_wire_logs(settings.discord_token)
+        REDACTOR.add_secrets(settings.discord_token)
 
     async def login(self, token: str) -> None:
-        redact_wire_logs(token)
+        REDACTOR.add_secrets(token)
         await super().login(token)
 
     async def setup_hook(self) -> None:

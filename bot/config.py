@@ -11,23 +11,41 @@ import base64
 import binascii
 import ipaddress
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dotenv import load_dotenv
 
 GENERATOR_KINDS = ("procedural", "sdwebui", "comfyui")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+ENV_EXAMPLE_HINT = "copy .env.example to .env and put the bot token in DISCORD_TOKEN"
 
 
-class ConfigError(Exception):
-    """One or more settings are wrong; the message lists each with what to do."""
+class StartupError(Exception):
+    """Veil cannot start, for a reason the operator can fix; the message says how, in a line."""
+
+
+class ConfigError(StartupError):
+    """One or more settings are wrong; the message lists each with what to do.
+
+    One problem makes a one-line message; several are listed one per line."""
+
+    def __init__(self, *problems: str) -> None:
+        self.problems = problems
+        if len(problems) == 1:
+            message = f"Veil cannot start: {problems[0]}"
+        else:
+            message = ("Veil cannot start; fix these settings (in .env or the environment):\n"
+                       + "\n".join(f"  - {p}" for p in problems))
+        super().__init__(message)
 
 
 @dataclass(frozen=True)
 class Settings:
-    discord_token: str | None
+    # Secrets stay out of repr (and so out of str, log lines and test failures).
+    discord_token: str | None = field(repr=False)
     data_dir: Path
-    master_key: bytes | None  # None: use or create <data_dir>/master.key
+    master_key: bytes | None = field(repr=False)  # None: use or create <data_dir>/master.key
     public_url: str
     web_host: str
     web_port: int
@@ -82,15 +100,18 @@ def _flag(env: dict[str, str], name: str, default: bool, errors: list[str]) -> b
 def parse_master_key(raw: str) -> bytes:
     """Decode a 32-byte key given as 64 hex digits or url-safe base64."""
     raw = raw.strip()
+    # The message never quotes the value: it is meant to be a secret, even when wrong.
+    wanted = (f"must be 64 hex digits (or 43 url-safe base64 characters) for a 32-byte key; "
+              f"the value given has {len(raw)} characters")
     try:
         if len(raw) == 64:
             key = bytes.fromhex(raw)
         else:
             key = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
     except (ValueError, binascii.Error) as exc:
-        raise ValueError("is neither 64 hex digits nor url-safe base64") from exc
+        raise ValueError(wanted) from exc
     if len(key) != 32:
-        raise ValueError(f"decodes to {len(key)} bytes; it must be 32")
+        raise ValueError(wanted)
     return key
 
 
@@ -100,16 +121,23 @@ def load_settings(env: dict[str, str] | None = None, *, require_token: bool = Tr
 
     Raises ConfigError naming every problem at once, so one start-up shows everything to fix.
     """
+    no_dotenv = False
     if env is None:
         if dotenv_path is not None:
+            no_dotenv = not os.path.exists(dotenv_path)
             load_dotenv(dotenv_path, override=False)
         env = dict(os.environ)
     errors: list[str] = []
 
     token = env.get("DISCORD_TOKEN", "").strip() or None
     if require_token and token is None:
-        errors.append("DISCORD_TOKEN is not set. Create a bot in the Discord developer portal "
-                      "(see README: 'Create the Discord application') and put its token in .env.")
+        if no_dotenv:
+            errors.append(f"DISCORD_TOKEN is not set and there is no .env file: {ENV_EXAMPLE_HINT}"
+                          " (README: 'Create the Discord application' says where to get it).")
+        else:
+            errors.append("DISCORD_TOKEN is not set. Create a bot in the Discord developer "
+                          "portal (see README: 'Create the Discord application') and put its "
+                          "token in .env.")
 
     data_dir = Path(env.get("VEIL_DATA_DIR", "").strip() or "./data").expanduser()
 
@@ -167,6 +195,12 @@ def load_settings(env: dict[str, str] | None = None, *, require_token: bool = Tr
         else:
             errors.append(f"VEIL_DEV_GUILD_ID must be a server id (digits), got {dev_guild!r}.")
 
+    log_level = env.get("VEIL_LOG_LEVEL", "").strip().upper() or "INFO"
+    if log_level not in LOG_LEVELS:
+        errors.append(f"VEIL_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, "
+                      f"got {log_level!r}.")
+        log_level = "INFO"
+
     settings = Settings(
         discord_token=token,
         data_dir=data_dir,
@@ -183,13 +217,12 @@ def load_settings(env: dict[str, str] | None = None, *, require_token: bool = Tr
         max_upload_bytes=_int(env, "VEIL_MAX_UPLOAD_MB", 25, errors, lo=1, hi=500) * 1024 * 1024,
         max_pixels=_int(env, "VEIL_MAX_MEGAPIXELS", 40, errors, lo=1, hi=400) * 1_000_000,
         per_user_queue_limit=_int(env, "VEIL_QUEUE_PER_USER", 2, errors, lo=1, hi=20),
-        log_level=(env.get("VEIL_LOG_LEVEL", "").strip().upper() or "INFO"),
+        log_level=log_level,
         comfyui_url=comfyui_url,
         comfyui_workflow=comfyui_workflow,
         comfyui_checkpoint=(env.get("VEIL_COMFYUI_CHECKPOINT", "").strip()
                             or "v1-5-pruned-emaonly.safetensors"),
     )
     if errors:
-        raise ConfigError("Veil cannot start; fix these settings (in .env or the environment):\n"
-                          + "\n".join(f"  - {e}" for e in errors))
+        raise ConfigError(*errors)
     return settings

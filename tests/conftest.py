@@ -4,6 +4,7 @@ bot's fixture so both kinds of test make images the same way)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 from bot.core.models import Viewer
 from bot.core.veil import Veil
+from bot.logs import REDACTOR
 from tests.e2e import png, veil_app  # noqa: F401  (the bot fixture for all; png for imports)
 
 GUILD = 1_000_000_000_000_000_001
@@ -20,6 +22,30 @@ BOB = 2_000_000_000_000_000_002
 CAROL = 2_000_000_000_000_000_003
 MOD = 2_000_000_000_000_000_009
 ARTISTS = 3_000_000_000_000_000_001
+
+
+def _redact_like_veil() -> None:
+    """Put Veil's log filter on pytest's capture handlers, as ``setup_logging`` puts it on Veil's
+    own handler, so what ``caplog`` holds is what Veil would write."""
+    for handler in logging.getLogger().handlers:
+        if REDACTOR not in handler.filters:
+            handler.addFilter(REDACTOR)
+
+
+# pytest installs fresh capture handlers for each phase of a test, before these hooks run.
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _redact_like_veil()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> None:
+    _redact_like_veil()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    _redact_like_veil()
 
 
 class FakeClock:

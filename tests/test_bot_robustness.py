@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import discord
 import pytest
 
-from bot.client import WireLogRedactor
 from bot.core.models import Viewer
+from bot.logs import Redactor
 from cogs._replies import message_for
 from tests.e2e import button_id, image_attachments, image_dms, image_ids, post_public_image
 
@@ -278,7 +278,7 @@ def test_closed_dms_are_explained_as_such_not_as_a_missing_channel_permission():
 
 
 def test_the_log_redactor_keeps_each_line_but_not_its_payload_tokens_or_secrets():
-    redactor = WireLogRedactor()
+    redactor = Redactor()
     redactor.add_secrets("bot-token-123")
 
     def redacted(msg: str, *args) -> str:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from dotenv import dotenv_values
 
 from bot.config import ConfigError, load_settings
+
+EXAMPLE = Path(__file__).resolve().parent.parent / ".env.example"
 
 
 def test_only_the_discord_token_is_required():
@@ -69,3 +74,14 @@ def test_a_generator_address_without_a_scheme_is_refused():
     with pytest.raises(ConfigError, match="VEIL_COMFYUI_URL must start with http"):
         load_settings({"DISCORD_TOKEN": "x", "VEIL_GENERATOR": "comfyui",
                        "VEIL_COMFYUI_URL": "127.0.0.1:8188"})
+
+
+def test_links_from_the_example_env_follow_a_changed_port():
+    env = {k: v or "" for k, v in dotenv_values(EXAMPLE).items()}
+    env.update(DISCORD_TOKEN="x", VEIL_WEB_PORT="9191")
+    assert load_settings(env).public_url == "http://127.0.0.1:9191"
+
+
+def test_an_unknown_log_level_is_named_with_the_levels_there_are():
+    with pytest.raises(ConfigError, match="VEIL_LOG_LEVEL must be one of DEBUG, INFO"):
+        load_settings({"DISCORD_TOKEN": "x", "VEIL_LOG_LEVEL": "loud"})

@@ -51,7 +51,7 @@ class ImageContent:
     """Decrypted, sanitized bytes of one image, held in memory only."""
 
     record: ImageRecord
-    data: bytes
+    data: bytes = field(repr=False)  # an image in a log line or test failure is a leak
     thumbnail: bool = False
 
     @property
@@ -151,7 +151,7 @@ class NewLink:
     """A link just made. The token exists only here: the database keeps a hash of it."""
 
     link: ShareLink
-    token: str
+    token: str = field(repr=False)
 
 
 @dataclass(frozen=True)

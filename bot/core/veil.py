@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import time
 from pathlib import Path
 
@@ -25,6 +26,10 @@ from bot.images import ImageLimits
 from db import Database
 
 log = logging.getLogger(__name__)
+
+
+class DataFolderError(Exception):
+    """The data folder cannot be created, written or opened; the message says what to do."""
 
 
 class Veil:
@@ -45,9 +50,20 @@ class Veil:
     async def open(cls, data_dir: str | Path, *, master_key: bytes | None = None,
                    clock: Clock = time.time, limits: ImageLimits | None = None) -> Veil:
         data_dir = Path(data_dir)
-        data_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(data_dir, 0o700)
-        db = await Database.open(data_dir / "veil.db")
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            os.chmod(data_dir, 0o700)
+            db = await Database.open(data_dir / "veil.db")
+        except (OSError, sqlite3.Error) as exc:
+            if data_dir.exists() and not data_dir.is_dir():
+                reason = "it is a file, not a folder"
+            elif isinstance(exc, OSError) and exc.strerror:
+                reason = exc.strerror.lower()
+            else:
+                reason = str(exc)
+            raise DataFolderError(
+                f"Veil cannot start: the data folder {data_dir} cannot be used ({reason}): "
+                "point VEIL_DATA_DIR at a folder Veil may create and write to.") from exc
         try:
             loaded: LoadedKey = await load_master_key(db, data_dir, master_key)
             ctx = Context(db, LocalBlobStore(data_dir), loaded.keyring, clock,

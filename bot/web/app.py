@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -21,8 +23,9 @@ from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 
+from bot.config import ConfigError
 from bot.web.exports import ExportRoutes
-from bot.web.logs import RedactingAccessLogger, install_log_redaction
+from bot.web.logs import RedactingAccessLogger
 from bot.web.pages import Pages
 from bot.web.passwordthrottle import PasswordThrottle
 from bot.web.ratelimit import FailureLimiter, IPAddress, IPNetwork, RateLimit, parse_networks
@@ -52,7 +55,6 @@ def create_app(veil: Veil, *, public_url: str,
                rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT) -> web.Application:
     """The link server over ``veil``. ``rate_limit=None`` turns off the guessing throttles
     (tokens and passwords; for tests that hammer one link from one address on purpose)."""
-    install_log_redaction()
     app = web.Application(middlewares=[error_pages])
     pages = Pages(urlsplit(public_url).path)
     app[PAGES] = pages
@@ -109,11 +111,28 @@ async def start_web(app: web.Application, host: str, port: int, *,
     site = web.TCPSite(runner, host, port)
     try:
         await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise _bind_error(host, port, exc) from exc
     except BaseException:
         await runner.cleanup()
         raise
     bound_host, bound_port = runner.addresses[0][:2]
     return WebServer(runner, site, str(bound_host), int(bound_port))
+
+
+def _bind_error(host: str, port: int, exc: OSError) -> ConfigError:
+    """What the operator should change when the link server cannot listen where it was told."""
+    if exc.errno == errno.EADDRINUSE:
+        return ConfigError(f"VEIL_WEB_PORT {port} on {host} is already in use by another "
+                           "program: stop it, or set VEIL_WEB_PORT to a free port (or "
+                           "VEIL_WEB_ENABLED=off if this process needs no link server).")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return ConfigError(f"VEIL_WEB_PORT {port} needs administrator rights on this system: "
+                           "use a port above 1023 and put a reverse proxy in front.")
+    reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+    return ConfigError(f"the link server cannot listen on VEIL_WEB_HOST {host} port {port} "
+                       f"({reason}): use an address of this machine, such as 127.0.0.1.")
 
 
 async def serve(settings: Settings) -> None:

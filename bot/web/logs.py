@@ -3,36 +3,20 @@
 A token is the whole secret of a link, and it travels in the URL path: ``/l/<token>`` (and
 ``/x/<token>`` for an export download). Three places could leak it: the access log, our own
 error logs, and aiohttp's internal loggers (whose exception messages may quote the request
-line). The access log gets a logger that writes the
-redacted path only; the rest go through a filter that rewrites the finished message.
+line). The access log gets a logger that writes the redacted path only; our error logs format
+tracebacks redacted; and every record, aiohttp's included, passes the process-wide filter on the
+log handler (bot/logs.py).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import traceback
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-REDACTED = "<redacted>"
-# A path segment after "/l/" (a link) or "/x/" (an export download), wherever it appears
-# (paths, request lines, URLs in messages).
-_LINK_PATH = re.compile(r"/([lx])/[^/\s?#\"'<>]+")
-# A token-shaped word on its own (43 url-safe characters), for messages that quote it bare.
-_BARE_TOKEN = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])")
-
-# aiohttp's loggers, and our own (a filter only sees records made by the logger it is on, not
-# those of its children, so each module's logger is named).
-_LOGGERS = ("aiohttp.access", "aiohttp.server", "aiohttp.web", "aiohttp.internal",
-            "aiohttp.client", "aiohttp.websocket", "bot.web.app", "bot.web.routes",
-            "bot.web.security", "bot.web.exports")
-
-
-def redact(text: str) -> str:
-    """``text`` with every link token replaced by <redacted>."""
-    return _BARE_TOKEN.sub(REDACTED, _LINK_PATH.sub(r"/\1/" + REDACTED, text))
+from bot.logs import redact_link_tokens as redact
 
 
 def redacted_path(request: web.BaseRequest) -> str:
@@ -58,36 +42,6 @@ class RedactingAccessLogger(AbstractAccessLogger):
     @property
     def enabled(self) -> bool:
         return self.logger.isEnabledFor(logging.INFO)
-
-
-class TokenRedactingFilter(logging.Filter):
-    """Rewrites a record's message and traceback with tokens redacted, before any handler sees
-    them. Attached to loggers that may quote request URLs."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # a broken format string: keep the template only
-            message = str(record.msg)
-        record.msg, record.args = redact(message), None
-        if record.exc_info:
-            text = "".join(traceback.format_exception(*record.exc_info))
-            record.exc_text = redact(text).rstrip("\n")
-            record.exc_info = None
-        if record.stack_info:
-            record.stack_info = redact(record.stack_info)
-        return True
-
-
-_FILTER = TokenRedactingFilter()
-
-
-def install_log_redaction(*extra: logging.Logger) -> None:
-    """Put the filter on aiohttp's loggers, ours, and ``extra`` (idempotent)."""
-    loggers = [logging.getLogger(name) for name in _LOGGERS]
-    for logger in (*loggers, *extra):
-        if _FILTER not in logger.filters:
-            logger.addFilter(_FILTER)
 
 
 def format_exception_redacted(exc: BaseException) -> str:
