@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -20,6 +21,7 @@ from bot.config import ConfigError, Settings, StartupError, load_settings, parse
 from bot.logs import REDACTOR, setup_logging
 
 if TYPE_CHECKING:
+    from bot.client import VeilBot
     from bot.core.veil import Veil
 
 log = logging.getLogger("veil")
@@ -70,6 +72,7 @@ async def run_bot(settings: Settings) -> None:
         queue = GenerationQueue(generator, per_user_limit=settings.per_user_queue_limit)
         try:
             async with VeilBot(settings=settings, veil=veil, queue=queue) as client:
+                _close_on_signals(client)
                 await client.start(settings.discord_token or "")
         except discord.LoginFailure as exc:
             raise ConfigError(
@@ -82,6 +85,30 @@ async def run_bot(settings: Settings) -> None:
                 "this machine's network connection and DNS, then start Veil again.") from exc
         finally:
             await generator.close()
+
+
+def _close_on_signals(client: VeilBot) -> None:
+    """Ctrl-C or SIGTERM closes the bot, which then leaves ``start``. Not by cancelling the main
+    task, as asyncio.run would: on Python 3.11, a cancellation that arrives while discord.py
+    finishes connecting is swallowed by its wait_for, and the bot would run on. A second signal
+    falls back to the default behaviour, for a close that itself hangs."""
+    loop = asyncio.get_running_loop()
+
+    def close(signum: int) -> None:
+        for other in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(other)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        log.info("Received %s: closing", signal.Signals(signum).name)
+        closing = loop.create_task(client.close())
+        _CLOSING.add(closing)
+        closing.add_done_callback(_CLOSING.discard)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signum, close, signum)
+
+
+_CLOSING: set[asyncio.Task[None]] = set()  # keeps the close task referenced until it ends
 
 
 def _reason(exc: OSError) -> str:

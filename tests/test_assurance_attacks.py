@@ -44,6 +44,7 @@ async def web(veil, clock):
         await client.close()
 
 
+@pytest.mark.slow
 async def test_ten_thousand_random_guesses_find_nothing_and_the_holder_still_gets_through(
         veil, web):
     image = await veil.images.create(ALICE, png(), guild_id=GUILD, source="upload")
@@ -182,6 +183,7 @@ async def test_two_hundred_concurrent_operations_lose_no_update_and_serve_nothin
 # Plaintext hunting after crashes -----------------------------------------------------------------
 
 
+@pytest.mark.slow  # a subprocess killed at each failpoint
 @pytest.mark.parametrize("failpoint", ["create:staged", "create:before-commit",
                                        "create:committed"])
 async def test_after_a_crash_while_creating_no_plaintext_or_prompt_is_on_disk(data_dir,

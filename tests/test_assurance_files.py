@@ -710,6 +710,7 @@ async def test_hostile_file_in_the_core_is_refused_or_cleaned(case: Case, veil: 
 # ---------------------------------------------------------------- path 2: /upload on Discord
 
 
+@pytest.mark.slow  # the whole corpus again, each through a bot started for it
 @pytest.mark.parametrize("case", CORPUS)
 async def test_hostile_upload_is_refused_or_cleaned(case: Case, veil_app) -> None:
     app = veil_app
@@ -1080,6 +1081,7 @@ CORE_FUZZ_EXAMPLES = 400
 IGNORE_PILLOW_COMPLAINTS = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
+@pytest.mark.slow
 @IGNORE_PILLOW_COMPLAINTS
 def test_fuzzed_bytes_are_sanitized_or_refused_and_nothing_is_written(
     private_temp_dir: Path,
@@ -1100,6 +1102,7 @@ def test_fuzzed_bytes_are_sanitized_or_refused_and_nothing_is_written(
     print(f"fuzz: {outcomes} in {time.monotonic() - started:.1f} s")
 
 
+@pytest.mark.slow
 @IGNORE_PILLOW_COMPLAINTS
 def test_fuzzed_files_through_the_core_leave_nothing_after_a_refusal(tmp_path: Path) -> None:
     loop = asyncio.new_event_loop()

@@ -41,6 +41,7 @@ from functools import wraps
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
@@ -696,6 +697,7 @@ def _g(guild: int | None) -> str:
     return "DM" if guild is None else f"G{GUILDS.index(guild)}"
 
 
+@pytest.mark.slow
 def test_the_core_agrees_with_the_reference_model(record_property: Any, capsys: Any) -> None:
     before = dict(STATS)
     started = time.monotonic()

@@ -140,7 +140,7 @@ def test_help_gives_each_command_a_line_of_its_own(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_normal_start_prints_no_voice_warnings(tmp_path):
+def test_a_normal_start_prints_no_voice_warnings_and_ctrl_c_stops_it(tmp_path):
     async def start_and_stop() -> str:
         double = await DiscordDouble().start()
         process = await asyncio.create_subprocess_exec(

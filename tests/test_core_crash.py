@@ -16,6 +16,7 @@ from bot.core.veil import Veil
 from tests.conftest import ALICE, GUILD, png, viewer
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # a subprocess started and killed for every case
 
 
 def run_killed(data_dir: Path, failpoint: str, operation: str, *args: str) -> None:
