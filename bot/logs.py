@@ -5,8 +5,8 @@ handler. A filter on a handler sees every record the handler writes, whatever lo
 (ours, discord.py's, aiohttp's, aiosqlite's, asyncio's, a cog's), so there is no list of logger
 names to keep up to date. The filter keeps every line but never:
 
-- a payload argument (gateway events, HTTP bodies, SQL parameter tuples), which may carry
-  interaction tokens, prompts or link selectors;
+- a payload argument from a wire library (gateway events, HTTP bodies, SQL parameter tuples),
+  which may carry interaction tokens, prompts or link selectors;
 - an interaction or webhook token in a URL, or a link token (``/l/<token>`` or bare);
 - a registered secret, such as the bot token (``REDACTOR.add_secrets``).
 """
@@ -25,6 +25,9 @@ FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 # discord.py's DEBUG output includes request bodies and aiosqlite's includes SQL parameters:
 # even redacted, neither is worth its volume, so they never run below INFO.
 NOISY_LOGGERS = ("discord", "aiosqlite")
+# Loggers (and their children) whose arguments may be whole wire payloads: gateway events and
+# HTTP bodies (discord.py, aiohttp), SQL parameter tuples (aiosqlite).
+WIRE_LOGGERS = ("discord", "aiosqlite", "aiohttp")
 
 REDACTED = "<redacted>"
 # A path segment after "/l/" (a link) or "/x/" (an export download), wherever it appears
@@ -38,6 +41,10 @@ _TOKEN_IN_URL = re.compile(r"(/(?:interactions/\d+|webhooks/\d+)/)[A-Za-z0-9_.\-
 def redact_link_tokens(text: str) -> str:
     """``text`` with every link token replaced by <redacted>."""
     return _BARE_TOKEN.sub(REDACTED, _LINK_PATH.sub(r"/\1/" + REDACTED, text))
+
+
+def _kept(value: object) -> object:
+    return value
 
 
 def _withheld(value: object) -> object:
@@ -75,15 +82,18 @@ class Redactor(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         template, args = str(record.msg), record.args
+        # Only the wire libraries log whole payloads; our own arguments are chosen with care
+        # (and still pass the scrub below), so they are kept as they are.
+        hold = _withheld if record.name.startswith(WIRE_LOGGERS) else _kept
         try:
             if not args:
                 message = template
             elif isinstance(args, Mapping) and "%(" in template:
-                message = template % {k: _withheld(v) for k, v in args.items()}
+                message = template % {k: hold(v) for k, v in args.items()}
             elif isinstance(args, Mapping):  # one dict argument, which logging unwraps
-                message = template % (_withheld(dict(args)),)
+                message = template % (hold(dict(args)),)
             else:
-                message = template % tuple(_withheld(a) for a in args)
+                message = template % tuple(hold(a) for a in args)
         except (TypeError, ValueError, KeyError):
             message = template
         record.msg, record.args = self.scrub(message), None

@@ -86,13 +86,15 @@ def test_a_record_from_any_logger_is_redacted_by_the_handler(veil_log):
         logger.warning("logged in with %s", TOKEN)
         logger.info("opened /l/%s and then %s", link_token, link_token)
         logger.info("callback https://d/api/v10/interactions/1/%s/callback", "aW50ZXJhY3Rpb24")
-        logger.info("sent %s", {"content": PROMPT})
         try:
             raise RuntimeError(f"failed for {TOKEN} at /l/{link_token}")
         except RuntimeError:
             logger.exception("it broke")
+    # A wire library's payloads are withheld whole: they may carry prompts.
+    logging.getLogger("discord.gateway.x").info("sent %s", {"content": PROMPT})
     text = stream.getvalue()
-    assert text.count("someone.elses.plugin.x7") == 5 and text.count("asyncio") >= 5
+    assert text.count("someone.elses.plugin.x7") == 4 and text.count("asyncio") >= 4
+    assert "sent <dict withheld>" in text
     assert "Traceback" in text and "it broke" in text, "lines are kept, only secrets go"
     for secret in (TOKEN, link_token, "aW50ZXJhY3Rpb24", "neighbour"):
         assert secret not in text
