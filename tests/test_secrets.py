@@ -1,6 +1,6 @@
 """Secrets cannot print: no repr or str of settings, links, generation requests, image contents
-or export downloads carries one, and every log record, whatever logger made it, is redacted on the one
-handler Veil installs (guarantee 8)."""
+or export downloads carries one, and every log record, whatever logger made it, is redacted on
+the one handler Veil installs (guarantee 8)."""
 
 from __future__ import annotations
 
