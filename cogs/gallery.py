@@ -142,8 +142,13 @@ class Gallery(commands.Cog):
         viewer = await viewer_from(interaction)
         record, queued = await self.veil.images.set_visibility(image, viewer, setting)
         text = f"`{record.public_id}` is now **{setting}**."
-        if setting == "public":
-            text += " It may appear in channels this server's moderators permitted."
+        if setting == "public" and record.guild_id is None:
+            # Made in a DM, a group DM or a server that never installed Veil: public has no
+            # server to be public in, so it still reaches only its owner and their shares.
+            text += (" It was made outside any server that installed Veil, so it appears in no "
+                     "channel; share it or make a /link to show it.")
+        elif setting == "public":
+            text += " It may appear in channels its server's moderators permitted."
         if queued:
             await self.bot.retract_now()
             pending = min(queued, await self.veil.images.pending_retraction_count())

@@ -31,10 +31,13 @@ class Private(commands.GroupCog, group_name="private",
                           description="Let new images be public where moderators allow it.")
     async def private_off(self, interaction: discord.Interaction) -> None:
         await self.veil.privacy.set_private_mode(interaction.user.id, False)
-        status = await self.veil.privacy.status(interaction.user.id,
-                                                 venue_from(interaction).policy_guild_id)
+        venue = venue_from(interaction)
+        status = await self.veil.privacy.status(interaction.user.id, venue.policy_guild_id)
         text = ("Private mode is **off**: new images are public, and appear in channels that "
-                "this server's moderators permitted.")
+                "the moderators of a server with Veil permitted.")
+        if venue.kind == "server" and venue.policy_guild_id is None:
+            text += (" This server has not installed Veil: images made here stay in your DMs "
+                     "and reach only the people you share them with.")
         if status.forced_by_server:
             text += " This server forces private mode, so images made here stay private."
         await reply(interaction, text)

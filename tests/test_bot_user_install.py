@@ -290,6 +290,8 @@ async def test_privacy_says_what_protects_you_where_the_server_has_not_installed
     assert "external apps as a whole" in said
     assert "This server's policy" not in said
     assert "posts nothing in this server's channels" in said
+    off = await app.run("private off", user=alice, guild=elsewhere.guild)
+    assert "This server has not installed Veil" in texts(off)
     home = await app.run("privacy", user=alice, install="user")
     assert "This server's policy" in texts(home)
     assert "has installed Veil" in texts(home)
@@ -321,6 +323,8 @@ async def test_every_personal_command_answers_privately_from_a_user_install_in_e
             said = texts(handle)
             assert "went wrong" not in said, (where, command, said)
             assert all(m.ephemeral for m in handle.messages), (where, command)
+            if command == "visibility":
+                assert "appears in no channel" in said, (where, said)
             # A user install may send at most 5 followups to one interaction.
             assert len(handle.followups) <= 5, (where, command)
     assert channel_posts(app) == []
