@@ -14,8 +14,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from bot.config import ConfigError, Settings, StartupError, load_settings, parse_master_key
 from bot.logs import REDACTOR, setup_logging
@@ -167,7 +167,7 @@ async def web(settings: Settings) -> None:
     await serve(settings)
 
 
-ACTIONS: dict[str, Callable[[Settings], Awaitable[None]]] = {
+ACTIONS: dict[str, Callable[[Settings], Coroutine[Any, Any, None]]] = {
     "run": run_bot, "web": web, "check": check, "rotate-key": rotate_key, "sweep": sweep}
 
 

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
@@ -24,6 +25,9 @@ from bot.logs import REDACTOR
 from cogs import EXTENSIONS
 from cogs._delivery import Deliverer
 from cogs._views import OwnerButton
+
+if TYPE_CHECKING:
+    from bot.web.app import WebServer
 
 log = logging.getLogger("veil.bot")
 
@@ -58,7 +62,7 @@ class VeilBot(commands.Bot):
         self._start_web = settings.web_enabled if start_web is None else start_web
         self._sync_commands = sync_commands
         self._background: list[asyncio.Task] = []
-        self._web_runner = None
+        self._web_runner: WebServer | None = None
         self.retract_wakeup = asyncio.Event()
         self._retract_lock = asyncio.Lock()
         REDACTOR.add_secrets(settings.discord_token)
@@ -148,3 +152,8 @@ class VeilBot(commands.Bot):
         if self._web_runner is not None:
             await self._web_runner.cleanup()
         await super().close()
+
+
+# What Veil's command handlers receive: ``interaction.client`` is a VeilBot, so a type checker
+# knows ``interaction.client.veil``.
+Interaction = discord.Interaction[VeilBot]

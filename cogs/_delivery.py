@@ -23,7 +23,7 @@ import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import discord
 
@@ -33,6 +33,9 @@ from bot.core.models import ImageContent, ImageRecord
 from bot.core.venue import Venue
 from cogs._replies import NO_MUTUAL_SERVER
 from cogs._viewer import venue_from
+
+if TYPE_CHECKING:
+    from bot.client import Interaction
 
 log = logging.getLogger("veil.delivery")
 
@@ -96,7 +99,7 @@ class Deliverer:
     def veil(self):
         return self.bot.veil
 
-    async def deliver(self, interaction: discord.Interaction, contents: Sequence[ImageContent],
+    async def deliver(self, interaction: Interaction, contents: Sequence[ImageContent],
                       *, caption: str, grant_id: int | None = None,
                       view_factory=None) -> Delivered:
         """Send ``contents`` (already access-checked for interaction.user) where allowed.
@@ -118,9 +121,10 @@ class Deliverer:
                                  "Use /link create to share it through a Veil link instead.")
         view = view_factory(contents) if view_factory is not None else None
         note_prefix = ""
-        if places == {"channel"} and interaction.channel is not None:
+        channel = interaction.channel
+        if places == {"channel"} and isinstance(channel, discord.abc.Messageable):
             try:
-                message = await interaction.channel.send(
+                message = await channel.send(
                     caption, files=_files(contents), allowed_mentions=NO_PINGS,
                     **({"view": view} if view is not None else {}))
             except discord.Forbidden:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import discord
 from discord import app_commands
 
 from bot.core.durations import format_duration, parse_duration
 from cogs._viewer import viewer_from
+
+if TYPE_CHECKING:
+    from bot.client import Interaction
 
 
 class DurationTransformer(app_commands.Transformer):
@@ -40,7 +45,8 @@ class TextChannelTransformer(app_commands.Transformer):
     async def transform(self, interaction: discord.Interaction, value: AnyChannel) -> AnyChannel:
         resolved = value.resolve() if isinstance(
             value, app_commands.AppCommandChannel | app_commands.AppCommandThread) else None
-        return resolved or value
+        # channel_types lets Discord offer text channels and threads only.
+        return resolved if isinstance(resolved, discord.TextChannel | discord.Thread) else value
 
 
 TextChannel = app_commands.Transform[AnyChannel, TextChannelTransformer]
@@ -51,7 +57,7 @@ def _label(record, mine: bool) -> str:
     return f"{record.public_id} · {record.visibility} · {record.width}x{record.height} · {who}"
 
 
-async def owned_image_autocomplete(interaction: discord.Interaction,
+async def owned_image_autocomplete(interaction: Interaction,
                                    current: str) -> list[app_commands.Choice[str]]:
     """Ids of the caller's own images (for commands that change or share an image)."""
     veil = interaction.client.veil
@@ -59,7 +65,7 @@ async def owned_image_autocomplete(interaction: discord.Interaction,
     return [app_commands.Choice(name=_label(r, True), value=r.public_id) for r in records]
 
 
-async def visible_image_autocomplete(interaction: discord.Interaction,
+async def visible_image_autocomplete(interaction: Interaction,
                                      current: str) -> list[app_commands.Choice[str]]:
     """Ids of images the caller may see: their own and those shared with them."""
     viewer = await viewer_from(interaction)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from typing import cast
 
 import discord
 from discord import app_commands
@@ -48,7 +49,8 @@ async def reply(interaction: discord.Interaction, content: str | None = None, *,
                 ephemeral: bool = True, **kwargs) -> None:
     """Send a message as the response, or as a followup when the response was already used."""
     if interaction.response.is_done():
-        await interaction.followup.send(content, ephemeral=ephemeral, **kwargs)
+        # discord.py sends None as "no text" here too, though its annotation says str.
+        await interaction.followup.send(cast(str, content), ephemeral=ephemeral, **kwargs)
     else:
         await interaction.response.send_message(content, ephemeral=ephemeral, **kwargs)
 

@@ -7,6 +7,8 @@ ours, so taking a role away ends a role share on the very next command (guarante
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, cast
+
 import discord
 from discord import app_commands
 
@@ -14,8 +16,11 @@ from bot.core.models import Viewer
 from bot.core.moderation import is_moderator
 from bot.core.venue import Venue, moderation_refusal
 
+if TYPE_CHECKING:
+    from bot.client import Interaction
 
-def role_ids(interaction: discord.Interaction) -> frozenset[int]:
+
+def role_ids(interaction: Interaction) -> frozenset[int]:
     """The role ids the interaction payload carries for the invoking member, @everyone included.
 
     ``Member.roles`` would resolve them through discord.py's guild cache and silently drop the
@@ -31,7 +36,7 @@ def role_ids(interaction: discord.Interaction) -> frozenset[int]:
     return frozenset(ids) | {interaction.guild_id}
 
 
-def venue_from(interaction: discord.Interaction) -> Venue:
+def venue_from(interaction: Interaction) -> Venue:
     """Where the interaction happened, and what Veil may do there (``bot.core.venue``)."""
     if interaction.guild_id is not None:
         # The server installed Veil when a server install authorized this command, or when
@@ -49,7 +54,13 @@ def venue_from(interaction: discord.Interaction) -> Venue:
     return Venue("private_chat", None, interaction.channel_id)
 
 
-async def viewer_from(interaction: discord.Interaction) -> Viewer:
+def as_veil(interaction: discord.Interaction[Any]) -> Interaction:
+    """``interaction`` typed as Veil's, for discord.py hooks whose signature is generic
+    (``interaction_check`` and the like): every interaction Veil handles comes through VeilBot."""
+    return cast("Interaction", interaction)
+
+
+async def viewer_from(interaction: Interaction) -> Viewer:
     """The asker as the core sees them. Outside a server that installed Veil there is no
     server: no moderator rights, and nothing is public to them by being made there."""
     venue = venue_from(interaction)
@@ -67,7 +78,7 @@ class NotModerator(app_commands.CheckFailure):
     """Raised by ``moderators_only``; the error handler explains it."""
 
 
-async def ensure_moderator(interaction: discord.Interaction) -> bool:
+async def ensure_moderator(interaction: Interaction) -> bool:
     """True for a moderator of the server the interaction comes from; otherwise raises an error
     whose message the central error path shows to the user."""
     refusal = moderation_refusal(venue_from(interaction))

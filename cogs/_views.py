@@ -9,12 +9,18 @@ its custom id: the handler answers only the image's owner.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import discord
+from discord.ui.select import BaseSelect  # the one base of every kind of select menu
 
 from bot.core.models import ImageContent
 from cogs._replies import report_error
+
+if TYPE_CHECKING:
+    from bot.client import Interaction
 
 
 class InvokerView(discord.ui.View):
@@ -40,7 +46,8 @@ class InvokerView(discord.ui.View):
 
     def disable_all(self) -> None:
         for item in self.children:
-            item.disabled = True
+            if isinstance(item, discord.ui.Button | BaseSelect):
+                item.disabled = True
 
 
 class Confirm(InvokerView):
@@ -53,24 +60,24 @@ class Confirm(InvokerView):
         self.value: bool | None = None
         self.confirm_button.label = confirm_label
 
-    async def _finish(self, interaction: discord.Interaction, value: bool) -> None:
+    async def _finish(self, interaction: Interaction, value: bool) -> None:
         self.disable_all()
         await interaction.response.edit_message(view=self)
         self.value = value
         self.stop()
 
     @discord.ui.button(label="Delete", style=discord.ButtonStyle.danger)
-    async def confirm_button(self, interaction: discord.Interaction,
+    async def confirm_button(self, interaction: Interaction,
                              button: discord.ui.Button) -> None:
         await self._finish(interaction, True)
 
     @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary)
-    async def cancel_button(self, interaction: discord.Interaction,
+    async def cancel_button(self, interaction: Interaction,
                             button: discord.ui.Button) -> None:
         await self._finish(interaction, False)
 
 
-async def confirm(interaction: discord.Interaction, question: str, *,
+async def confirm(interaction: Interaction, question: str, *,
                   confirm_label: str = "Delete",
                   wait_s: float = 60.0) -> tuple[bool, Confirm]:
     """Ask ``question`` ephemerally with Confirm/Cancel; returns (confirmed, view). On timeout
@@ -114,8 +121,8 @@ class OwnerButton(discord.ui.DynamicItem[discord.ui.Button],
         self.image_id = image_id
 
     @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button,
-                             match) -> OwnerButton:
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+                             match: re.Match[str]) -> OwnerButton:
         return cls(match["action"], match["image"])
 
     async def callback(self, interaction: discord.Interaction) -> None:

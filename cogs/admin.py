@@ -7,7 +7,7 @@ be changed by server admins). Nothing here can show a private image.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import discord
 from discord import app_commands
@@ -18,9 +18,12 @@ from bot.core.errors import InvalidInput
 from bot.core.models import AuditEntry, GuildPolicy, Report
 from cogs._options import AnyChannel, Duration, TextChannel, when
 from cogs._replies import plural, reply, reply_lines
-from cogs._viewer import ensure_moderator, venue_from, viewer_from
+from cogs._viewer import as_veil, ensure_moderator, venue_from, viewer_from
 from cogs._views import confirm
 from cogs.gallery import retract_and_describe
+
+if TYPE_CHECKING:
+    from bot.client import Interaction
 
 OnOff = Literal["on", "off"]
 NO_PINGS = discord.AllowedMentions.none()
@@ -73,7 +76,7 @@ def describe_report(report: Report) -> str:
             f"{when(report.created_at)}: {report.reason}")
 
 
-async def report_image_autocomplete(interaction: discord.Interaction,
+async def report_image_autocomplete(interaction: Interaction,
                                     current: str) -> list[app_commands.Choice[str]]:
     # Checks do not run for autocomplete, and reported ids are for moderators' eyes only.
     if interaction.guild_id is None or not (await viewer_from(interaction)).is_moderator:
@@ -100,9 +103,9 @@ class Admin(commands.GroupCog, group_name="admin",
         self.veil = bot.veil
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        return await ensure_moderator(interaction)
+        return await ensure_moderator(as_veil(interaction))
 
-    async def _policy_reply(self, interaction: discord.Interaction, heading: str,
+    async def _policy_reply(self, interaction: Interaction, heading: str,
                             **changes: object) -> None:
         policy = await self.veil.moderation.update_policy(interaction.guild_id,
                                                           interaction.user.id, **changes)
@@ -114,7 +117,7 @@ class Admin(commands.GroupCog, group_name="admin",
     @app_commands.command(name="channel-allow",
                           description="Let public images be posted in a channel.")
     @app_commands.describe(channel="The channel")
-    async def channel_allow(self, interaction: discord.Interaction,
+    async def channel_allow(self, interaction: Interaction,
                             channel: TextChannel) -> None:
         await self.veil.moderation.allow_channel(interaction.guild_id, channel.id,
                                                  interaction.user.id)
@@ -129,7 +132,7 @@ class Admin(commands.GroupCog, group_name="admin",
     @app_commands.command(name="channel-deny",
                           description="Stop public images from being posted in a channel.")
     @app_commands.describe(channel="The channel")
-    async def channel_deny(self, interaction: discord.Interaction,
+    async def channel_deny(self, interaction: Interaction,
                            channel: TextChannel) -> None:
         await self.veil.moderation.deny_channel(interaction.guild_id, channel.id,
                                                 interaction.user.id)
@@ -138,7 +141,7 @@ class Admin(commands.GroupCog, group_name="admin",
 
     @app_commands.command(name="channels", description="List channels where public images may "
                                                        "be posted.")
-    async def channels(self, interaction: discord.Interaction) -> None:
+    async def channels(self, interaction: Interaction) -> None:
         policy = await self.veil.moderation.policy(interaction.guild_id)
         listed = " ".join(f"<#{c}>" for c in sorted(policy.permitted_channels))
         await reply(interaction, listed or "No channel is permitted: every image goes to DMs. "
@@ -147,21 +150,21 @@ class Admin(commands.GroupCog, group_name="admin",
     # Policy --------------------------------------------------------------------------------
 
     @app_commands.command(name="policy", description="Show this server's Veil policy.")
-    async def policy(self, interaction: discord.Interaction) -> None:
+    async def policy(self, interaction: Interaction) -> None:
         policy = await self.veil.moderation.policy(interaction.guild_id)
         await reply(interaction, describe_policy(policy), allowed_mentions=NO_PINGS)
 
     @app_commands.command(name="force-private",
                           description="Make every image created in this server private.")
     @app_commands.describe(setting="on or off")
-    async def force_private(self, interaction: discord.Interaction, setting: OnOff) -> None:
+    async def force_private(self, interaction: Interaction, setting: OnOff) -> None:
         await self._policy_reply(interaction, f"Forced private mode is now **{setting}**.",
                                  force_private=setting == "on")
 
     @app_commands.command(name="links", description="Allow or forbid links to images made "
                                                     "here.")
     @app_commands.describe(setting="on or off")
-    async def links(self, interaction: discord.Interaction, setting: OnOff) -> None:
+    async def links(self, interaction: Interaction, setting: OnOff) -> None:
         heading = ("Links are now **on**." if setting == "on" else
                    "Links are now **off**: existing links to images made here stop working too.")
         await self._policy_reply(interaction, heading, links_enabled=setting == "on")
@@ -169,7 +172,7 @@ class Admin(commands.GroupCog, group_name="admin",
     @app_commands.command(name="link-max-lifetime",
                           description="The longest a link to an image made here may live.")
     @app_commands.describe(duration="Like 12h, 7d, 30d")
-    async def link_max_lifetime(self, interaction: discord.Interaction,
+    async def link_max_lifetime(self, interaction: Interaction,
                                 duration: Duration) -> None:
         await self._policy_reply(interaction, f"Links now live at most "
                                  f"**{format_duration(duration)}**; existing links that would "
@@ -178,7 +181,7 @@ class Admin(commands.GroupCog, group_name="admin",
     @app_commands.command(name="retention",
                           description="Delete images made here after this many days (0: off).")
     @app_commands.describe(days="Days to keep images; 0 turns retention off")
-    async def retention(self, interaction: discord.Interaction,
+    async def retention(self, interaction: Interaction,
                         days: app_commands.Range[int, 0, 3650]) -> None:
         await self._policy_reply(interaction, f"Images made here are now kept {days} days."
                                  if days else "Retention is off.", retention_days=days or None)
@@ -196,7 +199,7 @@ class Admin(commands.GroupCog, group_name="admin",
     @app_commands.command(name="mod-role",
                           description="Give a role Veil's moderator rights (empty: clear).")
     @app_commands.describe(role="The moderator role; leave empty to clear it")
-    async def mod_role(self, interaction: discord.Interaction,
+    async def mod_role(self, interaction: Interaction,
                        role: discord.Role | None = None) -> None:
         if role is not None and role.is_default():
             raise InvalidInput("@everyone cannot be the moderator role: it would make every "
@@ -208,7 +211,7 @@ class Admin(commands.GroupCog, group_name="admin",
 
     @app_commands.command(name="purge", description="Delete every image a member made here.")
     @app_commands.describe(member="Whose images to delete")
-    async def purge(self, interaction: discord.Interaction,
+    async def purge(self, interaction: Interaction,
                     member: discord.Member | discord.User) -> None:
         count = len(await self.veil.images.owned(member.id, guild_id=interaction.guild_id,
                                                  limit=100_000))
@@ -226,7 +229,7 @@ class Admin(commands.GroupCog, group_name="admin",
                                                        "without viewing it.")
     @app_commands.describe(image="The image id (reported ids are suggested)")
     @app_commands.autocomplete(image=report_image_autocomplete)
-    async def takedown(self, interaction: discord.Interaction, image: str) -> None:
+    async def takedown(self, interaction: Interaction, image: str) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         removal = await self.veil.moderation.takedown(await viewer_from(interaction), image)
         await interaction.followup.send(await retract_and_describe(self.bot, removal),
@@ -237,7 +240,7 @@ class Admin(commands.GroupCog, group_name="admin",
     @app_commands.command(name="audit", description="Recent Veil actions in this server.")
     @app_commands.describe(member="Only actions by or about this member",
                            limit="How many entries (1-50)")
-    async def audit(self, interaction: discord.Interaction,
+    async def audit(self, interaction: Interaction,
                     member: discord.Member | discord.User | None = None,
                     limit: app_commands.Range[int, 1, 50] = 20) -> None:
         entries = await self.veil.moderation.audit(
@@ -246,7 +249,7 @@ class Admin(commands.GroupCog, group_name="admin",
                           empty="The audit log is empty.")
 
     @app_commands.command(name="reports", description="Open reports about images made here.")
-    async def reports(self, interaction: discord.Interaction) -> None:
+    async def reports(self, interaction: Interaction) -> None:
         reports = await self.veil.moderation.reports(interaction.guild_id)
         await reply_lines(interaction, [describe_report(r) for r in reports],
                           empty="No open reports.",
@@ -256,14 +259,14 @@ class Admin(commands.GroupCog, group_name="admin",
     @app_commands.command(name="report-close",
                           description="Close a report; its image is no longer open to moderators.")
     @app_commands.describe(report="The report number (from /admin reports)")
-    async def report_close(self, interaction: discord.Interaction,
+    async def report_close(self, interaction: Interaction,
                            report: app_commands.Range[int, 1]) -> None:
         await self.veil.moderation.close_report(await viewer_from(interaction), report)
         await reply(interaction, f"Closed report #{report}. Its image is private to its owner "
                                  "and their shares again.")
 
     @app_commands.command(name="stats", description="How Veil is used in this server.")
-    async def stats(self, interaction: discord.Interaction) -> None:
+    async def stats(self, interaction: Interaction) -> None:
         figures = await self.veil.moderation.stats(interaction.guild_id)
         await reply(interaction, "\n".join(f"{name}: **{value}**"
                                            for name, value in figures.items()))

@@ -15,8 +15,8 @@ async def on_app_command_error(interaction: discord.Interaction,
 
 
 async def setup(bot: commands.Bot) -> None:
-    bot.tree.on_error = on_app_command_error
+    bot.tree.error(on_app_command_error)
 
 
 async def teardown(bot: commands.Bot) -> None:
-    bot.tree.on_error = app_commands.CommandTree.on_error.__get__(bot.tree)
+    bot.tree.on_error = app_commands.CommandTree.on_error.__get__(bot.tree)  # type: ignore[method-assign]

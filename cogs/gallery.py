@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import io
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import discord
 from discord import app_commands
@@ -18,6 +18,9 @@ from cogs._replies import plural, reply, reply_lines, report_error
 from cogs._viewer import viewer_from
 from cogs._views import InvokerView, confirm, owner_buttons
 from cogs.share import check_role_share, notify_grantee, target_kind
+
+if TYPE_CHECKING:
+    from bot.client import Interaction
 
 GALLERY_PAGE = 10  # one embed and one thumbnail per image; Discord allows 10 per message
 ACCESS_LOG_ENTRIES = 100  # the newest views; /access-log shows as many as fit in one message
@@ -82,7 +85,7 @@ class Gallery(commands.Cog):
     @app_commands.command(name="gallery",
                           description="Your images and those shared with you, newest first.")
     @app_commands.describe(page="Page number (10 images a page)")
-    async def gallery(self, interaction: discord.Interaction,
+    async def gallery(self, interaction: Interaction,
                       page: app_commands.Range[int, 1, 1000] = 1) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         viewer = await viewer_from(interaction)
@@ -118,7 +121,7 @@ class Gallery(commands.Cog):
     @app_commands.command(name="view", description="Get one image you may see.")
     @app_commands.describe(image="The image id")
     @app_commands.autocomplete(image=visible_image_autocomplete)
-    async def view(self, interaction: discord.Interaction, image: str) -> None:
+    async def view(self, interaction: Interaction, image: str) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         viewer = await viewer_from(interaction)
         content, decision = await self.veil.images.open(image, viewer)
@@ -137,7 +140,7 @@ class Gallery(commands.Cog):
                                                          "private.")
     @app_commands.describe(image="The image id", setting="public or private")
     @app_commands.autocomplete(image=owned_image_autocomplete)
-    async def visibility(self, interaction: discord.Interaction, image: str,
+    async def visibility(self, interaction: Interaction, image: str,
                          setting: Literal["public", "private"]) -> None:
         viewer = await viewer_from(interaction)
         record, queued = await self.veil.images.set_visibility(image, viewer, setting)
@@ -161,10 +164,10 @@ class Gallery(commands.Cog):
                           description="Delete one of your images for good, everywhere.")
     @app_commands.describe(image="The image id")
     @app_commands.autocomplete(image=owned_image_autocomplete)
-    async def delete(self, interaction: discord.Interaction, image: str) -> None:
+    async def delete(self, interaction: Interaction, image: str) -> None:
         await self.confirm_and_delete(interaction, image)
 
-    async def confirm_and_delete(self, interaction: discord.Interaction, image: str) -> None:
+    async def confirm_and_delete(self, interaction: Interaction, image: str) -> None:
         viewer = await viewer_from(interaction)
         record = await self.veil.images.get_owned(image, viewer)
         ok, view = await confirm(interaction, f"Delete `{record.public_id}` for good? Its links "
@@ -182,7 +185,7 @@ class Gallery(commands.Cog):
                           description="Who viewed your images, when, and through what.")
     @app_commands.describe(image="Only this image (optional)")
     @app_commands.autocomplete(image=owned_image_autocomplete)
-    async def access_log(self, interaction: discord.Interaction,
+    async def access_log(self, interaction: Interaction,
                          image: str | None = None) -> None:
         viewer = await viewer_from(interaction)
         entries = await self.veil.images.view_log(viewer, image, limit=ACCESS_LOG_ENTRIES)
@@ -201,7 +204,7 @@ class Gallery(commands.Cog):
                                       "moderators.")
     @app_commands.describe(image="The image id", reason="What is wrong with it")
     @app_commands.autocomplete(image=visible_image_autocomplete)
-    async def report(self, interaction: discord.Interaction, image: str,
+    async def report(self, interaction: Interaction, image: str,
                      reason: app_commands.Range[str, 1, 500]) -> None:
         viewer = await viewer_from(interaction)
         filed = await self.veil.moderation.report(viewer, image, reason)
@@ -211,7 +214,7 @@ class Gallery(commands.Cog):
 
     # The owner's buttons on delivered images -------------------------------------------------
 
-    async def on_owner_button(self, interaction: discord.Interaction, action: str,
+    async def on_owner_button(self, interaction: Interaction, action: str,
                               image_id: str) -> None:
         try:
             viewer = await viewer_from(interaction)
@@ -279,7 +282,7 @@ class SharePicker(InvokerView):
 
     @discord.ui.select(cls=discord.ui.MentionableSelect, placeholder="Pick people or roles",
                        min_values=1, max_values=10)
-    async def pick(self, interaction: discord.Interaction,
+    async def pick(self, interaction: Interaction,
                    select: discord.ui.MentionableSelect) -> None:
         if any(getattr(target, "bot", False) for target in select.values):
             await reply(interaction, "Bots cannot be shared with; pick people or roles.")
@@ -290,7 +293,7 @@ class SharePicker(InvokerView):
         for target in select.values:
             grant = await self.cog.veil.sharing.grant(viewer, target_kind(target), target.id,
                                                       image_public_id=self.image_id)
-            if grant.grantee_kind == "user":
+            if isinstance(target, discord.User | discord.Member):
                 people.append((target, grant))
         names = ", ".join(target.mention for target in select.values)
         await interaction.response.edit_message(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from types import EllipsisType
+from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
@@ -22,6 +23,9 @@ from bot.images import check_declared_size
 from cogs._delivery import DeliveryFailed
 from cogs._viewer import viewer_from
 from cogs._views import InvokerView, owner_buttons
+
+if TYPE_CHECKING:
+    from bot.client import Interaction
 
 PROGRESS_EVERY_S = 1.0
 RETRY_WAIT_S = 600.0  # shorter than an interaction token's 15 minutes, so expiry can be shown
@@ -66,7 +70,7 @@ class RetryView(InvokerView):
             pass  # the message is gone or its token expired: nothing left to tidy
 
     @discord.ui.button(label="Try again", style=discord.ButtonStyle.primary)
-    async def retry(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+    async def retry(self, interaction: Interaction, button: discord.ui.Button) -> None:
         button.disabled = True
         await interaction.response.edit_message(content="Trying again…", view=self)
         self.stop()
@@ -86,7 +90,7 @@ class Imagine(commands.Cog):
     @app_commands.command(name="imagine", description="Generate images from a prompt.")
     @app_commands.describe(prompt="What to draw", private="Keep these private (default: your "
                            "private mode)", count="How many images, 1 to 4")
-    async def imagine(self, interaction: discord.Interaction,
+    async def imagine(self, interaction: Interaction,
                       prompt: app_commands.Range[str, 1, 1000],
                       private: bool | None = None,
                       count: app_commands.Range[int, 1, 4] = 1) -> None:
@@ -94,7 +98,7 @@ class Imagine(commands.Cog):
         request = GenerationRequest(prompt=prompt, count=count)
         await self.run_generation(interaction, request, private)
 
-    async def follow_up(self, interaction: discord.Interaction, public_id: str, viewer: Viewer,
+    async def follow_up(self, interaction: Interaction, public_id: str, viewer: Viewer,
                         kind: FollowUpKind) -> None:
         """The owner's Re-roll or Variations on one of their images: the core decides what to
         draw and where the new images belong; the queue and delivery are /imagine's own."""
@@ -107,7 +111,7 @@ class Imagine(commands.Cog):
         await self.run_generation(interaction, request, plan.requested_private,
                                   guild_id=plan.guild_id)
 
-    async def run_generation(self, interaction: discord.Interaction, request: GenerationRequest,
+    async def run_generation(self, interaction: Interaction, request: GenerationRequest,
                              private: bool | None, *,
                              guild_id: int | None | EllipsisType = ...) -> None:
         """Queue, generate, store and deliver. ``guild_id`` is the server the images belong to
@@ -132,7 +136,7 @@ class Imagine(commands.Cog):
             generation=_params(request, index, generator)) for index, data in enumerate(images)]
         await self._deliver(interaction, viewer, records, status)
 
-    async def _deliver(self, interaction: discord.Interaction, viewer: Viewer,
+    async def _deliver(self, interaction: Interaction, viewer: Viewer,
                        records: list[ImageRecord], status: _StatusMessage) -> None:
         contents: list[ImageContent] = [await self.veil.images.decrypt(r) for r in records]
         try:
@@ -148,7 +152,7 @@ class Imagine(commands.Cog):
                           description="Store an image privately (metadata is removed).")
     @app_commands.describe(image="The image file (PNG, JPEG, WebP or GIF)",
                            private="Keep it private (default: your private mode)")
-    async def upload(self, interaction: discord.Interaction, image: discord.Attachment,
+    async def upload(self, interaction: Interaction, image: discord.Attachment,
                      private: bool | None = None) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         # Discord announces the size and the header's dimensions: refuse a giant before
@@ -181,7 +185,7 @@ class _StatusMessage:
     """The one message that shows queue position and progress, edited in place (throttled):
     the command's deferred reply, or the message whose "Try again" was clicked."""
 
-    def __init__(self, interaction: discord.Interaction, every_s: float) -> None:
+    def __init__(self, interaction: Interaction, every_s: float) -> None:
         self.interaction = interaction
         self.every_s = every_s
         self._last_bar: float | None = None

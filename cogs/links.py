@@ -7,6 +7,7 @@ command history nor in the interaction's options that error reports may mention.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
@@ -16,7 +17,10 @@ from bot.core.models import ShareLink, Viewer
 from bot.core.passwords import MAX_LENGTH, MIN_LENGTH
 from cogs._options import Duration, owned_image_autocomplete, when
 from cogs._replies import plural, reply, reply_lines, report_error
-from cogs._viewer import viewer_from
+from cogs._viewer import as_veil, viewer_from
+
+if TYPE_CHECKING:
+    from bot.client import Interaction
 
 PASSWORD_INPUT = "link-password"
 
@@ -30,7 +34,7 @@ def describe_link(link: ShareLink, now: float) -> str:
             f" · expires {when(link.expires_at)}{extras}")
 
 
-async def link_autocomplete(interaction: discord.Interaction,
+async def link_autocomplete(interaction: Interaction,
                             current: str) -> list[app_commands.Choice[str]]:
     veil = interaction.client.veil
     links = await veil.links.links_of(Viewer(interaction.user.id))
@@ -47,7 +51,7 @@ class PasswordModal(discord.ui.Modal):
     (None when an optional field was left empty)."""
 
     def __init__(self, *, title: str, label: str, required: bool,
-                 then: Callable[[discord.Interaction, str | None], Awaitable[None]]) -> None:
+                 then: Callable[[Interaction, str | None], Awaitable[None]]) -> None:
         super().__init__(title=title, custom_id="veil-link-password")
         self.answer: discord.ui.TextInput = discord.ui.TextInput(
             label=label, custom_id=PASSWORD_INPUT, style=discord.TextStyle.short,
@@ -58,9 +62,11 @@ class PasswordModal(discord.ui.Modal):
         self._then = then
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
-        await self._then(interaction, self.answer.value or None)
+        await self._then(as_veil(interaction), self.answer.value or None)
 
-    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
+    # Modal's own signature, which discord.py itself declares against View's with an ignore.
+    async def on_error(  # type: ignore[override]
+            self, interaction: discord.Interaction, error: Exception) -> None:
         await report_error(interaction, error)
 
 
@@ -70,7 +76,7 @@ class Links(commands.GroupCog, group_name="link",
         self.bot = bot
         self.veil = bot.veil
 
-    async def create_and_reply(self, interaction: discord.Interaction, image: str,
+    async def create_and_reply(self, interaction: Interaction, image: str,
                                viewer: Viewer, *, expires: float | None = None,
                                max_views: int | None = None, download: bool = False,
                                watermark: bool = False, password: str | None = None) -> None:
@@ -99,7 +105,7 @@ class Links(commands.GroupCog, group_name="link",
                            watermark="Stamp the link id visibly on the image",
                            password="Ask for a password (you type it in a form next)")
     @app_commands.autocomplete(image=owned_image_autocomplete)
-    async def create(self, interaction: discord.Interaction, image: str,
+    async def create(self, interaction: Interaction, image: str,
                      expires: Duration | None = None,
                      max_views: app_commands.Range[int, 1, 1000] | None = None,
                      download: bool = False, watermark: bool = False,
@@ -113,7 +119,7 @@ class Links(commands.GroupCog, group_name="link",
         # Refuse a wrong image id now, before asking for a password for it.
         await self.veil.images.get_owned(image, viewer)
 
-        async def made(submitted: discord.Interaction, answer: str | None) -> None:
+        async def made(submitted: Interaction, answer: str | None) -> None:
             await self.create_and_reply(submitted, image, viewer, expires=expires,
                                         max_views=max_views, download=download,
                                         watermark=watermark, password=answer or "")
@@ -125,7 +131,7 @@ class Links(commands.GroupCog, group_name="link",
                           description="Set, change or remove a link's password.")
     @app_commands.describe(link="The link id (from /link list)")
     @app_commands.autocomplete(link=link_autocomplete)
-    async def password(self, interaction: discord.Interaction, link: str) -> None:
+    async def password(self, interaction: Interaction, link: str) -> None:
         viewer = await viewer_from(interaction)
 
         async def changed(submitted: discord.Interaction, answer: str | None) -> None:
@@ -140,7 +146,7 @@ class Links(commands.GroupCog, group_name="link",
             then=changed))
 
     @app_commands.command(name="list", description="List your links and their state.")
-    async def list_links(self, interaction: discord.Interaction) -> None:
+    async def list_links(self, interaction: Interaction) -> None:
         links = await self.veil.links.links_of(Viewer(interaction.user.id))
         now = self.veil.ctx.now()
         await reply_lines(interaction, [describe_link(link, now) for link in links],
@@ -149,7 +155,7 @@ class Links(commands.GroupCog, group_name="link",
     @app_commands.command(name="revoke", description="Turn a link off now.")
     @app_commands.describe(link="The link id (from /link list)")
     @app_commands.autocomplete(link=link_autocomplete)
-    async def revoke(self, interaction: discord.Interaction, link: str) -> None:
+    async def revoke(self, interaction: Interaction, link: str) -> None:
         revoked = await self.veil.links.revoke(link, await viewer_from(interaction))
         await reply(interaction, f"Link `{revoked.public_id}` is off; it stops working on the "
                                  "very next request.")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import discord
 from discord import app_commands
 from discord.ext import commands
@@ -14,6 +16,9 @@ from cogs._replies import NO_MUTUAL_SERVER, plural, reply
 from cogs._viewer import venue_from
 from cogs._views import confirm
 
+if TYPE_CHECKING:
+    from bot.client import Interaction
+
 
 class Private(commands.GroupCog, group_name="private",
               group_description="Private mode: everything you create from now on is private."):
@@ -22,14 +27,14 @@ class Private(commands.GroupCog, group_name="private",
         self.veil = bot.veil
 
     @app_commands.command(name="on", description="Make everything you create from now on private.")
-    async def private_on(self, interaction: discord.Interaction) -> None:
+    async def private_on(self, interaction: Interaction) -> None:
         await self.veil.privacy.set_private_mode(interaction.user.id, True)
         await reply(interaction, "Private mode is **on**: new images reach only you and the "
                                  "people you share them with.")
 
     @app_commands.command(name="off",
                           description="Let new images be public where moderators allow it.")
-    async def private_off(self, interaction: discord.Interaction) -> None:
+    async def private_off(self, interaction: Interaction) -> None:
         await self.veil.privacy.set_private_mode(interaction.user.id, False)
         venue = venue_from(interaction)
         status = await self.veil.privacy.status(interaction.user.id, venue.policy_guild_id)
@@ -43,7 +48,7 @@ class Private(commands.GroupCog, group_name="private",
         await reply(interaction, text)
 
     @app_commands.command(name="status", description="Show whether private mode is on.")
-    async def private_status(self, interaction: discord.Interaction) -> None:
+    async def private_status(self, interaction: Interaction) -> None:
         status = await self.veil.privacy.status(interaction.user.id,
                                                  venue_from(interaction).policy_guild_id)
         mode = "on" if status.private_mode else "off"
@@ -60,7 +65,7 @@ class PrivacyTools(commands.Cog):
 
     @app_commands.command(name="privacy",
                           description="What Veil stores about you, and this server's policy.")
-    async def privacy(self, interaction: discord.Interaction) -> None:
+    async def privacy(self, interaction: Interaction) -> None:
         venue = venue_from(interaction)
         status = await self.veil.privacy.status(interaction.user.id, venue.policy_guild_id)
         lines = [
@@ -96,7 +101,7 @@ class PrivacyTools(commands.Cog):
 
     @app_commands.command(name="export",
                           description="Get your images and records as a one-time download.")
-    async def export(self, interaction: discord.Interaction) -> None:
+    async def export(self, interaction: Interaction) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         job = await self.veil.exports.start(interaction.user.id)
         await interaction.followup.send(
@@ -128,7 +133,7 @@ class PrivacyTools(commands.Cog):
 
     @app_commands.command(name="forget-me",
                           description="Delete everything Veil holds about you, key included.")
-    async def forget_me(self, interaction: discord.Interaction) -> None:
+    async def forget_me(self, interaction: Interaction) -> None:
         status = await self.veil.privacy.status(interaction.user.id)
         ok, _ = await confirm(
             interaction,

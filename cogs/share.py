@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import discord
 from discord import app_commands
 from discord.ext import commands
@@ -14,6 +16,9 @@ from cogs._replies import plural, reply, reply_lines
 from cogs._viewer import venue_from, viewer_from
 from cogs._views import confirm
 
+if TYPE_CHECKING:
+    from bot.client import Interaction
+
 Target = discord.Member | discord.User | discord.Role
 NO_PINGS = discord.AllowedMentions.none()
 MEMBERS_SHOWN = 10  # per group in /group list, so one big group cannot crowd out the rest
@@ -23,7 +28,7 @@ def target_kind(target: Target) -> str:
     return "role" if isinstance(target, discord.Role) else "user"
 
 
-def check_role_share(interaction: discord.Interaction, targets) -> None:
+def check_role_share(interaction: Interaction, targets) -> None:
     """Refuse sharing with a role where that role's server has not installed Veil (or outside
     any server), in words that say what to do instead."""
     if any(isinstance(t, discord.Role) for t in targets):
@@ -109,7 +114,7 @@ class Share(commands.Cog):
                            "your images)", expires="How long, like 30m, 12h or 7d (default: "
                            "until you unshare)")
     @app_commands.autocomplete(image=owned_image_autocomplete)
-    async def share(self, interaction: discord.Interaction, target: Target,
+    async def share(self, interaction: Interaction, target: Target,
                     image: str | None = None, expires: Duration | None = None) -> None:
         # Answer Discord at once: the grant may wait for the write lock behind other work.
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -123,14 +128,14 @@ class Share(commands.Cog):
         until = f" for {format_duration(expires)}" if expires else ""
         await reply(interaction, f"Shared {what(grant.image_public_id)} with {target.mention}"
                                  f"{until}. Undo with /unshare.", allowed_mentions=NO_PINGS)
-        if target_kind(target) == "user":
+        if isinstance(target, discord.User | discord.Member):
             await notify_grantee(target, grant)
 
     @app_commands.command(name="unshare", description="Stop sharing with a person or a role.")
     @app_commands.describe(target="A person or a role",
                            image="One image (leave empty to stop sharing everything)")
     @app_commands.autocomplete(image=owned_image_autocomplete)
-    async def unshare(self, interaction: discord.Interaction, target: Target,
+    async def unshare(self, interaction: Interaction, target: Target,
                       image: str | None = None) -> None:
         viewer = await viewer_from(interaction)
         kind = target_kind(target)
@@ -141,7 +146,7 @@ class Share(commands.Cog):
                             covered)
 
     @app_commands.command(name="shares", description="List what you are sharing, and with whom.")
-    async def shares(self, interaction: discord.Interaction) -> None:
+    async def shares(self, interaction: Interaction) -> None:
         grants = await self.veil.sharing.grants_by(interaction.user.id)
         await reply_lines(interaction, [describe_grant(g) for g in grants],
                           empty="You are not sharing anything. Use /share to start.")
@@ -154,7 +159,7 @@ def describe_group(group: Group) -> str:
     return f"{group_label(group.name)}: {members}"
 
 
-async def group_autocomplete(interaction: discord.Interaction,
+async def group_autocomplete(interaction: Interaction,
                              current: str) -> list[app_commands.Choice[str]]:
     groups = await interaction.client.veil.sharing.groups(interaction.user.id)
     current = current.lower()
@@ -171,7 +176,7 @@ class Groups(commands.GroupCog, group_name="group",
 
     @app_commands.command(name="create", description="Create a personal group.")
     @app_commands.describe(name="A name only you see, up to 32 characters")
-    async def create(self, interaction: discord.Interaction,
+    async def create(self, interaction: Interaction,
                      name: app_commands.Range[str, 1, 32]) -> None:
         group = await self.veil.sharing.create_group(interaction.user.id, name)
         await reply(interaction, f"Created group {group_label(group.name)}. Add people with "
@@ -180,7 +185,7 @@ class Groups(commands.GroupCog, group_name="group",
     @app_commands.command(name="add", description="Add a person to one of your groups.")
     @app_commands.describe(name="The group", member="Who to add")
     @app_commands.autocomplete(name=group_autocomplete)
-    async def add(self, interaction: discord.Interaction, name: str,
+    async def add(self, interaction: Interaction, name: str,
                   member: discord.Member | discord.User) -> None:
         if member.bot:
             await reply(interaction, "Bots cannot be in a group.")
@@ -193,7 +198,7 @@ class Groups(commands.GroupCog, group_name="group",
     @app_commands.command(name="remove", description="Remove a person from one of your groups.")
     @app_commands.describe(name="The group", member="Who to remove")
     @app_commands.autocomplete(name=group_autocomplete)
-    async def remove(self, interaction: discord.Interaction, name: str,
+    async def remove(self, interaction: Interaction, name: str,
                      member: discord.Member | discord.User) -> None:
         group, queued = await self.veil.sharing.remove_member(interaction.user.id, name,
                                                               member.id)
@@ -204,7 +209,7 @@ class Groups(commands.GroupCog, group_name="group",
     @app_commands.command(name="delete", description="Delete one of your groups and its shares.")
     @app_commands.describe(name="The group")
     @app_commands.autocomplete(name=group_autocomplete)
-    async def delete(self, interaction: discord.Interaction, name: str) -> None:
+    async def delete(self, interaction: Interaction, name: str) -> None:
         group = await self.veil.sharing.group(interaction.user.id, name)
         ok, _ = await confirm(interaction, f"Delete group {group_label(group.name)} and everything "
                               "shared with it? Its members lose access now "
@@ -218,7 +223,7 @@ class Groups(commands.GroupCog, group_name="group",
         await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_PINGS)
 
     @app_commands.command(name="list", description="List your groups and their members.")
-    async def list_groups(self, interaction: discord.Interaction) -> None:
+    async def list_groups(self, interaction: Interaction) -> None:
         groups = await self.veil.sharing.groups(interaction.user.id)
         await reply_lines(interaction, [describe_group(g) for g in groups],
                           empty="You have no groups. Create one with /group create.")
@@ -227,7 +232,7 @@ class Groups(commands.GroupCog, group_name="group",
     @app_commands.describe(name="The group", image="One image (leave empty for all)",
                            expires="How long, like 30m, 12h or 7d")
     @app_commands.autocomplete(name=group_autocomplete, image=owned_image_autocomplete)
-    async def share(self, interaction: discord.Interaction, name: str,
+    async def share(self, interaction: Interaction, name: str,
                     image: str | None = None, expires: Duration | None = None) -> None:
         viewer = await viewer_from(interaction)
         group = await self.veil.sharing.group(viewer.user_id, name)
@@ -240,7 +245,7 @@ class Groups(commands.GroupCog, group_name="group",
     @app_commands.command(name="unshare", description="Stop sharing with a group.")
     @app_commands.describe(name="The group", image="One image (leave empty for everything)")
     @app_commands.autocomplete(name=group_autocomplete, image=owned_image_autocomplete)
-    async def unshare(self, interaction: discord.Interaction, name: str,
+    async def unshare(self, interaction: Interaction, name: str,
                       image: str | None = None) -> None:
         viewer = await viewer_from(interaction)
         group = await self.veil.sharing.group(viewer.user_id, name)

@@ -64,7 +64,7 @@ class _Reads:
         return list(await self._conn.execute_fetchall(sql, params))
 
     async def fetchone(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Row | None:
-        rows = await self._conn.execute_fetchall(sql, params)
+        rows = list(await self._conn.execute_fetchall(sql, params))
         return rows[0] if rows else None
 
     async def fetchval(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
@@ -170,6 +170,8 @@ class Transaction(_Reads):
     async def insert(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> int:
         """Run one INSERT; returns the new row's id."""
         async with self._conn.execute(sql, params) as cur:
+            if cur.lastrowid is None:  # sqlite3 sets it after every successful INSERT
+                raise RuntimeError("not an INSERT: no row id")
             return cur.lastrowid
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
@@ -178,7 +180,8 @@ class Transaction(_Reads):
 
 def _split_sql(script: str) -> list[str]:
     """Split a migration into statements, keeping trigger bodies (BEGIN ... END;) whole."""
-    statements, buf = [], []
+    statements: list[str] = []
+    buf: list[str] = []
     for line in script.splitlines():
         stripped = line.strip()
         if not buf and (not stripped or stripped.startswith("--")):

@@ -11,6 +11,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from bot.core.blobs import LocalBlobStore
 from bot.core.crypto import KeyRing, new_key
@@ -31,7 +32,7 @@ def new_public_id(length: int = 10) -> str:
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
 
 
-def image_from_row(row: Row) -> ImageRecord:
+def image_from_row(row: Row | tuple[Any, ...]) -> ImageRecord:
     return ImageRecord(*(row[i] for i in range(13)))
 
 

@@ -23,15 +23,18 @@ import secrets
 import zipfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import IO, BinaryIO
+from typing import IO, TYPE_CHECKING, BinaryIO
 
 from bot.core.context import IMAGE_COLUMNS, Context, image_from_row
 from bot.core.durations import format_duration
 from bot.core.errors import NotFound, RateLimited
 from bot.core.images import ImageService
-from bot.core.models import Viewer
+from bot.core.models import ImageRecord, Viewer
 from bot.core.sealedstream import SealedWriter, read_sealed
 from bot.core.sharing import SharingService
+
+if TYPE_CHECKING:
+    from db import Row
 
 TOKEN_BYTES = 32
 TOKEN_CHARS = 43
@@ -154,7 +157,7 @@ class ExportService:
             sealed = SealedWriter(out, secret)
             # An unseekable target: zipfile writes each entry with a data descriptor and never
             # looks back, so nothing but the current chunk stays in memory.
-            archive = zipfile.ZipFile(sealed, "w", zipfile.ZIP_STORED)  # type: ignore[arg-type]
+            archive = zipfile.ZipFile(sealed, "w", zipfile.ZIP_STORED)
             try:
                 count = 0
                 async for image in self._images_of(user_id):
@@ -180,7 +183,7 @@ class ExportService:
         finally:
             out.close()
 
-    async def _images_of(self, user_id: int):
+    async def _images_of(self, user_id: int) -> AsyncIterator[ImageRecord]:
         after = 0
         while True:
             rows = await self.ctx.db.fetchall(
@@ -275,7 +278,7 @@ class ExportService:
             source.close()
             await self.ctx.blobs.delete_exports([file_name])
 
-    async def _find(self, token: str):
+    async def _find(self, token: str) -> Row | None:
         if len(token) != TOKEN_CHARS or not _TOKEN_ALPHABET.issuperset(token):
             token = secrets.token_urlsafe(TOKEN_BYTES)  # the same cost as any other miss
         row = await self.ctx.db.fetchone(

@@ -18,7 +18,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from bot.core.context import IMAGE_COLUMNS, Context, image_from_row, new_public_id
 from bot.core.durations import format_duration
@@ -26,6 +26,9 @@ from bot.core.errors import InvalidInput, NotFound, PolicyViolation
 from bot.core.images import ImageService
 from bot.core.models import ImageContent, ImageRecord, LinkSession, NewLink, ShareLink, Viewer
 from bot.core.passwords import DEFAULT_COST, ScryptCost, hash_password, verify_password
+
+if TYPE_CHECKING:
+    from db import Row
 
 TOKEN_BYTES = 32
 TOKEN_CHARS = 43
@@ -209,7 +212,7 @@ class LinkService:
                                  image_ref=row[2], detail=f"link:{row[1]}")
         return replace(_link_from_row(row), has_password=password_hash is not None)
 
-    async def _owned_row(self, link_public_id: str, owner: Viewer):
+    async def _owned_row(self, link_public_id: str, owner: Viewer) -> Row:
         row = await self.ctx.db.fetchone(
             f"SELECT {_LINK_COLUMNS}, i.owner_id, i.guild_id FROM links l"
             " JOIN images i ON i.id = l.image_id WHERE l.public_id = ?",
@@ -275,6 +278,6 @@ def _hash(verifier: str) -> bytes:
     return hashlib.sha256(verifier.encode()).digest()
 
 
-def _link_from_row(row) -> ShareLink:
+def _link_from_row(row: Row) -> ShareLink:
     return ShareLink(row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]), bool(row[8]),
                      bool(row[9]), bool(row[11]), row[12])

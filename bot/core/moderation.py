@@ -41,15 +41,16 @@ class ModerationService:
                              link_max_lifetime=row[2], retention_days=row[3], mod_role_id=row[4])
         return policy
 
-    async def update_policy(self, guild_id: int, actor_id: int, **changes: object) -> GuildPolicy:
+    async def update_policy(self, guild_id: int, actor_id: int,
+                            **changes: bool | int | float | None) -> GuildPolicy:
         unknown = set(changes) - _POLICY_FIELDS
         if unknown:
             raise ValueError(f"unknown policy fields: {sorted(unknown)}")
-        if "retention_days" in changes and changes["retention_days"] is not None and not (
-                1 <= int(changes["retention_days"]) <= 3650):
+        days = changes.get("retention_days")
+        if days is not None and not 1 <= int(days) <= 3650:
             raise InvalidInput("Retention is between 1 and 3650 days (or off).")
-        if "link_max_lifetime" in changes and not (
-                60 <= float(changes["link_max_lifetime"]) <= 366 * 86400):
+        lifetime = changes.get("link_max_lifetime", 60)
+        if lifetime is None or not 60 <= float(lifetime) <= 366 * 86400:
             raise InvalidInput("The longest link lifetime is between 1 minute and a year.")
         async with self.ctx.db.transaction() as tx:
             await tx.execute("INSERT OR IGNORE INTO guild_policy (guild_id, updated_at)"
@@ -126,9 +127,11 @@ class ModerationService:
         async with self.ctx.db.transaction() as tx:
             basis_kind = basis_target = None
             if decision.via == "grant":
-                basis_kind, basis_target = tuple(await tx.fetchone(
+                basis = await tx.fetchone(
                     "SELECT grantee_kind, grantee_id FROM grants WHERE id = ?",
-                    (decision.grant_id,)))
+                    (decision.grant_id,))
+                if basis is not None:
+                    basis_kind, basis_target = basis[0], basis[1]
             report_id = await tx.insert(
                 "INSERT INTO reports (image_id, guild_id, reporter_id, reason, created_at,"
                 " basis, basis_kind, basis_target) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -146,7 +149,7 @@ class ModerationService:
             " r.closed_at IS NOT NULL FROM reports r JOIN images i ON i.id = r.image_id"
             " WHERE r.guild_id = ?" + (" AND r.closed_at IS NULL" if open_only else "")
             + " ORDER BY r.id DESC LIMIT 50", (guild_id,))
-        return [Report(*r[:6], bool(r[6])) for r in rows]
+        return [Report(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
 
     async def close_report(self, moderator: Viewer, report_id: int) -> None:
         guild_id = _guild_of(moderator)

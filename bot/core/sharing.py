@@ -8,10 +8,15 @@ through that grant.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from bot.core.context import Context
 from bot.core.errors import InvalidInput, NotFound
 from bot.core.images import ImageService, queue_retractions
 from bot.core.models import Grant, GranteeKind, Group, Viewer
+
+if TYPE_CHECKING:
+    from db import Row, Transaction
 
 MAX_GROUPS = 25
 MAX_GROUP_MEMBERS = 100
@@ -73,6 +78,8 @@ class SharingService:
                                  image_ref=image.public_id if image else "all",
                                  detail=f"{kind}:{grantee_id}")
         row = await self.ctx.db.fetchone(_GRANT_SELECT + " WHERE g.id = ?", (grant_id,))
+        if row is None:  # revoked in the instant since it was made
+            raise NotFound("That share was removed as it was being made.")
         return _grant_from_row(row)
 
     async def revoke(self, owner: Viewer, kind: GranteeKind, grantee_id: int, *,
@@ -98,7 +105,7 @@ class SharingService:
                                      detail=f"{kind}:{grantee_id}")
         return len(ids), queued
 
-    async def _retract_through(self, tx, grant_ids: list[int],
+    async def _retract_through(self, tx: Transaction, grant_ids: list[int],
                                recipient_id: int | None = None) -> int:
         if not grant_ids:
             return 0
@@ -204,5 +211,5 @@ def _group_name(name: str) -> str:
     return name
 
 
-def _grant_from_row(row) -> Grant:
+def _grant_from_row(row: Row) -> Grant:
     return Grant(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7])

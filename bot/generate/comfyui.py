@@ -397,7 +397,8 @@ class ComfyUIGenerator:
         entry = await self._history(session, job)
         if entry is None:
             return  # still queued or running: its events will come on the new socket
-        status = entry.get("status") if isinstance(entry.get("status"), dict) else {}
+        found = entry.get("status")
+        status: dict[str, Any] = found if isinstance(found, dict) else {}
         if status.get("status_str") == "error":
             job.failed = True
             raise GeneratorUnavailable(_failed_in(None))

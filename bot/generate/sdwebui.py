@@ -215,9 +215,9 @@ class SDWebUIGenerator:
                     raise error
             return await render
         finally:
-            children = [task for task in (render, poll) if task is not None]
-            for task in children:
-                task.cancel()
+            children = [child for child in (render, poll) if child is not None]
+            for child in children:
+                child.cancel()
             await asyncio.gather(*children, return_exceptions=True)
 
     async def _txt2img(self, session: aiohttp.ClientSession, payload: dict[str, Any]) -> bytes:

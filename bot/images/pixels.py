@@ -5,7 +5,7 @@ not read files or write bytes (that is the pipeline's job).
 """
 
 import math
-from typing import Final
+from typing import Final, cast
 
 from PIL import ExifTags, Image
 
@@ -136,7 +136,7 @@ def clear_hidden_colour(im: Image.Image) -> Image.Image:
     for box in _strips(im):
         strip = im.crop(box)
         alpha = strip.getchannel("A")
-        if alpha.getextrema()[0] > FAINT_ALPHA:
+        if _lowest(alpha) > FAINT_ALPHA:
             continue
         touched.append(box)
         faint = sum(alpha.histogram()[1 : FAINT_ALPHA + 1])
@@ -198,7 +198,7 @@ def _alpha_is_opaque(im: Image.Image) -> bool:
     # Strip by strip: getextrema holds the GIL for its whole pass (60 ms on 40 megapixels,
     # measured), which would stall the event loop; a strip takes a few milliseconds.
     return all(
-        im.crop(box).getchannel("A").getextrema()[0] >= _OPAQUE_ALPHA for box in _strips(im)
+        _lowest(im.crop(box).getchannel("A")) >= _OPAQUE_ALPHA for box in _strips(im)
     )
 
 
@@ -211,3 +211,9 @@ def _sixteen_bit_to_grey(im: Image.Image) -> Image.Image:
     # of the picture white; divide by 257 first so that 65535 maps to 255 and 0 to 0.
     wide = im if im.mode == "I" else im.convert("I")
     return wide.point(lambda value: value / 257).convert("L")
+
+
+def _lowest(band: Image.Image) -> int:
+    """The smallest value in a one-band image (getextrema gives (lowest, highest) for one band)."""
+    lowest, _ = cast(tuple[int, int], band.getextrema())
+    return lowest

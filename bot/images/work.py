@@ -20,7 +20,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Final, TypeVar
 
 from bot.core.errors import RateLimited
@@ -104,7 +104,7 @@ class ImageWork:
         future.add_done_callback(self._release)
         return await asyncio.wrap_future(future)
 
-    def _release(self, _: Future[object] | None) -> None:
+    def _release(self, _: object) -> None:
         with self._lock:
             self._admitted -= 1
 
