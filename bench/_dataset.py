@@ -134,8 +134,9 @@ def _bulk_insert(data: Path, s: Shape) -> None:
 
     users = [user_id(i) for i in range(s.users)]
     con.executemany(
-        "INSERT INTO users (user_id, private_mode, wrapped_key, created_at) VALUES (?,?,?,?)",
-        ((u, 1 if rng.random() < 0.8 else 0, ring.wrap_owner_key(u, new_key()),
+        "INSERT INTO users (user_id, private_mode, wrapped_key, master_key_id, created_at)"
+        " VALUES (?,?,?,?,?)",
+        ((u, 1 if rng.random() < 0.8 else 0, ring.wrap_owner_key(u, new_key()), ring.key_id,
           now - 2 * YEAR) for u in users))
 
     # Owners follow a Zipf-like law: a few people own tens of thousands of images, most a few.

@@ -9,6 +9,7 @@ reads do not wait behind writes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import sqlite3
 import time
@@ -116,8 +117,15 @@ class Database(_Reads):
             if version in applied:
                 continue
             # One transaction per migration: a failing file leaves the schema as it was.
-            await conn.execute("BEGIN IMMEDIATE")
             try:
+                await conn.execute("BEGIN IMMEDIATE")
+                # Another process starting at the same moment may have applied it while we
+                # waited for the write lock: the lock is the migration lock.
+                async with conn.execute("SELECT 1 FROM schema_version WHERE version = ?",
+                                        (version,)) as cur:
+                    if await cur.fetchone() is not None:
+                        await conn.execute("ROLLBACK")
+                        continue
                 for statement in _split_sql(sql):
                     await conn.execute(statement)
                 await conn.execute(
@@ -126,7 +134,8 @@ class Database(_Reads):
                 )
                 await conn.execute("COMMIT")
             except BaseException:
-                await conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.OperationalError):
+                    await asyncio.shield(conn.execute("ROLLBACK"))
                 raise
 
     async def close(self) -> None:
@@ -142,13 +151,23 @@ class Database(_Reads):
     async def transaction(self) -> AsyncIterator[Transaction]:
         """An IMMEDIATE transaction on the writer; commits on success, rolls back on error."""
         async with self._write_lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
+            # BEGIN inside the try: a task cancelled while BEGIN waits for another process's
+            # write lock leaves aiosqlite's thread to finish the BEGIN anyway, and without the
+            # ROLLBACK queued behind it the writer would stay inside that transaction (every
+            # later write failing until restart). Same for a COMMIT that fails or is cancelled.
             try:
+                await self._writer.execute("BEGIN IMMEDIATE")
                 yield Transaction(self._writer)
+                await self._writer.execute("COMMIT")
             except BaseException:
-                await self._writer.execute("ROLLBACK")
+                await asyncio.shield(self._rollback())
                 raise
-            await self._writer.execute("COMMIT")
+
+    async def _rollback(self) -> None:
+        # aiosqlite runs a connection's calls in order, so this ROLLBACK runs after a BEGIN or
+        # COMMIT still in flight; if no transaction is open by then there is nothing to undo.
+        with contextlib.suppress(sqlite3.OperationalError):
+            await self._writer.execute("ROLLBACK")
 
     async def checkpoint(self) -> None:
         """Copy the WAL into the database and truncate it, so deleted pages leave no copy there."""

@@ -10,7 +10,7 @@ import sys
 
 from bot.core.models import Viewer
 from bot.core.veil import Veil
-from tests.conftest import ALICE, GUILD, png
+from tests.conftest import ALICE, GUILD, MOD, png
 
 
 async def main(data_dir: str, operation: str, image_id: str | None) -> None:
@@ -22,6 +22,8 @@ async def main(data_dir: str, operation: str, image_id: str | None) -> None:
         await veil.images.delete(image_id, Viewer(ALICE))
     elif operation == "forget":
         await veil.privacy.forget(ALICE)
+    elif operation == "purge":
+        await veil.moderation.purge(Viewer(MOD, guild_id=GUILD, is_moderator=True), ALICE)
     elif operation == "rotate":
         await veil.rotate_master_key()
     await veil.close()

@@ -9,6 +9,7 @@ like) can stand in for this class without touching the services.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 from pathlib import Path
@@ -58,7 +59,9 @@ class LocalBlobStore:
             if staged.exists():
                 final = self._final(name, part)
                 final.parent.mkdir(exist_ok=True)
-                os.replace(staged, final)
+                # A repair in another process may publish the same committed blob at once.
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(staged, final)
 
     async def discard_staged(self, name: str) -> None:
         await asyncio.to_thread(self._unlink, [self._staged(name, p) for p in PARTS])

@@ -98,19 +98,24 @@ class Context:
         return self.clock()
 
     async def owner_key(self, user_id: int) -> bytes | None:
-        wrapped = await self.db.fetchval("SELECT wrapped_key FROM users WHERE user_id = ?",
-                                         (user_id,))
-        return None if wrapped is None else self.keys.unwrap_owner_key(user_id, wrapped)
+        row = await self.db.fetchone(
+            "SELECT wrapped_key, master_key_id FROM users WHERE user_id = ?", (user_id,))
+        return None if row is None else self.keys.unwrap_owner_key(user_id, row[0], row[1])
 
     async def ensure_user(self, tx: Transaction, user_id: int) -> bytes:
         """The owner's key, creating the user (private mode on, fresh key) on first use."""
-        wrapped = await tx.fetchval("SELECT wrapped_key FROM users WHERE user_id = ?", (user_id,))
-        if wrapped is not None:
-            return self.keys.unwrap_owner_key(user_id, wrapped)
+        row = await tx.fetchone(
+            "SELECT wrapped_key, master_key_id FROM users WHERE user_id = ?", (user_id,))
+        if row is not None:
+            return self.keys.unwrap_owner_key(user_id, row[0], row[1])
+        # The current master key as of this transaction: a rotation in another process that
+        # committed before it is seen here, one that commits after it re-wraps this row.
+        current = await tx.fetchval("SELECT value FROM meta WHERE key = 'master_key_id'")
         key = new_key()
         await tx.execute(
-            "INSERT INTO users (user_id, wrapped_key, created_at) VALUES (?, ?, ?)",
-            (user_id, self.keys.wrap_owner_key(user_id, key), self.now()),
+            "INSERT INTO users (user_id, wrapped_key, master_key_id, created_at)"
+            " VALUES (?, ?, ?, ?)",
+            (user_id, self.keys.wrap_owner_key(user_id, key, current), current, self.now()),
         )
         return key
 

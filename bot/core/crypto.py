@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -53,39 +54,92 @@ def image_aad(public_id: str, part: str) -> bytes:
     return f"veil/image/{public_id}/{part}".encode()
 
 
+class MissingMasterKey(CryptoError):
+    """A wrapped key names a master key this process does not hold (operator's message)."""
+
+
 class KeyRing:
-    """Holds the master key and wraps/unwraps owner keys with it."""
+    """The master keys this process holds, by id, and the id of the one that wraps new keys.
 
-    def __init__(self, master_key: bytes) -> None:
-        if len(master_key) != KEY_BYTES:
+    A rotation in another process adds a key and makes it current; ``reload`` (reading the key
+    file again) lets this process pick it up on first use, without a restart. A process given
+    its key in the environment has nothing to reload and refuses with a message that says so.
+    """
+
+    def __init__(self, master_key: bytes, *others: bytes,
+                 reload: Callable[[], list[bytes]] | None = None,
+                 source: str = "the master key file") -> None:
+        self._keys: dict[str, bytes] = {}
+        for key in (master_key, *others):
+            self.add(key)
+        self.current_id = key_id(master_key)
+        self._reload = reload
+        self._source = source
+
+    @property
+    def key_id(self) -> str:
+        return self.current_id
+
+    def add(self, key: bytes) -> str:
+        if len(key) != KEY_BYTES:
             raise ValueError("the master key must be 32 bytes")
-        self._master = master_key
-        self.key_id = key_id(master_key)
+        ident = key_id(key)
+        self._keys[ident] = key
+        return ident
 
-    def wrap_owner_key(self, user_id: int, owner_key: bytes) -> bytes:
-        return seal(self._master, owner_key, owner_aad(user_id))
+    def holds(self, ident: str) -> bool:
+        return ident in self._keys
 
-    def unwrap_owner_key(self, user_id: int, wrapped: bytes) -> bytes:
-        return unseal(self._master, wrapped, owner_aad(user_id))
+    def ids(self) -> set[str]:
+        return set(self._keys)
+
+    def key(self, ident: str | None = None) -> bytes:
+        """The key with this id (default: the current one), reading the key file again once
+        if another process rotated meanwhile."""
+        ident = ident or self.current_id
+        if ident not in self._keys and self._reload is not None:
+            for key in self._reload():
+                self.add(key)
+        try:
+            return self._keys[ident]
+        except KeyError:
+            raise MissingMasterKey(
+                f"Data here is wrapped under master key {ident}, which {self._source} does not "
+                "hold: another process rotated the key. Restart this process with the new "
+                "key (see README: 'Rotate the master key').") from None
+
+    def wrap_owner_key(self, user_id: int, owner_key: bytes, ident: str | None = None) -> bytes:
+        return seal(self.key(ident), owner_key, owner_aad(user_id))
+
+    def unwrap_owner_key(self, user_id: int, wrapped: bytes, ident: str | None = None) -> bytes:
+        return unseal(self.key(ident), wrapped, owner_aad(user_id))
 
     def __repr__(self) -> str:  # never show key material, even in a debugger or a traceback
-        return f"KeyRing(key_id={self.key_id})"
+        return f"KeyRing(current={self.current_id}, held={len(self._keys)})"
 
 
 def read_key_file(path: Path) -> bytes:
-    key = bytes.fromhex(path.read_text(encoding="ascii").strip())
-    if len(key) != KEY_BYTES:
-        raise ValueError(f"{path} does not hold a 32-byte key")
-    return key
+    """The first key of a key file (the one it was created with)."""
+    return read_key_file_all(path)[0]
 
 
-def write_key_file(path: Path, key: bytes) -> None:
-    """Write a key readable by this user only (0600), atomically: a crash leaves old or new."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
+def read_key_file_all(path: Path) -> list[bytes]:
+    """Every key in a key file: one per line, 64 hex digits each. During a rotation the file
+    holds the old and the new key; afterwards only the keys that something still needs."""
+    keys = [bytes.fromhex(line.strip())
+            for line in path.read_text(encoding="ascii").splitlines() if line.strip()]
+    if not keys or any(len(k) != KEY_BYTES for k in keys):
+        raise ValueError(f"{path} does not hold 32-byte keys")
+    return keys
+
+
+def write_key_file(path: Path, *keys: bytes) -> None:
+    """Write keys readable by this user only (0600), atomically: a reader or a crash sees the
+    old file or the new one, never a part (a per-writer temporary name, then rename)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, key.hex().encode("ascii") + b"\n")
+        os.write(fd, b"".join(k.hex().encode("ascii") + b"\n" for k in keys))
         os.fsync(fd)
     finally:
         os.close(fd)

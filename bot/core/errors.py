@@ -43,3 +43,7 @@ class GeneratorUnavailable(VeilError):
 
 class QueueFull(VeilError):
     """The asker already has as many generations waiting as the per-user limit allows."""
+
+
+class TryAgain(VeilError):
+    """Something that must finish first is under way (an erasure, a repair); repeat later."""

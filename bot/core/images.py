@@ -20,7 +20,7 @@ from bot.core.blobs import new_blob_name
 from bot.core.context import IMAGE_COLUMNS, Context, image_from_row, new_public_id, roles_json
 from bot.core.crypto import image_aad as aad
 from bot.core.crypto import new_key, seal, unseal
-from bot.core.errors import InvalidInput, NotFound, PolicyViolation
+from bot.core.errors import InvalidInput, NotFound, PolicyViolation, TryAgain
 from bot.core.models import (
     DeliveryKind,
     FollowUp,
@@ -49,6 +49,9 @@ SEED_LIMIT = 2**32
 # Variations keep the picture and move its details.
 VARIATION_STRENGTH = 0.25
 NOT_GENERATED = "Image `{}` was uploaded, not generated: it has no prompt or seed to show or reuse."
+# An upload stages, encrypts nothing more and commits within seconds; one whose intent is
+# older than this was abandoned by a crashed or hung process.
+STAGING_BOUND_S = 600.0
 
 # Own images, and images shared with the viewer one by one or through an all-images grant.
 # The page is chosen on ids alone (each branch cut to the page's end first, so a large library
@@ -111,11 +114,28 @@ class ImageService:
         public_id, blob_name, data_key = new_public_id(), new_blob_name(), new_key()
         full, thumb, prompt_ct, generation_ct = await asyncio.to_thread(
             _seal_parts, data_key, public_id, clean.data, clean.thumbnail, prompt, generation)
-        await self.ctx.blobs.stage(blob_name, {"full": full, "thumb": thumb})
-        failpoints.reach("create:staged")
+        # The intent is committed before any byte is written, so a repair in another process
+        # can tell this live upload from the leftovers of a crash.
+        async with self.ctx.db.transaction() as tx:
+            await tx.execute("INSERT INTO staged_blobs (blob_name, staged_at) VALUES (?, ?)",
+                             (blob_name, self.ctx.now()))
         now = self.ctx.now()
         try:
+            await self.ctx.blobs.stage(blob_name, {"full": full, "thumb": thumb})
+            failpoints.reach("create:staged")
+            failpoints.pause("create:staged")
             async with self.ctx.db.transaction() as tx:
+                if not await tx.execute("DELETE FROM staged_blobs WHERE blob_name = ?",
+                                        (blob_name,)):
+                    # A repair judged this upload abandoned (it outlived STAGING_BOUND_S) and
+                    # removed its files: committing now would make a row without a blob.
+                    raise TryAgain("Storing the image took too long and was abandoned; "
+                                   "please try again.")
+                if await tx.fetchval(
+                        "SELECT 1 FROM erasures WHERE user_id = ?"
+                        " AND (kind = 'forget' OR guild_id = ?)", (owner_id, guild_id)):
+                    raise TryAgain("Your images are being erased right now; nothing new can be "
+                                   "stored for you until that is done. Try again in a moment.")
                 owner_key = await self.ctx.ensure_user(tx, owner_id)
                 private_mode = bool(await tx.fetchval(
                     "SELECT private_mode FROM users WHERE user_id = ?", (owner_id,)))
@@ -137,13 +157,19 @@ class ImageService:
                                      image_ref=public_id, detail=f"{source}, {visibility}")
                 failpoints.reach("create:before-commit")
         except BaseException:
-            await self.ctx.blobs.discard_staged(blob_name)
+            await asyncio.shield(self._abandon(blob_name))
             raise
         failpoints.reach("create:committed")
         await self.ctx.blobs.publish(blob_name)
         return ImageRecord(row_id, public_id, owner_id, guild_id, visibility, source, now,
                            None if expires_in is None else now + expires_in, len(clean.data),
                            clean.format, clean.width, clean.height, blob_name)
+
+    async def _abandon(self, blob_name: str) -> None:
+        """Files first, then the intent: an intent never outlives a file silently."""
+        await self.ctx.blobs.discard_staged(blob_name)
+        async with self.ctx.db.transaction() as tx:
+            await tx.execute("DELETE FROM staged_blobs WHERE blob_name = ?", (blob_name,))
 
     # Look and view -------------------------------------------------------------------------
 
@@ -247,11 +273,11 @@ class ImageService:
 
     async def _data_key(self, image: ImageRecord) -> bytes:
         row = await self.ctx.db.fetchone(
-            "SELECT i.wrapped_key, u.wrapped_key FROM images i JOIN users u"
+            "SELECT i.wrapped_key, u.wrapped_key, u.master_key_id FROM images i JOIN users u"
             " ON u.user_id = i.owner_id WHERE i.id = ?", (image.id,))
         if row is None:
             raise NotFound(NOT_VISIBLE.format(image.public_id))
-        owner_key = self.ctx.keys.unwrap_owner_key(image.owner_id, row[1])
+        owner_key = self.ctx.keys.unwrap_owner_key(image.owner_id, row[1], row[2])
         return unseal(owner_key, row[0], aad(image.public_id, "key"))
 
     async def log_view(self, image: ImageRecord, *, viewer_id: int | None, via: str,
@@ -326,12 +352,22 @@ class ImageService:
         if not images:
             return Removal()
         queued = ephemeral = 0
+        removed: list[ImageRecord] = []
         now = self.ctx.now()
         async with self.ctx.db.transaction() as tx:
             # An export waiting for its download is a copy too (guarantee 5): it goes now.
             exports = await drop_exports_in(tx, {i.owner_id for i in images})
             for start in range(0, len(images), _CHUNK):
                 chunk = images[start:start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                # Another process (a sweep, a resumed erasure) may have removed some already:
+                # act, count and audit only what is still there.
+                live = {r[0] for r in await tx.fetchall(
+                    f"SELECT id FROM images WHERE id IN ({marks})", [i.id for i in chunk])}
+                chunk = [i for i in chunk if i.id in live]
+                if not chunk:
+                    continue
+                removed.extend(chunk)
                 marks = ",".join("?" * len(chunk))
                 ids = [i.id for i in chunk]
                 ephemeral += await tx.fetchval(
@@ -348,7 +384,7 @@ class ImageService:
         await self.ctx.blobs.delete_exports(exports)
         await self.finish_blob_deletions()
         await self.ctx.db.checkpoint()
-        return Removal(tuple(i.public_id for i in images), queued, ephemeral)
+        return Removal(tuple(i.public_id for i in removed), queued, ephemeral)
 
     async def finish_blob_deletions(self) -> int:
         """Unlink blobs whose rows are gone (also run at start-up to finish a crashed delete)."""
@@ -361,20 +397,36 @@ class ImageService:
         return len(names)
 
     async def repair(self) -> dict[str, int]:
-        """Start-up repair after a crash: publish staged blobs whose row committed, drop staged
-        blobs whose row did not, and finish interrupted deletions."""
+        """Repair after a crash, safe while other processes write: publish staged blobs whose
+        row committed, drop those whose upload was abandoned, finish interrupted deletions.
+
+        An upload is abandoned when its intent is older than STAGING_BOUND_S (its intent is
+        removed first, so that writer, should it still live, refuses to commit) or gone with no
+        row (the writer gave up). A younger intent is a live upload and is left alone.
+        """
         published = dropped = 0
+        cutoff = self.ctx.now() - STAGING_BOUND_S
+        async with self.ctx.db.transaction() as tx:
+            stale = [r[0] for r in await tx.fetchall(
+                "SELECT blob_name FROM staged_blobs WHERE staged_at <= ?", (cutoff,))]
+            await tx.execute("DELETE FROM staged_blobs WHERE staged_at <= ?", (cutoff,))
+        for name in stale:
+            await self.ctx.blobs.discard_staged(name)
         for name in self.ctx.blobs.staged_names():
-            if await self.ctx.db.fetchval("SELECT 1 FROM images WHERE blob_name = ?", (name,)):
+            # One query, one snapshot: the commit that inserts the row removes the intent.
+            row = await self.ctx.db.fetchone(
+                "SELECT EXISTS (SELECT 1 FROM images WHERE blob_name = :n),"
+                " EXISTS (SELECT 1 FROM staged_blobs WHERE blob_name = :n)", {"n": name})
+            if row[0]:
                 await self.ctx.blobs.publish(name)
                 published += 1
-            else:
+            elif not row[1]:
                 await self.ctx.blobs.discard_staged(name)
                 dropped += 1
         finished = await self.finish_blob_deletions()
         if finished:
             await self.ctx.db.checkpoint()
-        return {"published": published, "dropped": dropped, "deleted": finished}
+        return {"published": published, "dropped": dropped + len(stale), "deleted": finished}
 
     # Lists ---------------------------------------------------------------------------------
 

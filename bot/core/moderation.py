@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from bot.core.context import IMAGE_COLUMNS, Context, image_from_row
+from bot.core.context import Context
+from bot.core.erasure import ErasureService
 from bot.core.errors import Forbidden, InvalidInput, NotFound
 from bot.core.images import ImageService
 from bot.core.models import AuditEntry, GuildPolicy, Removal, Report, Viewer
@@ -25,9 +26,10 @@ def is_moderator(policy: GuildPolicy, role_ids: frozenset[int], *, manage_guild:
 
 
 class ModerationService:
-    def __init__(self, ctx: Context, images: ImageService) -> None:
+    def __init__(self, ctx: Context, images: ImageService, erasures: ErasureService) -> None:
         self.ctx = ctx
         self.images = images
+        self.erasures = erasures
 
     async def policy(self, guild_id: int) -> GuildPolicy:
         row = await self.ctx.db.fetchone(
@@ -92,18 +94,9 @@ class ModerationService:
             (guild_id, channel_id)))
 
     async def purge(self, moderator: Viewer, member_id: int) -> Removal:
-        """Remove every image a member made in this server."""
+        """Remove every image a member made in this server (a resumable erasure job)."""
         guild_id = _guild_of(moderator)
-        rows = await self.ctx.db.fetchall(
-            f"SELECT {IMAGE_COLUMNS} FROM images WHERE owner_id = ? AND guild_id = ?",
-            (member_id, guild_id))
-        removal = await self.images.remove([image_from_row(r) for r in rows],
-                                           actor_id=moderator.user_id, guild_id=guild_id,
-                                           action="admin.purge")
-        async with self.ctx.db.transaction() as tx:
-            await self.ctx.audit(tx, "admin.purge", actor_id=moderator.user_id, guild_id=guild_id,
-                                 target_user=member_id, detail=f"{len(rows)} images")
-        return removal
+        return await self.erasures.purge(member_id, guild_id, moderator.user_id)
 
     async def takedown(self, moderator: Viewer, public_id: str) -> Removal:
         """Remove one image that came from this server, without seeing it."""

@@ -1,16 +1,17 @@
 """A person's own settings and data: private mode, what Veil holds about them, forget.
 
 ``forget`` is the right to erasure: every image (through the one deletion path), every grant,
-group, link and report of theirs, their key (so no backup of the database can be read for them),
-and their id in other people's records is replaced by nothing.
+group, link and report of theirs, their key, and their id in other people's records is replaced
+by nothing. It runs as a resumable job (bot/core/erasure.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bot.core.context import IMAGE_COLUMNS, Context, image_from_row
-from bot.core.images import ImageService, drop_exports_in
+from bot.core.context import Context
+from bot.core.erasure import ErasureService
+from bot.core.images import ImageService
 from bot.core.models import Removal
 from bot.core.sharing import SharingService
 
@@ -26,10 +27,12 @@ class PrivacyStatus:
 
 
 class PrivacyService:
-    def __init__(self, ctx: Context, images: ImageService, sharing: SharingService) -> None:
+    def __init__(self, ctx: Context, images: ImageService, sharing: SharingService,
+                 erasures: ErasureService) -> None:
         self.ctx = ctx
         self.images = images
         self.sharing = sharing
+        self.erasures = erasures
 
     async def private_mode(self, user_id: int) -> bool:
         value = await self.ctx.db.fetchval("SELECT private_mode FROM users WHERE user_id = ?",
@@ -65,29 +68,4 @@ class PrivacyService:
 
     async def forget(self, user_id: int) -> Removal:
         """Erase a person from Veil. Returns what was removed and queued for retraction."""
-        rows = await self.ctx.db.fetchall(
-            f"SELECT {IMAGE_COLUMNS} FROM images WHERE owner_id = ?", (user_id,))
-        removal = await self.images.remove([image_from_row(r) for r in rows], actor_id=None,
-                                           guild_id=None, action="user.forget")
-        async with self.ctx.db.transaction() as tx:
-            # Grants to them; their own grants, groups and key go with their users row.
-            await tx.execute("DELETE FROM grants WHERE grantee_kind = 'user' AND grantee_id = ?",
-                             (user_id,))
-            await tx.execute("DELETE FROM group_members WHERE user_id = ?", (user_id,))
-            await tx.execute("DELETE FROM reports WHERE reporter_id = ?", (user_id,))
-            await tx.execute("UPDATE view_log SET viewer_id = NULL WHERE viewer_id = ?",
-                             (user_id,))
-            # Messages they received stay recorded so the owners can still retract them.
-            await tx.execute("UPDATE deliveries SET recipient_id = NULL WHERE recipient_id = ?",
-                             (user_id,))
-            await tx.execute("UPDATE audit_log SET actor_id = NULL WHERE actor_id = ?", (user_id,))
-            await tx.execute("UPDATE audit_log SET target_user = NULL WHERE target_user = ?",
-                             (user_id,))
-            await tx.execute("DELETE FROM links WHERE created_by = ?", (user_id,))
-            exports = await drop_exports_in(tx, {user_id})
-            await tx.execute("DELETE FROM users WHERE user_id = ?", (user_id,))
-            await self.ctx.audit(tx, "user.forget", actor_id=None,
-                                 detail=f"{len(removal.image_ids)} images")
-        await self.ctx.blobs.delete_exports(exports)
-        await self.ctx.db.checkpoint()
-        return removal
+        return await self.erasures.forget(user_id)

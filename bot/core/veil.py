@@ -1,7 +1,9 @@
 """The composition root of the core: one object holding every service over one data folder.
 
 ``async with await Veil.open(data_dir) as veil:`` opens the database (running migrations),
-checks the master key, repairs what a crash left, and closes everything on exit.
+checks the master key, repairs what a crash left (finishing an interrupted key rotation or
+erasure), and closes everything on exit. Any number of processes may open one data folder at
+once: repair leaves other processes' live work alone, and jobs that must run once are leased.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from pathlib import Path
 
 from bot.core.blobs import LocalBlobStore
 from bot.core.context import Clock, Context
+from bot.core.erasure import ErasureService
 from bot.core.exports import ExportService
 from bot.core.images import ImageService
-from bot.core.keys import LoadedKey, load_master_key, rotate_master_key
+from bot.core.keys import LoadedKey, load_master_key, resume_rotation, rotate_master_key
+from bot.core.leases import Leases
 from bot.core.links import LinkService
 from bot.core.moderation import ModerationService
 from bot.core.retention import RetentionSweeper
@@ -37,17 +41,19 @@ class Veil:
         self.ctx = ctx
         self.data_dir = data_dir
         self._key_from_env = key_from_env
+        self.leases = Leases(ctx)
         self.images = ImageService(ctx)
+        self.erasures = ErasureService(ctx, self.images)
         self.sharing = SharingService(ctx, self.images)
-        self.privacy = PrivacyService(ctx, self.images, self.sharing)
+        self.privacy = PrivacyService(ctx, self.images, self.sharing, self.erasures)
         self.links = LinkService(ctx, self.images)
         self.exports = ExportService(ctx, self.images, self.sharing)
-        self.moderation = ModerationService(ctx, self.images)
+        self.moderation = ModerationService(ctx, self.images, self.erasures)
         self.retention = RetentionSweeper(ctx, self.images)
         self.key_file_created: Path | None = None
 
     @classmethod
-    async def open(cls, data_dir: str | Path, *, master_key: bytes | None = None,
+    async def open(cls, data_dir: str | Path, *, master_key: bytes | list[bytes] | None = None,
                    clock: Clock = time.time, limits: ImageLimits | None = None) -> Veil:
         data_dir = Path(data_dir)
         try:
@@ -71,6 +77,9 @@ class Veil:
             veil = cls(ctx, data_dir, key_from_env=master_key is not None)
             veil.key_file_created = loaded.created_file
             repaired = await veil.images.repair()
+            repaired["rewrapped"] = await resume_rotation(
+                ctx, veil.leases, data_dir, key_in_file=master_key is None)
+            repaired["erasures"] = await veil.erasures.resume()
         except BaseException:
             await db.close()
             raise
@@ -82,11 +91,10 @@ class Veil:
         return veil
 
     async def rotate_master_key(self, new_key: bytes | None = None) -> int:
-        """Re-wrap every owner key under a new master key; returns how many were re-wrapped."""
-        ring, count = await rotate_master_key(self.ctx.db, self.data_dir, self.ctx.keys, new_key,
-                                              key_in_file=not self._key_from_env)
-        self.ctx.keys = ring
-        return count
+        """Make a new master key current and re-wrap every owner key under it, while other
+        processes keep running; returns how many were re-wrapped."""
+        return await rotate_master_key(self.ctx, self.leases, self.data_dir, new_key,
+                                       key_in_file=not self._key_from_env)
 
     async def close(self) -> None:
         await self.ctx.db.close()

@@ -1,0 +1,265 @@
+"""Several processes on one data folder, as an operator runs them: the bot, a link server,
+`check`, `sweep`, `rotate-key`. Real subprocesses where the point is two processes; two Veil
+objects on one folder (two connections, two key rings) where one process stands for another."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bot.core.crypto import MissingMasterKey, key_id, new_key, read_key_file_all
+from bot.core.errors import TryAgain
+from bot.core.images import STAGING_BOUND_S
+from bot.core.veil import Veil
+from db import Database
+from tests.conftest import ALICE, BOB, GUILD, OTHER_GUILD, png, viewer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith("VEIL_") and k != "DISCORD_TOKEN"}
+    return subprocess.run([sys.executable, "-m", "bot", *args], cwd=data_dir.parent, env={
+        **clean, "VEIL_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT), **env},
+        capture_output=True, text=True, timeout=60)
+
+
+def start(*args: str, **env: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env={**os.environ, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+async def wait_for(path: Path, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 30
+    while not await asyncio.to_thread(path.exists):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"{path.name} never appeared"
+        await asyncio.sleep(0.02)
+
+
+def stored_key_ids(data_dir: Path) -> tuple[str, set[str]]:
+    with sqlite3.connect(data_dir / "veil.db") as conn:
+        current = conn.execute("SELECT value FROM meta WHERE key = 'master_key_id'").fetchone()[0]
+        named = {r[0] for r in conn.execute("SELECT DISTINCT master_key_id FROM users")}
+    return current, named
+
+
+# Key rotation -----------------------------------------------------------------------------
+
+@pytest.mark.slow
+async def test_rotate_key_while_two_processes_read_and_write_fails_no_read_and_loses_nothing(
+        data_dir, tmp_path):
+    async with await Veil.open(data_dir) as veil:
+        for owner in (ALICE, BOB):
+            await veil.images.create(owner, png(), guild_id=GUILD, source="upload")
+    workers = []
+    for n in range(2):
+        folder = tmp_path / f"worker{n}"
+        folder.mkdir()
+        workers.append((folder, start("-m", "tests.workerscript", str(data_dir), "load",
+                                      str(folder), str(7_000_000 + n * 100_000))))
+    try:
+        for folder, proc in workers:
+            await wait_for(folder / "ready", proc)
+        await asyncio.sleep(0.3)
+        for _ in range(2):
+            rotated = await asyncio.to_thread(cli, data_dir, "rotate-key")
+            assert rotated.returncode == 0, rotated.stderr
+            await asyncio.sleep(0.3)
+    finally:
+        for folder, _ in workers:
+            (folder / "stop").touch()
+    results, errors = [], []
+    for _, proc in workers:
+        out, err = await asyncio.to_thread(proc.communicate, timeout=60)
+        assert proc.returncode == 0, err[-3000:]
+        results.append(json.loads(out))
+        errors.append(err[-3000:])
+    assert all(r["failures"] == 0 for r in results), errors
+    assert all(r["reads"] > 0 and r["created"] for r in results)
+
+    # After a restart, with only what is on disk: every image opens, and the key file holds
+    # exactly the key every owner key is wrapped under.
+    current, named = stored_key_ids(data_dir)
+    assert named == {current}
+    assert [key_id(k) for k in read_key_file_all(data_dir / "master.key")] == [current]
+    async with await Veil.open(data_dir) as veil:
+        rows = await veil.ctx.db.fetchall("SELECT public_id, owner_id FROM images")
+        assert len(rows) == 2 + sum(len(r["created"]) for r in results)
+        for public_id, owner in rows:
+            await veil.images.open(public_id, viewer(owner))
+
+
+async def test_a_process_picks_up_a_key_rotated_by_another_without_a_restart(data_dir):
+    async with await Veil.open(data_dir) as bot, await Veil.open(data_dir) as admin:
+        before = await bot.images.create(ALICE, png(), guild_id=GUILD, source="upload")
+        old_id = bot.ctx.keys.current_id
+        await admin.rotate_master_key()
+        # The bot's very next read and its next new user both use the new key.
+        await bot.images.open(before.public_id, viewer(ALICE))
+        made = await bot.images.create(BOB, png(), guild_id=GUILD, source="upload")
+        current, named = stored_key_ids(data_dir)
+        assert current != old_id and named == {current}
+    async with await Veil.open(data_dir) as veil:
+        await veil.images.open(made.public_id, viewer(BOB))
+
+
+async def test_a_user_made_while_a_rotation_runs_is_never_left_under_the_old_key(data_dir):
+    async with await Veil.open(data_dir) as bot, await Veil.open(data_dir) as admin:
+        await bot.images.create(ALICE, png(), guild_id=GUILD, source="upload")
+        # The bot creates a user in the middle of the rotation's steps, with the old key
+        # still current in its memory: it must follow the database, not its memory.
+        stale = bot.ctx.keys.current_id
+        await admin.rotate_master_key()
+        bot.ctx.keys.current_id = stale
+        made = await bot.images.create(BOB, png(), guild_id=GUILD, source="upload")
+        current, named = stored_key_ids(data_dir)
+        assert named == {current} != {stale}
+    async with await Veil.open(data_dir) as veil:
+        await veil.images.open(made.public_id, viewer(BOB))
+
+
+async def test_a_process_given_its_key_in_the_environment_refuses_clearly_after_a_rotation(
+        data_dir):
+    old, new = new_key(), new_key()
+    async with await Veil.open(data_dir, master_key=old) as bot:
+        image = await bot.images.create(ALICE, png(), guild_id=GUILD, source="upload")
+        async with await Veil.open(data_dir, master_key=old) as admin:
+            await admin.rotate_master_key(new)
+        with pytest.raises(MissingMasterKey, match="Restart this process with the new key"):
+            await bot.images.create(BOB, png(), guild_id=GUILD, source="upload")
+        with pytest.raises(MissingMasterKey):
+            await bot.images.open(image.public_id, viewer(ALICE))
+        assert await bot.ctx.db.fetchval("SELECT count(*) FROM users") == 1  # nothing wrapped
+    async with await Veil.open(data_dir, master_key=new) as veil:
+        await veil.images.open(image.public_id, viewer(ALICE))
+
+
+async def test_a_rotation_interrupted_after_the_switch_is_finished_by_the_next_start(data_dir):
+    async with await Veil.open(data_dir) as veil:
+        image = await veil.images.create(ALICE, png(), guild_id=GUILD, source="upload")
+    proc = await asyncio.to_thread(subprocess.run, [
+        sys.executable, "-m", "tests.crashscript", str(data_dir), "rotate"], cwd=ROOT,
+        env={**os.environ, "VEIL_FAILPOINT": "rotate:committed"}, capture_output=True)
+    assert proc.returncode == -9
+    assert len(read_key_file_all(data_dir / "master.key")) == 2  # the job is half done
+    # The crashed rotation's lease runs out; until then the next start leaves the job alone.
+    async with await Veil.open(data_dir, clock=lambda: time.time() + 300) as veil:
+        await veil.images.open(image.public_id, viewer(ALICE))
+    current, named = stored_key_ids(data_dir)
+    assert named == {current}
+    assert [key_id(k) for k in read_key_file_all(data_dir / "master.key")] == [current]
+
+
+# Repair against a live upload ---------------------------------------------------------------
+
+@pytest.mark.slow
+async def test_check_started_during_a_slow_upload_leaves_the_upload_intact(data_dir, tmp_path):
+    async with await Veil.open(data_dir):
+        pass
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    upload = start("-m", "tests.crashscript", str(data_dir), "create",
+                   VEIL_PAUSE=f"create:staged@{hold}")
+    try:
+        await wait_for(hold / "reached", upload)
+        for command in ("check", "sweep"):  # both run start-up repair in their own process
+            result = await asyncio.to_thread(cli, data_dir, command)
+            assert result.returncode == 0, result.stderr
+    finally:
+        (hold / "release").touch()
+    _, err = await asyncio.to_thread(upload.communicate, timeout=60)
+    assert upload.returncode == 0, err[-3000:]
+    async with await Veil.open(data_dir) as veil:
+        (public_id,) = [r[0] for r in await veil.ctx.db.fetchall("SELECT public_id FROM images")]
+        content, _ = await veil.images.open(public_id, viewer(ALICE))
+        assert content.data
+        assert list(veil.ctx.blobs.tmp_dir.iterdir()) == []
+
+
+async def test_an_upload_that_repair_judged_abandoned_refuses_to_commit_a_row_without_blob(
+        data_dir, clock):
+    async with await Veil.open(data_dir, clock=clock) as bot, \
+            await Veil.open(data_dir, clock=lambda: clock() + STAGING_BOUND_S + 1) as later:
+        stage = bot.ctx.blobs.stage
+
+        async def slow_stage(name: str, parts: dict[str, bytes]) -> None:
+            await stage(name, parts)
+            await later.images.repair()  # a repair that runs when this upload looks dead
+
+        bot.ctx.blobs.stage = slow_stage  # type: ignore[method-assign]
+        with pytest.raises(TryAgain, match="took too long"):
+            await bot.images.create(ALICE, png(), guild_id=GUILD, source="upload")
+        assert await bot.ctx.db.fetchval("SELECT count(*) FROM images") == 0
+        assert list(bot.ctx.blobs.tmp_dir.iterdir()) == []
+
+
+# The writer connection after a cancelled wait ------------------------------------------------
+
+async def test_a_task_cancelled_while_waiting_for_the_write_lock_never_wedges_the_writer(
+        tmp_path):
+    db = await Database.open(tmp_path / "veil.db")
+    other = sqlite3.connect(tmp_path / "veil.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another process is writing
+
+        async def write() -> None:
+            async with db.transaction() as tx:
+                await tx.execute("INSERT INTO meta (key, value) VALUES ('a', 'b')")
+
+        waiting = asyncio.create_task(write())
+        await asyncio.sleep(0.3)  # inside BEGIN IMMEDIATE, waiting on the busy timeout
+        waiting.cancel()
+        await asyncio.sleep(0.1)
+        other.execute("COMMIT")  # the BEGIN still running in aiosqlite's thread goes through
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        async with db.transaction() as tx:
+            await tx.execute("INSERT INTO meta (key, value) VALUES ('c', 'd')")
+        assert await db.fetchval("SELECT value FROM meta WHERE key = 'c'") == "d"
+        assert await db.fetchval("SELECT value FROM meta WHERE key = 'a'") is None
+    finally:
+        other.close()
+        await db.close()
+
+
+# Erasure against create -----------------------------------------------------------------------
+
+async def test_an_image_made_while_forget_me_runs_is_refused_not_cascaded_away(data_dir):
+    async with await Veil.open(data_dir) as bot, await Veil.open(data_dir) as other:
+        await bot.images.create(ALICE, png(), guild_id=GUILD, source="upload")
+        job = await bot.erasures.request("forget", ALICE, None, None)
+        # Another process stores an image for Alice between the request and the loop.
+        with pytest.raises(TryAgain, match="being erased"):
+            await other.images.create(ALICE, png(), guild_id=GUILD, source="upload")
+        assert list(other.ctx.blobs.tmp_dir.iterdir()) == []
+        removal = await bot.erasures.run(job)
+        assert len(removal.image_ids) == 1
+        # Once the erasure is done, Alice is a new user like any other.
+        await other.images.create(ALICE, png(), guild_id=GUILD, source="upload")
+
+
+async def test_a_purge_blocks_new_images_in_its_server_only(data_dir):
+    async with await Veil.open(data_dir) as veil:
+        await veil.erasures.request("purge", ALICE, GUILD, 1)
+        with pytest.raises(TryAgain):
+            await veil.images.create(ALICE, png(), guild_id=GUILD, source="upload")
+        await veil.images.create(ALICE, png(), guild_id=OTHER_GUILD, source="upload")
+
+
+async def test_a_user_row_is_never_deleted_around_the_deletion_path(data_dir):
+    async with await Veil.open(data_dir) as veil:
+        await veil.images.create(ALICE, png(), guild_id=GUILD, source="upload")
+        with pytest.raises(sqlite3.IntegrityError, match="remove the images first"):
+            async with veil.ctx.db.transaction() as tx:
+                await tx.execute("DELETE FROM users WHERE user_id = ?", (ALICE,))
+        assert await veil.ctx.db.fetchval("SELECT count(*) FROM images") == 1
