@@ -42,7 +42,9 @@ async def _open_veil(settings: Settings) -> Veil:
     from bot.core.veil import Veil
     from bot.images import ImageLimits
 
-    return await Veil.open(settings.data_dir, master_key=settings.master_key,
+    keys = None if settings.master_key is None else [settings.master_key,
+                                                     *settings.other_master_keys]
+    return await Veil.open(settings.data_dir, master_key=keys,
                            limits=ImageLimits(max_bytes=settings.max_upload_bytes,
                                               max_pixels=settings.max_pixels))
 
@@ -148,7 +150,9 @@ async def rotate_key(settings: Settings) -> None:
         count = await veil.rotate_master_key(new_key)
     print(f"Re-wrapped {count} owner keys under the new master key.")
     if new_key is not None:
-        print("Now replace VEIL_MASTER_KEY with the value of VEIL_NEW_MASTER_KEY.")
+        print("Now replace VEIL_MASTER_KEY with the value of VEIL_NEW_MASTER_KEY. Processes "
+              "still running with only the old key refuse to read until restarted; give them "
+              "both keys (VEIL_MASTER_KEY=old,new) beforehand to keep them running through it.")
     else:
         print(f"The new key is in {settings.data_dir / 'master.key'}; back it up.")
 

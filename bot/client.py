@@ -132,11 +132,17 @@ class VeilBot(commands.Bot):
             self.retract_wakeup.clear()
 
     async def _retention_loop(self) -> None:
+        """Retention, and finishing what a crashed process left (erasures, abandoned uploads),
+        each once per period across every process on this data store (leases)."""
         await self.wait_until_ready()
+        leases = self.veil.leases
         while not self.is_closed():
             try:
-                result = await self.veil.retention.sweep()
-                if result.images or result.retractions:
+                result = await leases.once_per("retention", SWEEP_EVERY_S,
+                                               self.veil.retention.sweep)
+                if result is not None and (result.images or result.retractions):
+                    self.wake_retractions()
+                if await leases.once_per("repair", SWEEP_EVERY_S, self.veil.repair):
                     self.wake_retractions()
                 await self.veil.exports.sweep()  # expired and abandoned export files
             except Exception:

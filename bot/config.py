@@ -62,6 +62,7 @@ class Settings:
     comfyui_url: str | None = None
     comfyui_workflow: str | None = None  # a workflow file; None: the one shipped with Veil
     comfyui_checkpoint: str = "v1-5-pruned-emaonly.safetensors"
+    other_master_keys: tuple[bytes, ...] = field(default=(), repr=False)
 
     @property
     def generator_url(self) -> str | None:
@@ -141,11 +142,14 @@ def load_settings(env: dict[str, str] | None = None, *, require_token: bool = Tr
 
     data_dir = Path(env.get("VEIL_DATA_DIR", "").strip() or "./data").expanduser()
 
-    master_key = None
+    master_key, older_keys = None, ()
     raw_key = env.get("VEIL_MASTER_KEY", "").strip()
     if raw_key:
         try:
-            master_key = parse_master_key(raw_key)
+            # Several keys, comma-separated, while a rotation is under way: the database says
+            # which one is current; the others open what is still wrapped under them.
+            master_key, *rest = [parse_master_key(k) for k in raw_key.split(",") if k.strip()]
+            older_keys = tuple(rest)
         except ValueError as exc:
             errors.append(f"VEIL_MASTER_KEY {exc}. Generate one with "
                           "`python -c \"import secrets; print(secrets.token_hex(32))\"`, "
@@ -222,6 +226,7 @@ def load_settings(env: dict[str, str] | None = None, *, require_token: bool = Tr
         comfyui_workflow=comfyui_workflow,
         comfyui_checkpoint=(env.get("VEIL_COMFYUI_CHECKPOINT", "").strip()
                             or "v1-5-pruned-emaonly.safetensors"),
+        other_master_keys=older_keys,
     )
     if errors:
         raise ConfigError(*errors)

@@ -18,6 +18,7 @@ import pytest
 from bot.core.crypto import MissingMasterKey, key_id, new_key, read_key_file_all
 from bot.core.errors import TryAgain
 from bot.core.images import STAGING_BOUND_S
+from bot.core.leases import LeaseHeld
 from bot.core.veil import Veil
 from db import Database
 from tests.conftest import ALICE, BOB, GUILD, OTHER_GUILD, png, viewer
@@ -263,3 +264,47 @@ async def test_a_user_row_is_never_deleted_around_the_deletion_path(data_dir):
             async with veil.ctx.db.transaction() as tx:
                 await tx.execute("DELETE FROM users WHERE user_id = ?", (ALICE,))
         assert await veil.ctx.db.fetchval("SELECT count(*) FROM images") == 1
+
+
+# Leases ---------------------------------------------------------------------------------------
+
+async def test_a_periodic_job_runs_once_per_period_across_processes(data_dir, clock):
+    runs: list[str] = []
+
+    def job(name: str):
+        async def run() -> str:
+            runs.append(name)
+            return name
+        return run
+
+    async with await Veil.open(data_dir, clock=clock) as bot, \
+            await Veil.open(data_dir, clock=clock) as web:
+        assert await bot.leases.once_per("retention", 600, job("bot")) == "bot"
+        assert await web.leases.once_per("retention", 600, job("web")) is None
+        clock.advance(599)
+        assert await web.leases.once_per("retention", 600, job("web")) is None
+        clock.advance(2)  # the bot's lease ran out (it may have died): the next taker runs
+        assert await web.leases.once_per("retention", 600, job("web")) == "web"
+        assert await bot.leases.once_per("retention", 600, job("bot")) is None
+    assert runs == ["bot", "web"]
+
+
+async def test_a_key_rotation_refuses_while_another_process_rotates(data_dir):
+    async with await Veil.open(data_dir) as one, await Veil.open(data_dir) as two:
+        async with one.leases.holding("rotate-key", 60, busy="busy"):
+            with pytest.raises(LeaseHeld, match="Another process is rotating"):
+                await two.rotate_master_key()
+        await two.rotate_master_key()
+
+
+async def test_two_sweeps_at_once_remove_and_audit_each_expired_image_once(data_dir, clock):
+    async with await Veil.open(data_dir, clock=clock) as bot, \
+            await Veil.open(data_dir, clock=clock) as cli_sweep:
+        for n in range(6):
+            await bot.images.create(ALICE, png((n, 3, 3)), guild_id=GUILD, source="upload",
+                                    expires_in=60)
+        clock.advance(61)
+        first, second = await asyncio.gather(bot.retention.sweep(), cli_sweep.retention.sweep())
+        assert first.images + second.images == 6
+        assert await bot.ctx.db.fetchval(
+            "SELECT count(*) FROM audit_log WHERE action = 'retention.expire'") == 6

@@ -90,6 +90,12 @@ class Veil:
             log.info("Start-up repair: %s", repaired)
         return veil
 
+    async def repair(self) -> int:
+        """What a crashed process left, while others run: abandoned uploads, unfinished
+        deletions and erasures. Returns how many erasures were finished."""
+        await self.images.repair()
+        return await self.erasures.resume()
+
     async def rotate_master_key(self, new_key: bytes | None = None) -> int:
         """Make a new master key current and re-wrap every owner key under it, while other
         processes keep running; returns how many were re-wrapped."""
