@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 
 from bot.core.crypto import MissingMasterKey, key_id, new_key, read_key_file_all
 from bot.core.errors import TryAgain
+from bot.core.keys import MasterKeyError
 from bot.core.images import STAGING_BOUND_S
 from bot.core.leases import LeaseHeld
 from bot.core.veil import Veil
@@ -308,3 +310,41 @@ async def test_two_sweeps_at_once_remove_and_audit_each_expired_image_once(data_
         assert first.images + second.images == 6
         assert await bot.ctx.db.fetchval(
             "SELECT count(*) FROM audit_log WHERE action = 'retention.expire'") == 6
+
+
+# Backups and crypto-shredding -----------------------------------------------------------------
+
+def backup(data_dir: Path, to: Path, *, with_key: bool) -> Path:
+    """What an operator's backup holds: the database (through SQLite's backup API), the blobs,
+    and, for a backup made carelessly, the master key file too."""
+    to.mkdir(mode=0o700)
+    with sqlite3.connect(data_dir / "veil.db") as src, sqlite3.connect(to / "veil.db") as dst:
+        src.backup(dst)
+    shutil.copytree(data_dir / "blobs", to / "blobs")
+    if with_key:
+        shutil.copy2(data_dir / "master.key", to / "master.key")
+    return to
+
+
+async def test_a_backup_from_before_forget_me_opens_only_until_the_key_is_rotated(
+        data_dir, tmp_path):
+    async with await Veil.open(data_dir) as veil:
+        image = await veil.images.create(ALICE, png(), guild_id=GUILD, source="upload")
+        careless = backup(data_dir, tmp_path / "careless", with_key=True)
+        data_only = backup(data_dir, tmp_path / "data-only", with_key=False)
+        await veil.privacy.forget(ALICE)
+        # Stated in the README: a backup that holds the master key with the database still
+        # opens a forgotten person's images. Forget-me cannot reach into it.
+        async with await Veil.open(careless) as restored:
+            await restored.images.open(image.public_id, viewer(ALICE))
+        # A backup of the data alone, restored with the key as it is today: also readable,
+        # until the key is rotated after forget-me...
+        shutil.copy2(data_dir / "master.key", data_only / "master.key")
+        async with await Veil.open(data_only) as restored:
+            await restored.images.open(image.public_id, viewer(ALICE))
+        await veil.rotate_master_key()
+    # ...and from then on the old backup never opens again: the only key that unwrapped
+    # Alice's key is gone from master.key, and the database never held it.
+    shutil.copy2(data_dir / "master.key", data_only / "master.key")
+    with pytest.raises(MasterKeyError, match="not the one"):
+        await Veil.open(data_only)
