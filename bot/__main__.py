@@ -35,6 +35,7 @@ COMMANDS = {
     "check": "validate the settings and the data folder, then exit",
     "rotate-key": "re-wrap every owner key under a new master key (images are not touched)",
     "sweep": "delete what has outlived its retention now, instead of waiting for the schedule",
+    "sync": "send the slash commands to Discord once, from this process only",
 }
 
 
@@ -42,9 +43,7 @@ async def _open_veil(settings: Settings) -> Veil:
     from bot.core.veil import Veil
     from bot.images import ImageLimits
 
-    keys = None if settings.master_key is None else [settings.master_key,
-                                                     *settings.other_master_keys]
-    return await Veil.open(settings.data_dir, master_key=keys,
+    return await Veil.open(settings.data_dir, master_key=settings.master_keys(),
                            limits=ImageLimits(max_bytes=settings.max_upload_bytes,
                                               max_pixels=settings.max_pixels))
 
@@ -63,7 +62,7 @@ async def run_bot(settings: Settings) -> None:
     import aiohttp
     import discord
 
-    from bot.client import VeilBot
+    from bot.client import make_bot
     from bot.generate import GenerationQueue, startup_warnings
 
     async with await _open_veil(settings) as veil:
@@ -71,9 +70,10 @@ async def run_bot(settings: Settings) -> None:
         # An unreachable backend is a warning, not a crash: it may come up after Veil does.
         for warning in await startup_warnings(generator):
             log.warning("%s", warning)
-        queue = GenerationQueue(generator, per_user_limit=settings.per_user_queue_limit)
+        queue = GenerationQueue(generator, per_user_limit=settings.per_user_queue_limit,
+                                slots=_shared_slots(settings, veil))
         try:
-            async with VeilBot(settings=settings, veil=veil, queue=queue) as client:
+            async with make_bot(settings=settings, veil=veil, queue=queue) as client:
                 _close_on_signals(client)
                 await client.start(settings.discord_token or "")
         except discord.LoginFailure as exc:
@@ -116,6 +116,17 @@ _CLOSING: set[asyncio.Task[None]] = set()  # keeps the close task referenced unt
 def _reason(exc: OSError) -> str:
     cause = exc.os_error if hasattr(exc, "os_error") else exc
     return getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
+
+
+def _shared_slots(settings: Settings, veil):
+    """The per-user generation limit held in the database, when several bots share it."""
+    if not settings.shared_limits:
+        return None
+    from bot.core.limits import GenerationSlots
+
+    # A slot outlives a dead process by at most a few generator timeouts.
+    return GenerationSlots(veil.ctx, per_user_limit=settings.per_user_queue_limit,
+                           lifetime_s=4 * settings.generator_timeout_s + 60)
 
 
 async def check(settings: Settings) -> None:
@@ -165,6 +176,22 @@ async def sweep(settings: Settings) -> None:
           f"{exports} export files.")
 
 
+async def sync(settings: Settings) -> None:
+    """Send the slash commands to Discord once, from this one process."""
+    from bot.client import VeilBot
+    from bot.generate import GenerationQueue, make_generator
+
+    async with await _open_veil(settings) as veil:
+        generator = make_generator("procedural", sd_url=None, timeout_s=1.0)
+        try:
+            async with VeilBot(settings=settings, veil=veil, queue=GenerationQueue(generator),
+                               sync_commands=False, start_web=False) as client:
+                count = await client.sync_commands_once(settings.discord_token or "")
+        finally:
+            await generator.close()
+    print(f"Sent {count} slash commands to Discord.")
+
+
 async def web(settings: Settings) -> None:
     from bot.web import serve
 
@@ -172,7 +199,8 @@ async def web(settings: Settings) -> None:
 
 
 ACTIONS: dict[str, Callable[[Settings], Coroutine[Any, Any, None]]] = {
-    "run": run_bot, "web": web, "check": check, "rotate-key": rotate_key, "sweep": sweep}
+    "run": run_bot, "web": web, "check": check, "rotate-key": rotate_key, "sweep": sweep,
+    "sync": sync}
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -210,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = args.command or "run"
     try:
-        settings = load_settings(require_token=command == "run")
+        settings = load_settings(require_token=command in ("run", "sync"))
     except ConfigError as error:
         _say(str(error))
         return EXIT_STARTUP

@@ -83,25 +83,37 @@ class VeilBot(commands.Bot):
             from bot.web import create_app, start_web
 
             app = create_app(self.veil, public_url=self.settings.public_url,
-                             trusted_proxies=self.settings.trusted_proxies)
+                             trusted_proxies=self.settings.trusted_proxies,
+                             shared_limits=self.settings.shared_limits)
             self._web_runner = await start_web(app, self.settings.web_host,
                                                self.settings.web_port)
 
-    async def _sync(self) -> None:
+    async def _sync(self, *, force: bool = False) -> int:
         """Sync commands (to one guild in development), skipping it when nothing changed, so
-        restarts do not spend Discord's daily command-creation budget."""
+        restarts do not spend Discord's daily command-creation budget. Only one process
+        syncs (VEIL_SYNC_COMMANDS, on by default where shard 0 runs), or `python -m bot sync`.
+        Returns how many commands were sent (0 when skipped)."""
         guild = discord.Object(self.settings.dev_guild_id) if self.settings.dev_guild_id else None
         if guild is not None:
             self.tree.copy_global_to(guild=guild)
         payload = [c.to_dict(self.tree) for c in self.tree.get_commands(guild=guild)]
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
         marker = self.settings.data_dir / f"commands-{guild.id if guild else 'global'}.sha256"
-        if marker.exists() and marker.read_text() == digest:
-            return
+        if not force and marker.exists() and marker.read_text() == digest:
+            return 0
         await self.tree.sync(guild=guild)
         marker.write_text(digest)
         log.info("Synced %d slash commands %s", len(payload),
                  "to the development server" if guild else "globally")
+        return len(payload)
+
+    async def sync_commands_once(self, token: str) -> int:
+        """`python -m bot sync`: log in over HTTP only (no gateway session), load the cogs,
+        send the commands, and stop. Returns how many commands were sent."""
+        self._sync_commands = False
+        self._start_web = False
+        await self.login(token)
+        return await self._sync(force=True)
 
     def wake_retractions(self) -> None:
         self.retract_wakeup.set()
@@ -158,6 +170,22 @@ class VeilBot(commands.Bot):
         if self._web_runner is not None:
             await self._web_runner.cleanup()
         await super().close()
+
+
+class ShardedVeilBot(VeilBot, commands.AutoShardedBot):
+    """VeilBot over the shards this process was given (VEIL_SHARD_IDS of VEIL_SHARD_COUNT), so
+    several processes split the gateway. DMs always arrive on shard 0."""
+
+
+def make_bot(*, settings: Settings, veil: Veil, queue: GenerationQueue, **options) -> VeilBot:
+    """The bot for ``settings``: sharded when VEIL_SHARD_COUNT is set."""
+    options.setdefault("sync_commands", settings.sync_commands)
+    if settings.shard_count is None:
+        return VeilBot(settings=settings, veil=veil, queue=queue, **options)
+    return ShardedVeilBot(settings=settings, veil=veil, queue=queue,
+                          shard_count=settings.shard_count,
+                          shard_ids=list(settings.shard_ids) if settings.shard_ids else None,
+                          **options)
 
 
 # What Veil's command handlers receive: ``interaction.client`` is a VeilBot, so a type checker

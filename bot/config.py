@@ -63,6 +63,15 @@ class Settings:
     comfyui_workflow: str | None = None  # a workflow file; None: the one shipped with Veil
     comfyui_checkpoint: str = "v1-5-pruned-emaonly.safetensors"
     other_master_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    # Several processes (README: 'Several processes on one data folder').
+    shared_limits: bool = False
+    shard_count: int | None = None
+    shard_ids: tuple[int, ...] | None = None
+    sync_commands: bool = True
+
+    def master_keys(self) -> list[bytes] | None:
+        """The keys given in the environment (None: the data folder's master.key)."""
+        return None if self.master_key is None else [self.master_key, *self.other_master_keys]
 
     @property
     def generator_url(self) -> str | None:
@@ -227,7 +236,34 @@ def load_settings(env: dict[str, str] | None = None, *, require_token: bool = Tr
         comfyui_checkpoint=(env.get("VEIL_COMFYUI_CHECKPOINT", "").strip()
                             or "v1-5-pruned-emaonly.safetensors"),
         other_master_keys=older_keys,
+        **_several_processes(env, errors),
     )
     if errors:
         raise ConfigError(*errors)
     return settings
+
+
+def _several_processes(env: dict[str, str], errors: list[str]) -> dict[str, object]:
+    """Shards, shared limits and who syncs slash commands, when several processes run."""
+    shard_count = _int(env, "VEIL_SHARD_COUNT", 0, errors, lo=0, hi=10_000) or None
+    shard_ids = None
+    raw_ids = env.get("VEIL_SHARD_IDS", "").strip()
+    if raw_ids:
+        try:
+            shard_ids = tuple(int(i) for i in raw_ids.split(",") if i.strip())
+        except ValueError:
+            errors.append(f"VEIL_SHARD_IDS must be shard numbers separated by commas, e.g. "
+                          f"0,1, got {raw_ids!r}.")
+        if shard_count is None:
+            errors.append("VEIL_SHARD_IDS needs VEIL_SHARD_COUNT (the total across processes).")
+        elif shard_ids and any(not 0 <= i < shard_count for i in shard_ids):
+            errors.append(f"VEIL_SHARD_IDS must be between 0 and {shard_count - 1} "
+                          f"(VEIL_SHARD_COUNT is {shard_count}), got {raw_ids!r}.")
+    # By default the process that runs shard 0 (or the only process) syncs commands.
+    default_sync = shard_ids is None or 0 in shard_ids
+    return {
+        "shared_limits": _flag(env, "VEIL_SHARED_LIMITS", False, errors),
+        "shard_count": shard_count,
+        "shard_ids": shard_ids,
+        "sync_commands": _flag(env, "VEIL_SYNC_COMMANDS", default_sync, errors),
+    }

@@ -14,14 +14,19 @@ import sys
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from bot.core.crypto import MissingMasterKey, key_id, new_key, read_key_file_all
-from bot.core.errors import TryAgain
-from bot.core.keys import MasterKeyError
+from bot.core.errors import QueueFull, TryAgain
 from bot.core.images import STAGING_BOUND_S
+from bot.core.keys import MasterKeyError
 from bot.core.leases import LeaseHeld
+from bot.core.limits import GenerationSlots
 from bot.core.veil import Veil
+from bot.generate import GenerationQueue
+from bot.generate.base import GenerationRequest
+from bot.web import RateLimit, create_app, start_web
 from db import Database
 from tests.conftest import ALICE, BOB, GUILD, OTHER_GUILD, png, viewer
 
@@ -348,3 +353,65 @@ async def test_a_backup_from_before_forget_me_opens_only_until_the_key_is_rotate
     shutil.copy2(data_dir / "master.key", data_only / "master.key")
     with pytest.raises(MasterKeyError, match="not the one"):
         await Veil.open(data_only)
+
+
+# Shared limits --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per-server"])
+async def test_two_link_servers_share_one_budget_of_failed_guesses(data_dir, clock, shared):
+    limit = RateLimit(burst=4, per_second=0.001)
+    async with await Veil.open(data_dir, clock=clock) as one, \
+            await Veil.open(data_dir, clock=clock) as two:
+        servers = [await start_web(create_app(v, public_url="http://127.0.0.1", clock=clock,
+                                              rate_limit=limit, shared_limits=shared),
+                                   "127.0.0.1", 0) for v in (one, two)]
+        try:
+            async with aiohttp.ClientSession() as session:
+                async def guess(server, n: int) -> int:
+                    async with session.get(f"{server.url}/l/{'Q' * 42}{n}") as response:
+                        return response.status
+
+                # Behind a load balancer a guesser's requests alternate between servers.
+                statuses = [await guess(servers[n % 2], n) for n in range(8)]
+        finally:
+            for server in servers:
+                await server.stop()
+    if shared:
+        assert statuses == [404] * 4 + [429] * 4
+    else:
+        assert statuses == [404] * 8  # each server alone would allow twice the budget
+
+
+class HeldGenerator:
+    """A generator that draws nothing until the test lets it go."""
+
+    name = "held"
+
+    def __init__(self, gate: asyncio.Event) -> None:
+        self.gate = gate
+
+    async def generate(self, request: GenerationRequest, progress: object = None) -> list[bytes]:
+        await self.gate.wait()
+        return [b"image"]
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_the_per_user_generation_limit_holds_across_two_bot_processes(data_dir):
+    async with await Veil.open(data_dir) as one, await Veil.open(data_dir) as two:
+        gate = asyncio.Event()
+        slots = [GenerationSlots(v.ctx, per_user_limit=2, lifetime_s=60) for v in (one, two)]
+        queues = [GenerationQueue(HeldGenerator(gate), per_user_limit=2, slots=s)
+                  for s in slots]
+        request = GenerationRequest(prompt="a lighthouse")
+        # One request in each shard's queue: each alone is under the limit of 2...
+        held = [asyncio.create_task(q.submit(ALICE, request)) for q in queues]
+        await asyncio.sleep(0.1)
+        # ...but a third, in either process, is over it.
+        with pytest.raises(QueueFull):
+            await queues[1].submit(ALICE, request)
+        gate.set()
+        await asyncio.gather(*held)
+        assert await slots[0].held(ALICE) == 0  # both slots given back
+        assert await queues[1].submit(ALICE, request) == [b"image"]

@@ -496,10 +496,12 @@ async def test_watermarking_runs_in_a_worker_thread_never_on_the_event_loop(clie
 # Throttling guesses --------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["in-memory", "in-the-database"])
 async def test_bad_guesses_are_throttled_but_the_real_holder_elsewhere_gets_through(
-        open_client, veil, clock):
+        open_client, veil, clock, shared):
     client = await open_client(trusted_proxies=["127.0.0.1"],
-                               rate_limit=RateLimit(burst=5, per_second=1.0))
+                               rate_limit=RateLimit(burst=5, per_second=1.0),
+                               shared_limits=shared)
     _, new = await share(veil)
     guesser = {"X-Forwarded-For": "203.0.113.9"}
     holder = {"X-Forwarded-For": "198.51.100.20"}

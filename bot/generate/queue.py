@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from bot.core.errors import QueueFull
+from bot.core.limits import GenerationSlots
 from bot.generate.base import GenerationRequest, Generator, Progress, ProgressCallback
 
 
@@ -48,13 +49,16 @@ class GenerationQueue:
     """
 
     def __init__(
-        self, generator: Generator, *, max_concurrent: int = 1, per_user_limit: int = 2
+        self, generator: Generator, *, max_concurrent: int = 1, per_user_limit: int = 2,
+        slots: GenerationSlots | None = None,
     ) -> None:
         if max_concurrent < 1 or per_user_limit < 1:
             raise ValueError("max_concurrent and per_user_limit must be at least 1")
         self.generator = generator
         self._max_concurrent = max_concurrent
         self._per_user_limit = per_user_limit
+        # Several bot processes: the per-user limit counts their requests too (in the database).
+        self._slots = slots
         self._line: list[_Ticket] = []
         self._running = 0
         self._held_by_user: Counter[int] = Counter()
@@ -82,6 +86,9 @@ class GenerationQueue:
         """Wait for this request's turn, then generate; raises ``QueueFull`` over the limit."""
         if self._held_by_user[user_id] >= self._per_user_limit:
             raise QueueFull(_queue_full_message(self._per_user_limit))
+        slot = None
+        if self._slots is not None:
+            slot = await self._slots.take(user_id, _queue_full_message(self._per_user_limit))
         ticket = _Ticket(user_id)
         self._held_by_user[user_id] += 1
         self._line.append(ticket)
@@ -91,6 +98,8 @@ class GenerationQueue:
             return await self.generator.generate(request, progress)
         finally:
             self._leave(ticket)
+            if slot is not None:
+                await asyncio.shield(self._slots.give_back(slot))
 
     async def _wait_for_turn(self, ticket: _Ticket, progress: ProgressCallback | None) -> None:
         told: int | None = None

@@ -24,6 +24,7 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 
 from bot.config import ConfigError
+from bot.core.limits import SharedFailureBudget
 from bot.web.exports import ExportRoutes
 from bot.web.logs import RedactingAccessLogger
 from bot.web.pages import Pages
@@ -52,13 +53,21 @@ def link_url(public_url: str, token: str) -> str:
 def create_app(veil: Veil, *, public_url: str,
                trusted_proxies: Iterable[str | IPNetwork | IPAddress] = (),
                clock: Callable[[], float] = time.time,
-               rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT) -> web.Application:
+               rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
+               shared_limits: bool = False) -> web.Application:
     """The link server over ``veil``. ``rate_limit=None`` turns off the guessing throttles
-    (tokens and passwords; for tests that hammer one link from one address on purpose)."""
+    (tokens and passwords; for tests that hammer one link from one address on purpose);
+    ``shared_limits`` keeps the token throttle's budget in the database, shared by every link
+    server on it (several behind a load balancer)."""
     app = web.Application(middlewares=[error_pages])
     pages = Pages(urlsplit(public_url).path)
     app[PAGES] = pages
-    limiter = FailureLimiter(rate_limit, clock) if rate_limit is not None else None
+    limiter: FailureLimiter | SharedFailureBudget | None = None
+    if rate_limit is not None and shared_limits:
+        limiter = SharedFailureBudget(veil.ctx, burst=rate_limit.burst,
+                                      per_second=rate_limit.per_second)
+    elif rate_limit is not None:
+        limiter = FailureLimiter(rate_limit, clock)
     routes = LinkRoutes(veil.links, veil.ctx.db, pages, limiter=limiter,
                trusted_proxies=parse_networks(trusted_proxies), clock=clock,
                executor=lambda: app.get(WATERMARK_POOL),
@@ -139,10 +148,11 @@ async def serve(settings: Settings) -> None:
     """Run the link server from ``settings`` until cancelled or sent SIGTERM."""
     from bot.core.veil import Veil  # the core loads only when a server really starts
 
-    veil = await Veil.open(settings.data_dir, master_key=settings.master_key)
+    veil = await Veil.open(settings.data_dir, master_key=settings.master_keys())
     async with veil:
         app = create_app(veil, public_url=settings.public_url,
-                         trusted_proxies=settings.trusted_proxies)
+                         trusted_proxies=settings.trusted_proxies,
+                         shared_limits=settings.shared_limits)
         server = await start_web(app, settings.web_host, settings.web_port)
         log.info("Link server listening on %s; links point at %s", server.url,
                  settings.public_url)

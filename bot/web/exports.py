@@ -29,13 +29,13 @@ class ExportRoutes:
 
     async def page(self, request: web.Request) -> web.StreamResponse:
         client = self.links._client(request)
-        if (refusal := self.links._refused(request, client)) is not None:
+        if (refusal := await self.links._refused(request, client)) is not None:
             return refusal
         token = request.match_info["token"]
         ready = await self.exports.ready(token)
         if ready is None:
-            return self.links._miss(request, client)
-        self.links._settle(request, client, found=True)
+            return await self.links._miss(request, client)
+        await self.links._settle(request, client, found=True)
         pages = self.links.pages
         if is_unfurler(request.headers.get("User-Agent")):
             return web.Response(body=pages.for_unfurler(), content_type="text/html",
@@ -47,16 +47,16 @@ class ExportRoutes:
 
     async def download(self, request: web.Request) -> web.StreamResponse:
         client = self.links._client(request)
-        if (refusal := self.links._refused(request, client)) is not None:
+        if (refusal := await self.links._refused(request, client)) is not None:
             return refusal
         token = request.match_info["token"]
         if is_unfurler(request.headers.get("User-Agent")):
-            self.links._settle(request, client, found=True)
+            await self.links._settle(request, client, found=True)
             return not_found(self.links.pages)
         taken = await self.exports.take(token)
         if taken is None:
-            return self.links._miss(request, client)
-        self.links._settle(request, client, found=True)
+            return await self.links._miss(request, client)
+        await self.links._settle(request, client, found=True)
         response = web.StreamResponse(headers={
             "Content-Type": "application/zip",
             "Content-Disposition": f'attachment; filename="{ARCHIVE_NAME}"'})

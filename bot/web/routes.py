@@ -23,6 +23,7 @@ from concurrent.futures import Executor
 
 from aiohttp import web
 
+from bot.core.limits import SharedFailureBudget
 from bot.core.links import LinkService, LinkTarget
 from bot.core.models import ImageContent, LinkSession, ShareLink
 from bot.core.passwords import MAX_LENGTH
@@ -45,7 +46,8 @@ class LinkRoutes:
     """Handlers over one LinkService; built by ``create_app``."""
 
     def __init__(self, links: LinkService, db: Database, pages: Pages, *,
-                 limiter: FailureLimiter | None, trusted_proxies: tuple[IPNetwork, ...],
+                 limiter: FailureLimiter | SharedFailureBudget | None,
+                 trusted_proxies: tuple[IPNetwork, ...],
                  clock: Callable[[], float] = time.time,
                  executor: Callable[[], Executor | None] = lambda: None,
                  passwords: PasswordThrottle | None = None,
@@ -75,22 +77,27 @@ class LinkRoutes:
         return client_address(request.remote, request.headers.getall("X-Forwarded-For", ()),
                               self.trusted_proxies)
 
-    def _refused(self, request: web.Request, client: str) -> web.Response | None:
+    async def _refused(self, request: web.Request, client: str) -> web.Response | None:
         """A 429 if this client already failed too often (taking a unit up front if it has
         failed before)."""
         if self.limiter is None:
             return None
-        wait, request[_CHARGED] = self.limiter.acquire(client)
+        if isinstance(self.limiter, SharedFailureBudget):
+            wait, request[_CHARGED] = await self.limiter.acquire(client)
+        else:
+            wait, request[_CHARGED] = self.limiter.acquire(client)
         if wait is None:
             return None
         return too_many_requests(self.pages, retry_after_header(wait))
 
-    def _settle(self, request: web.Request, client: str, *, found: bool) -> None:
-        if self.limiter is not None:
+    async def _settle(self, request: web.Request, client: str, *, found: bool) -> None:
+        if isinstance(self.limiter, SharedFailureBudget):
+            await self.limiter.settle(client, charged=request[_CHARGED], found=found)
+        elif self.limiter is not None:
             self.limiter.settle(client, charged=request[_CHARGED], found=found)
 
-    def _miss(self, request: web.Request, client: str) -> web.Response:
-        self._settle(request, client, found=False)
+    async def _miss(self, request: web.Request, client: str) -> web.Response:
+        await self._settle(request, client, found=False)
         return not_found(self.pages)
 
     # Handlers --------------------------------------------------------------------------------
@@ -98,13 +105,13 @@ class LinkRoutes:
     async def page(self, request: web.Request) -> web.StreamResponse:
         """The viewer page. Spends nothing: only the image fetch it triggers does."""
         client = self._client(request)
-        if (refusal := self._refused(request, client)) is not None:
+        if (refusal := await self._refused(request, client)) is not None:
             return refusal
         token = request.match_info["token"]
         target = await self.links.resolve(token, session=_session(request))
         if target is None:
-            return self._miss(request, client)
-        self._settle(request, client, found=True)
+            return await self._miss(request, client)
+        await self._settle(request, client, found=True)
         if is_unfurler(request.headers.get("User-Agent")):
             body = self.pages.for_unfurler()
         elif target.locked:
@@ -124,13 +131,13 @@ class LinkRoutes:
         """A password answered on the form. Right: a new session cookie and a redirect to the
         page. Wrong: the form again (403). Throttled per link and address, then per link."""
         client = self._client(request)
-        if (refusal := self._refused(request, client)) is not None:
+        if (refusal := await self._refused(request, client)) is not None:
             return refusal
         token = request.match_info["token"]
         target = await self.links.resolve(token)
         if target is None:
-            return self._miss(request, client)
-        self._settle(request, client, found=True)
+            return await self._miss(request, client)
+        await self._settle(request, client, found=True)
         if not target.link.has_password:
             raise web.HTTPSeeOther(self.pages.page_url(token))
         form = await request.post()
@@ -165,7 +172,7 @@ class LinkRoutes:
         """The image itself: counts one view (atomically, in the core) and logs it for the
         owner. HEAD and preview fetchers get the same answer without spending anything."""
         client = self._client(request)
-        if (refusal := self._refused(request, client)) is not None:
+        if (refusal := await self._refused(request, client)) is not None:
             return refusal
         token = request.match_info["token"]
         user_agent = request.headers.get("User-Agent")
@@ -174,8 +181,8 @@ class LinkRoutes:
         if unfurler or request.method == "HEAD":
             target = await self.links.resolve(token, session=session)
             if target is None:
-                return self._miss(request, client)
-            self._settle(request, client, found=True)
+                return await self._miss(request, client)
+            await self._settle(request, client, found=True)
             if not unfurler and not target.locked:
                 return self._head(target)
             # Same bytes as any miss, so a preview fetcher or a request without the password's
@@ -183,8 +190,8 @@ class LinkRoutes:
             return not_found(self.pages)
         served = await self.links.fetch(token, session=session, agent=agent_family(user_agent))
         if served is None:
-            return self._miss(request, client)
-        self._settle(request, client, found=True)
+            return await self._miss(request, client)
+        await self._settle(request, client, found=True)
         content, link = served
         data = await self._render(content, link)
         return web.Response(body=data, content_type=content.record.mime,

@@ -49,3 +49,21 @@ WHEN EXISTS (SELECT 1 FROM images WHERE owner_id = OLD.user_id)
 BEGIN
     SELECT RAISE(ABORT, 'a user who still owns images cannot be deleted; remove the images first');
 END;
+
+-- Limits shared by every process on this store (VEIL_SHARED_LIMITS=on): the link servers'
+-- budget of failed lookups per client address (a token bucket: units left as of at), and
+-- the generations each user has waiting or running (a slot per request, with an expiry so a
+-- dead process's slots free themselves).
+CREATE TABLE throttle (
+    key   TEXT PRIMARY KEY,
+    units REAL NOT NULL,
+    at    REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX throttle_by_time ON throttle (at);
+
+CREATE TABLE generation_slots (
+    id         INTEGER PRIMARY KEY,
+    user_id    INTEGER NOT NULL,
+    expires_at REAL    NOT NULL
+);
+CREATE INDEX generation_slots_by_user ON generation_slots (user_id, expires_at);
