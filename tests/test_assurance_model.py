@@ -57,7 +57,7 @@ from hypothesis.stateful import (
 )
 
 from bot.core.access import place_for
-from bot.core.errors import NotFound, VeilError
+from bot.core.errors import NotFound, TryAgain, VeilError
 from bot.core.models import Viewer
 from bot.core.moderation import is_moderator
 from bot.core.veil import Veil
@@ -393,6 +393,39 @@ class VeilMachine(RuleBasedStateMachine):
                                   lambda: self.veil.privacy.forget(user))
         self.removed(keys, removal, "forget")
         self.forget_group_ids()
+
+    @rule(target=images, user=users, guild=contexts)
+    @step
+    def forget_while_creating(self, user: int, guild: int | None) -> Any:
+        """Forget-me and a create for the same person at once (two processes, or two commands):
+        the new image is erased with the rest, refused while the erasure runs, or made after
+        it; never left behind half-erased, and never removed outside the deletion path."""
+        async def race() -> list[Any]:
+            return await asyncio.gather(
+                self.veil.privacy.forget(user),
+                self.veil.images.create(user, tiny_png(), guild_id=guild, source="upload"),
+                return_exceptions=True)
+
+        removal, made = self.run(race())
+        assert not isinstance(removal, BaseException), f"forget failed: {removal!r}"
+        made_first = not isinstance(made, BaseException) and made.public_id in removal.image_ids
+        OUTCOMES["forget while creating: " + (
+            "create refused" if isinstance(made, BaseException) else
+            "made, then erased" if made_first else "made after the erasure")] += 1
+        if isinstance(made, BaseException):
+            assert isinstance(made, TryAgain), f"create failed: {made!r}"
+        elif made_first:
+            self.pid.append(made.public_id)
+            assert self.model.create_image(user, guild, None, None) == len(self.pid) - 1
+        keys = self.model.forget(user)
+        self.removed(keys, removal, "forget while creating")
+        self.forget_group_ids()
+        if isinstance(made, BaseException) or made_first:
+            return multiple()
+        self.pid.append(made.public_id)  # made after the erasure finished: a new start
+        key = self.model.create_image(user, guild, None, None)
+        assert key == len(self.pid) - 1
+        return key
 
     @rule(actor=mod_actors, guild=contexts, member=users)
     @step

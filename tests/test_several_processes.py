@@ -105,6 +105,9 @@ async def test_rotate_key_while_two_processes_read_and_write_fails_no_read_and_l
         assert len(rows) == 2 + sum(len(r["created"]) for r in results)
         for public_id, owner in rows:
             await veil.images.open(public_id, viewer(owner))
+    print(f"\nrotate-key x2 under load: {sum(r['reads'] for r in results)} reads and "
+          f"{sum(len(r['created']) for r in results)} new owners in 2 other processes, "
+          f"{sum(r['failures'] for r in results)} failed; {len(rows)} images open after restart")
 
 
 async def test_a_process_picks_up_a_key_rotated_by_another_without_a_restart(data_dir):
