@@ -151,7 +151,8 @@ def load_settings(env: dict[str, str] | None = None, *, require_token: bool = Tr
 
     data_dir = Path(env.get("VEIL_DATA_DIR", "").strip() or "./data").expanduser()
 
-    master_key, older_keys = None, ()
+    master_key: bytes | None = None
+    older_keys: tuple[bytes, ...] = ()
     raw_key = env.get("VEIL_MASTER_KEY", "").strip()
     if raw_key:
         try:
@@ -214,6 +215,7 @@ def load_settings(env: dict[str, str] | None = None, *, require_token: bool = Tr
                       f"got {log_level!r}.")
         log_level = "INFO"
 
+    shard_count, shard_ids = _shards(env, errors)
     settings = Settings(
         discord_token=token,
         data_dir=data_dir,
@@ -236,15 +238,20 @@ def load_settings(env: dict[str, str] | None = None, *, require_token: bool = Tr
         comfyui_checkpoint=(env.get("VEIL_COMFYUI_CHECKPOINT", "").strip()
                             or "v1-5-pruned-emaonly.safetensors"),
         other_master_keys=older_keys,
-        **_several_processes(env, errors),
+        shared_limits=_flag(env, "VEIL_SHARED_LIMITS", False, errors),
+        shard_count=shard_count,
+        shard_ids=shard_ids,
+        sync_commands=_flag(env, "VEIL_SYNC_COMMANDS", shard_ids is None or 0 in shard_ids,
+                            errors),
     )
     if errors:
         raise ConfigError(*errors)
     return settings
 
 
-def _several_processes(env: dict[str, str], errors: list[str]) -> dict[str, object]:
-    """Shards, shared limits and who syncs slash commands, when several processes run."""
+def _shards(env: dict[str, str], errors: list[str]) -> tuple[int | None, tuple[int, ...] | None]:
+    """VEIL_SHARD_COUNT and VEIL_SHARD_IDS, when several bot processes split the gateway. By
+    default the process running shard 0 (or the only process) syncs slash commands."""
     shard_count = _int(env, "VEIL_SHARD_COUNT", 0, errors, lo=0, hi=10_000) or None
     shard_ids = None
     raw_ids = env.get("VEIL_SHARD_IDS", "").strip()
@@ -259,11 +266,4 @@ def _several_processes(env: dict[str, str], errors: list[str]) -> dict[str, obje
         elif shard_ids and any(not 0 <= i < shard_count for i in shard_ids):
             errors.append(f"VEIL_SHARD_IDS must be between 0 and {shard_count - 1} "
                           f"(VEIL_SHARD_COUNT is {shard_count}), got {raw_ids!r}.")
-    # By default the process that runs shard 0 (or the only process) syncs commands.
-    default_sync = shard_ids is None or 0 in shard_ids
-    return {
-        "shared_limits": _flag(env, "VEIL_SHARED_LIMITS", False, errors),
-        "shard_count": shard_count,
-        "shard_ids": shard_ids,
-        "sync_commands": _flag(env, "VEIL_SYNC_COMMANDS", default_sync, errors),
-    }
+    return shard_count, shard_ids

@@ -53,6 +53,7 @@ class ErasureService:
                 " WHERE kind = ? AND user_id = ? AND coalesce(guild_id, 0) = ?",
                 (kind, user_id, guild_id or 0))
         failpoints.reach("erase:requested")
+        assert row is not None  # inserted, or already there, in this very transaction
         return Erasure(*row)
 
     async def pending(self) -> list[Erasure]:

@@ -417,6 +417,7 @@ class ImageService:
             row = await self.ctx.db.fetchone(
                 "SELECT EXISTS (SELECT 1 FROM images WHERE blob_name = :n),"
                 " EXISTS (SELECT 1 FROM staged_blobs WHERE blob_name = :n)", {"n": name})
+            assert row is not None  # SELECT without FROM: always one row
             if row[0]:
                 await self.ctx.blobs.publish(name)
                 published += 1

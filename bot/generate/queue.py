@@ -86,9 +86,9 @@ class GenerationQueue:
         """Wait for this request's turn, then generate; raises ``QueueFull`` over the limit."""
         if self._held_by_user[user_id] >= self._per_user_limit:
             raise QueueFull(_queue_full_message(self._per_user_limit))
-        slot = None
-        if self._slots is not None:
-            slot = await self._slots.take(user_id, _queue_full_message(self._per_user_limit))
+        slots, slot = self._slots, None
+        if slots is not None:
+            slot = await slots.take(user_id, _queue_full_message(self._per_user_limit))
         ticket = _Ticket(user_id)
         self._held_by_user[user_id] += 1
         self._line.append(ticket)
@@ -98,8 +98,8 @@ class GenerationQueue:
             return await self.generator.generate(request, progress)
         finally:
             self._leave(ticket)
-            if slot is not None:
-                await asyncio.shield(self._slots.give_back(slot))
+            if slots is not None and slot is not None:
+                await asyncio.shield(slots.give_back(slot))
 
     async def _wait_for_turn(self, ticket: _Ticket, progress: ProgressCallback | None) -> None:
         told: int | None = None
