@@ -47,8 +47,8 @@ _LOW_BIT_LUTS: Final[dict[str, list[int]]] = {
 # the picture shows of a pixel is its colour times alpha/255 over whatever lies behind it:
 # - alpha 0 shows nothing, so its colour becomes one constant, black, the value premultiplied
 #   storage would hold (and the cheapest to compress);
-# - alpha 1 to FAINT_ALPHA shows at most 8/255 (3%) of its colour, about the smallest step a
-#   viewer can pick out, yet enough to carry an "erased" text at full contrast underneath.
+# - alpha 1 to FAINT_ALPHA shows at most 8/255 (3%) of its colour, barely there on screen,
+#   yet the colour underneath can carry an "erased" text at full contrast.
 #   Any quantisation that keeps two levels keeps dark text on light paper legible, so these
 #   pixels are quantised to one level: all take the mean colour of the image's faint pixels.
 #   A fading shadow or glow is usually one colour and keeps it exactly; the shown picture
