@@ -156,7 +156,8 @@ class VeilBot(commands.Bot):
                     self.wake_retractions()
                 if await leases.once_per("repair", SWEEP_EVERY_S, self.veil.repair):
                     self.wake_retractions()
-                await self.veil.exports.sweep()  # expired and abandoned export files
+                # Expired and abandoned export files.
+                await leases.once_per("exports", SWEEP_EVERY_S, self.veil.exports.sweep)
             except Exception:
                 log.exception("Retention sweep failed; will try again")
             await asyncio.sleep(SWEEP_EVERY_S)

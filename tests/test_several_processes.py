@@ -418,3 +418,21 @@ async def test_the_per_user_generation_limit_holds_across_two_bot_processes(data
         await asyncio.gather(*held)
         assert await slots[0].held(ALICE) == 0  # both slots given back
         assert await queues[1].submit(ALICE, request) == [b"image"]
+
+
+async def test_an_export_another_process_starts_during_a_sweep_is_not_taken_for_an_orphan(
+        data_dir):
+    async with await Veil.open(data_dir) as bot, await Veil.open(data_dir) as cli_sweep:
+        listed = cli_sweep.ctx.blobs.export_names
+
+        def export_starts_meanwhile() -> set[str]:
+            # The bot begins an export (row first, then the file) while the sweep looks.
+            with sqlite3.connect(data_dir / "veil.db") as conn:
+                conn.execute("INSERT INTO exports (user_id, state, file_name, created_at)"
+                             " VALUES (?, 'preparing', 'fresh', ?)", (ALICE, time.time()))
+            bot.ctx.blobs.export_path("fresh").write_bytes(b"sealed export")
+            return listed()
+
+        cli_sweep.ctx.blobs.export_names = export_starts_meanwhile  # type: ignore[method-assign]
+        await cli_sweep.exports.sweep()
+        assert bot.ctx.blobs.export_path("fresh").exists()

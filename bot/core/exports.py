@@ -297,6 +297,10 @@ class ExportService:
         """Drop expired and abandoned exports, the cooldown records that ran out, and any file
         without a row; returns how many files were deleted."""
         now = self.ctx.now()
+        # Files listed before the rows are read: an export's row is committed before its file
+        # is written, so every file listed here that has a row is seen to have one. Listed
+        # after, an export another process starts in between would look like an orphan.
+        on_disk = self.ctx.blobs.export_names()
         async with self.ctx.db.transaction() as tx:
             gone = [r[0] for r in await tx.fetchall(
                 "SELECT file_name FROM exports WHERE (state = 'ready' AND expires_at <= :now)"
@@ -308,7 +312,7 @@ class ExportService:
                 await tx.execute(f"DELETE FROM exports WHERE file_name IN ({marks})", gone)
             # 'taken' rows only wait out the cooldown: their file went with the download.
             known = {r[0] for r in await tx.fetchall("SELECT file_name FROM exports")}
-        orphans = self.ctx.blobs.export_names() - known
+        orphans = on_disk - known
         files = [n for n in set(gone) | orphans
                  if self.ctx.blobs.export_path(n).exists()]
         await self.ctx.blobs.delete_exports(sorted(set(gone) | orphans))
