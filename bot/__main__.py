@@ -39,11 +39,14 @@ COMMANDS = {
 }
 
 
-async def _open_veil(settings: Settings) -> Veil:
+async def _open_veil(settings: Settings, *, also: bytes | None = None) -> Veil:
+    """Open the data folder; ``also``: one more key to hold (the new one, for rotate-key)."""
     from bot.core.veil import Veil
     from bot.images import ImageLimits
 
-    return await Veil.open(settings.data_dir, master_key=settings.master_keys(),
+    keys = settings.master_keys()
+    return await Veil.open(settings.data_dir,
+                           master_key=None if keys is None else keys + [k for k in [also] if k],
                            limits=ImageLimits(max_bytes=settings.max_upload_bytes,
                                               max_pixels=settings.max_pixels))
 
@@ -157,7 +160,8 @@ async def rotate_key(settings: Settings) -> None:
             new_key = parse_master_key(raw)
         except ValueError as exc:
             raise ConfigError(f"VEIL_NEW_MASTER_KEY {exc}.") from exc
-    async with await _open_veil(settings) as veil:
+    # Holding the new key too lets a rotation that stopped half-way be run again as it was.
+    async with await _open_veil(settings, also=new_key) as veil:
         count = await veil.rotate_master_key(new_key)
     print(f"Re-wrapped {count} owner keys under the new master key.")
     if new_key is not None:
@@ -245,11 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.log_level)
     debug = settings.log_level == "DEBUG"
     from bot.core.keys import MasterKeyError
+    from bot.core.leases import LeaseHeld
     from bot.core.veil import DataFolderError
 
     try:
         asyncio.run(ACTIONS[command](settings))
-    except (StartupError, MasterKeyError, DataFolderError) as error:
+    except (StartupError, MasterKeyError, DataFolderError, LeaseHeld) as error:
         if debug:
             log.debug("Start-up failed", exc_info=error)
         _say(str(error))

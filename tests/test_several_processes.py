@@ -436,3 +436,23 @@ async def test_an_export_another_process_starts_during_a_sweep_is_not_taken_for_
         cli_sweep.ctx.blobs.export_names = export_starts_meanwhile  # type: ignore[method-assign]
         await cli_sweep.exports.sweep()
         assert bot.ctx.blobs.export_path("fresh").exists()
+
+
+async def test_a_rotation_with_keys_in_the_environment_killed_half_way_is_run_again_as_it_was(
+        data_dir):
+    old, new = "11" * 32, "22" * 32
+    async with await Veil.open(data_dir, master_key=bytes.fromhex(old)) as veil:
+        image = await veil.images.create(ALICE, png(), guild_id=GUILD, source="upload")
+    killed = await asyncio.to_thread(cli, data_dir, "rotate-key", VEIL_MASTER_KEY=old,
+                                     VEIL_NEW_MASTER_KEY=new, VEIL_FAILPOINT="rotate:committed")
+    assert killed.returncode == -9
+    busy = await asyncio.to_thread(cli, data_dir, "rotate-key", VEIL_MASTER_KEY=old,
+                                   VEIL_NEW_MASTER_KEY=new)
+    assert busy.returncode == 2 and "stopped while rotating" in busy.stderr
+    with sqlite3.connect(data_dir / "veil.db") as conn:  # the dead process's lease runs out
+        conn.execute("UPDATE leases SET expires_at = 0")
+    again = await asyncio.to_thread(cli, data_dir, "rotate-key", VEIL_MASTER_KEY=old,
+                                    VEIL_NEW_MASTER_KEY=new)
+    assert again.returncode == 0, again.stderr
+    async with await Veil.open(data_dir, master_key=bytes.fromhex(new)) as veil:
+        await veil.images.open(image.public_id, viewer(ALICE))

@@ -43,6 +43,9 @@ NEXT_KEY_FILE = "master.key.next"  # written by versions before online rotation
 ROTATION_LEASE = "rotate-key"
 ROTATION_LEASE_S = 120.0
 _BATCH = 500
+ROTATION_BUSY = (f"Another process is rotating the master key right now, or one stopped while "
+                 f"rotating less than {ROTATION_LEASE_S:.0f} s ago: try again once it is done "
+                 "(a stopped one is finished then).")
 
 
 class MasterKeyError(Exception):
@@ -134,8 +137,7 @@ async def rotate_master_key(ctx: Context, leases: Leases, data_dir: Path,
     the old one) in the environment and stores it itself.
     """
     ring = ctx.keys
-    async with leases.holding(ROTATION_LEASE, ROTATION_LEASE_S,
-                              busy="Another process is rotating the master key right now."):
+    async with leases.holding(ROTATION_LEASE, ROTATION_LEASE_S, busy=ROTATION_BUSY):
         fresh = new if new is not None else new_key()
         key_file = data_dir / KEY_FILE
         if key_in_file:
