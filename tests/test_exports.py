@@ -119,7 +119,8 @@ async def test_a_page_view_a_head_and_preview_fetchers_spend_nothing(open_client
 async def test_fifty_downloads_at_once_get_exactly_one_archive(client, veil):
     await library(veil, 1)
     new = await ready_export(veil)
-    results = await asyncio.gather(*(download(client, new.token) for _ in range(50)))
+    results = await asyncio.wait_for(
+        asyncio.gather(*(download(client, new.token) for _ in range(50))), 60)
     assert sorted(status for status, _, _ in results).count(200) == 1
     assert export_files(veil) == []
 
