@@ -202,6 +202,7 @@ async def test_a_browser_shows_the_image_then_the_404_page_once_the_link_is_revo
             await server.stop()
 
 
+@pytest.mark.slow
 async def test_a_browser_needs_the_password_then_sees_the_image_then_the_404_once_revoked(
         tmp_path):
     binary = chromium_binary()
