@@ -32,6 +32,7 @@ from bot.core.images import ImageService
 from bot.core.models import ImageRecord, Viewer
 from bot.core.sealedstream import SealedWriter, read_sealed
 from bot.core.sharing import SharingService
+from db import Row
 
 if TYPE_CHECKING:
     from db import Row

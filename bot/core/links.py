@@ -20,12 +20,13 @@ import secrets
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
-from bot.core.context import IMAGE_COLUMNS, Context, image_from_row, new_public_id
+from bot.core.context import IMAGE_COLUMNS, Context, new_public_id
 from bot.core.durations import format_duration
 from bot.core.errors import InvalidInput, NotFound, PolicyViolation
 from bot.core.images import ImageService
 from bot.core.models import ImageContent, ImageRecord, LinkSession, NewLink, ShareLink, Viewer
 from bot.core.passwords import DEFAULT_COST, ScryptCost, hash_password, verify_password
+from db import Row
 
 if TYPE_CHECKING:
     from db import Row
@@ -134,7 +135,7 @@ class LinkService:
         if not hmac.compare_digest(_hash(token[SELECTOR_CHARS:]), expected) or row is None:
             return None
         link = _link_from_row(row)
-        image = image_from_row(row[_IMAGE_AT:_IMAGE_AT + 13])
+        image = ImageRecord(*row[_IMAGE_AT:_IMAGE_AT + 13])
         if row[_IMAGE_AT + 13] == 0:
             return None  # moderators turned links off: existing links stop too (while off)
         now = self.ctx.now()
