@@ -86,14 +86,7 @@ async def child(mode: str, data: str) -> None:
                     result["bytes"] = new.byte_size
                     print(json.dumps({"url": f"{server.url}/x/{new.token}"}), flush=True)
                     await asyncio.to_thread(sys.stdin.readline)  # the parent has downloaded
-                    # The handler deletes the file as its last step, just after the last bytes
-                    # left; give it a moment to get there.
-                    for _ in range(100):
-                        left = list((copy / "exports").iterdir())
-                        if not left:
-                            break
-                        await asyncio.sleep(0.02)
-                    result["files_left"] = len(left)
+                    result["files_left"] = len(list((copy / "exports").iterdir()))
                 elif mode == "in-memory":
                     result["bytes"] = len(await _old_export(veil))
                     result["prepare_s"] = time.perf_counter() - started

@@ -267,17 +267,25 @@ class ExportService:
             source = await asyncio.to_thread(open, path, "rb")
         except FileNotFoundError:
             return
+        deleted = False
         try:
             size = os.fstat(source.fileno()).st_size
             chunks: Iterator[bytes] = read_sealed(source, size, secret)
-            while True:
-                chunk = await asyncio.to_thread(next, chunks, None)
-                if chunk is None:
-                    return
+            chunk = await asyncio.to_thread(next, chunks, None)
+            while chunk is not None:
+                following = await asyncio.to_thread(next, chunks, None)
+                if following is None:
+                    # Everything is read (and authenticated): the file goes before the last
+                    # bytes leave, so a finished download never finds it still on disk.
+                    source.close()
+                    await self.ctx.blobs.delete_exports([file_name])
+                    deleted = True
                 yield chunk
+                chunk = following
         finally:
             source.close()
-            await self.ctx.blobs.delete_exports([file_name])
+            if not deleted:
+                await self.ctx.blobs.delete_exports([file_name])
 
     async def _find(self, token: str) -> Row | None:
         if len(token) != TOKEN_CHARS or not _TOKEN_ALPHABET.issuperset(token):
