@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
 import discord
@@ -19,6 +19,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.config import Settings
+from bot.core.ledger import IN_FLIGHT_WAIT_S, Drained
 from bot.core.veil import Veil
 from bot.generate import GenerationQueue
 from bot.logs import REDACTOR
@@ -33,6 +34,7 @@ log = logging.getLogger("veil.bot")
 
 RETRACT_EVERY_S = 30.0
 SWEEP_EVERY_S = 600.0
+GRANT_EXPIRY_LEASE_S = 5.0
 
 # Veil has no voice features: discord.py's start-up warnings about PyNaCl and davey (its voice
 # libraries) would only puzzle an operator.
@@ -46,6 +48,8 @@ class VeilBot(commands.Bot):
                  **options) -> None:
         intents = discord.Intents.none()
         intents.guilds = True
+        # Optional and privileged: role removals arrive at once (on_member_update).
+        intents.members = settings.members_intent
         # Every command works as a server install and as a user install (a person's own
         # account), in servers, group DMs and DMs, unless it says otherwise (/admin does).
         options.setdefault("allowed_installs",
@@ -64,7 +68,8 @@ class VeilBot(commands.Bot):
         self._background: list[asyncio.Task] = []
         self._web_runner: WebServer | None = None
         self.retract_wakeup = asyncio.Event()
-        self._retract_lock = asyncio.Lock()
+        self.grants_changed = asyncio.Event()
+        veil.ctx.retraction_listeners.append(self.wake_retractions)
         REDACTOR.add_secrets(settings.discord_token)
 
     async def login(self, token: str) -> None:
@@ -79,6 +84,8 @@ class VeilBot(commands.Bot):
             await self._sync()
         self._background.append(asyncio.create_task(self._retraction_loop(), name="retract"))
         self._background.append(asyncio.create_task(self._retention_loop(), name="retention"))
+        self._background.append(asyncio.create_task(self._grant_expiry_loop(),
+                                                     name="grant-expiry"))
         if self._start_web:
             from bot.web import create_app, start_web
 
@@ -118,22 +125,44 @@ class VeilBot(commands.Bot):
     def wake_retractions(self) -> None:
         self.retract_wakeup.set()
 
-    async def retract_now(self) -> int:
-        """Delete every message waiting in the retraction outbox now, in as many passes as it
-        takes (one pass handles a batch); returns how many went. What Discord refuses stays
-        queued, with back-off, for the background loop."""
-        done = 0
-        async with self._retract_lock:
-            while passed := await self.deliverer.retract_due():
-                done += passed
-        return done
+    def wake_grant_expiry(self) -> None:
+        """A share with an end was made: the expiry sweep may need to run sooner."""
+        self.grants_changed.set()
+
+    async def retract_now(self, ids: Iterable[int]) -> Drained:
+        """Delete these outbox messages (the ones a command queued itself) now, and say how it
+        went: done, still waiting (Discord refused for now; the worker retries) and stuck.
+        Other people's retractions are the worker's, so a command never waits for them; it
+        waits a little only for its own rows another worker has claimed at this moment."""
+        ids = list(ids)
+        if not ids:
+            return Drained()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + IN_FLIGHT_WAIT_S
+        while True:
+            for start in range(0, len(ids), 50):
+                await self.deliverer.retract_due(ids[start:start + 50])
+            left, stuck, in_flight = await self.veil.ledger.progress(ids)
+            if not in_flight or loop.time() > deadline:
+                break
+            await asyncio.sleep(0.02)
+        # Outbox rows are only ever removed once their message is gone.
+        return Drained(done=len(ids) - left, waiting=left - stuck, stuck=stuck)
+
+    async def on_member_update(self, before: discord.Member, after: discord.Member) -> None:
+        """With the Server Members intent: a role taken away retracts, at once, what the member
+        received through a share with that role."""
+        if {r.id for r in before.roles} - {r.id for r in after.roles}:
+            roles = frozenset(r.id for r in after.roles) | {after.guild.id}
+            await self.veil.sharing.roles_now(after.id, after.guild.id, roles)
 
     async def _retraction_loop(self) -> None:
         await self.wait_until_ready()
         while not self.is_closed():
             try:
-                async with self._retract_lock:
-                    await self.deliverer.retract_due()
+                await self.deliverer.reconcile_pending()
+                while (await self.deliverer.retract_due()).done:
+                    pass  # a full batch went: there may be more
             except Exception:
                 log.exception("Retraction pass failed; will try again")
             # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that
@@ -161,6 +190,28 @@ class VeilBot(commands.Bot):
             except Exception:
                 log.exception("Retention sweep failed; will try again")
             await asyncio.sleep(SWEEP_EVERY_S)
+
+    async def _grant_expiry_loop(self) -> None:
+        """Expired shares are swept when they expire (not at the next 10-minute tick), so a
+        copy sent through one is gone within seconds of its end."""
+        await self.wait_until_ready()
+        while not self.is_closed():
+            self.grants_changed.clear()
+            try:
+                # Under a short lease: one process sweeps at each expiry; another that wakes
+                # for the same expiry finds it taken and (the sweep being idempotent anyway)
+                # has nothing to do.
+                await self.veil.leases.once_per("grant-expiry", GRANT_EXPIRY_LEASE_S,
+                                                self.veil.retention.expire_grants)
+                upcoming = await self.veil.retention.next_grant_expiry()
+            except Exception:
+                log.exception("Share expiry sweep failed; will try again")
+                upcoming = None
+            wait = SWEEP_EVERY_S if upcoming is None else max(
+                0.05, min(SWEEP_EVERY_S, upcoming - self.veil.ctx.now() + 0.05))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self.grants_changed.wait()
 
     async def close(self) -> None:
         for task in self._background:

@@ -69,6 +69,10 @@ class Settings:
     shard_ids: tuple[int, ...] | None = None
     sync_commands: bool = True
 
+    # The privileged Server Members intent: lets Veil retract role-share copies the moment a
+    # role is taken away, instead of at the member's next interaction.
+    members_intent: bool = False
+
     def master_keys(self) -> list[bytes] | None:
         """The keys given in the environment (None: the data folder's master.key)."""
         return None if self.master_key is None else [self.master_key, *self.other_master_keys]
@@ -243,6 +247,7 @@ def load_settings(env: dict[str, str] | None = None, *, require_token: bool = Tr
         shard_ids=shard_ids,
         sync_commands=_flag(env, "VEIL_SYNC_COMMANDS", shard_ids is None or 0 in shard_ids,
                             errors),
+        members_intent=_flag(env, "VEIL_MEMBERS_INTENT", False, errors),
     )
     if errors:
         raise ConfigError(*errors)

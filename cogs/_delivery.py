@@ -15,20 +15,28 @@ the user is told), never as a public followup.
 Commands that deliver images defer *ephemerally* (``deliver`` does it if they did not): the first
 followup after a defer inherits the defer's visibility, so a public defer could otherwise turn a
 fallback copy into a channel message.
+
+Every copy is written to the ledger as pending before it is sent, with its basis, and recorded as
+sent after (``bot.core.ledger``); a copy whose access ended while it was on its way is retracted
+at once.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
+import aiohttp
 import discord
 
+from bot.core import failpoints
 from bot.core.access import place_for
-from bot.core.errors import VeilError
+from bot.core.errors import NotFound, VeilError
+from bot.core.ledger import OWNER, PUBLIC, Basis, DeliveryLedger, Drained
 from bot.core.models import ImageContent, ImageRecord
 from bot.core.venue import Venue
 from cogs._replies import NO_MUTUAL_SERVER
@@ -60,7 +68,10 @@ def dm_refused_warning(error: discord.Forbidden, venue: Venue) -> str:
     if error.code == NO_MUTUAL_SERVER:
         return NO_MUTUAL_SERVER_WARNING
     return EPHEMERAL_WARNING if venue.bot_present else ELSEWHERE_WARNING
-MAX_RETRACTION_ATTEMPTS = 12
+
+
+UNKNOWN_MESSAGE = 10008  # Discord's code for a message that is already gone
+RECONCILE_LOOKBACK = 50  # messages read back in a channel to find an unrecorded copy
 NO_PINGS = discord.AllowedMentions.none()
 
 
@@ -99,11 +110,17 @@ class Deliverer:
     def veil(self):
         return self.bot.veil
 
+    @property
+    def ledger(self) -> DeliveryLedger:
+        return self.bot.veil.ledger
+
     async def deliver(self, interaction: Interaction, contents: Sequence[ImageContent],
-                      *, caption: str, grant_id: int | None = None,
-                      view_factory=None) -> Delivered:
+                      *, caption: str, basis: Basis = OWNER, view_factory=None) -> Delivered:
         """Send ``contents`` (already access-checked for interaction.user) where allowed.
 
+        ``basis`` is why the user may see them (``Basis.of`` the view decision; the owner's
+        own images by default): a private copy records it, so the end of that access retracts
+        the copy. A channel post's basis is always public visibility.
         ``view_factory(contents)`` may add buttons (only on messages to the owner).
         """
         if not interaction.response.is_done():
@@ -124,76 +141,144 @@ class Deliverer:
         channel = interaction.channel
         if places == {"channel"} and isinstance(channel, discord.abc.Messageable):
             try:
-                message = await channel.send(
-                    caption, files=_files(contents), allowed_mentions=NO_PINGS,
-                    **({"view": view} if view is not None else {}))
-            except discord.Forbidden:
-                note_prefix = ("I may not post images in this channel (missing permission), so "
-                               "I sent it privately instead. ")
-            except discord.HTTPException:
-                note_prefix = ("Discord did not accept my post in this channel just now, so I "
-                               "sent it privately instead. ")
-            else:
-                await self._record(records, message, "channel", interaction, None, grant_id)
-                return Delivered("channel", "Posted in this channel.", message)
-        return await self._deliver_privately(interaction, venue, contents, caption, grant_id,
+                pending = await self.ledger.begin(records, recipient_id=None, basis=PUBLIC,
+                                                  kind="channel", channel_id=channel.id,
+                                                  guild_id=interaction.guild_id)
+            except NotFound:
+                pending = None  # made private meanwhile: only a private copy may go
+            if pending is not None:
+                try:
+                    message = await channel.send(
+                        caption, files=_files(contents), allowed_mentions=NO_PINGS,
+                        **({"view": view} if view is not None else {}))
+                except discord.Forbidden:
+                    await self.ledger.abandon(pending)
+                    note_prefix = ("I may not post images in this channel (missing permission), "
+                                   "so I sent it privately instead. ")
+                except discord.HTTPException:
+                    await self.ledger.abandon(pending)
+                    note_prefix = ("Discord did not accept my post in this channel just now, "
+                                   "so I sent it privately instead. ")
+                else:
+                    failpoints.reach("deliver:sent")
+                    if (await self.ledger.complete(pending, message_id=message.id)).kept:
+                        return Delivered("channel", "Posted in this channel.", message)
+                    # Made private while the post was on its way: it is being retracted.
+                    note_prefix = "It became private as I posted it, so it went privately. "
+        return await self._deliver_privately(interaction, venue, contents, caption, basis,
                                              view, note_prefix)
 
-    async def _deliver_privately(self, interaction, venue: Venue, contents, caption, grant_id,
-                                 view, note_prefix: str) -> Delivered:
+    async def _deliver_privately(self, interaction, venue: Venue, contents, caption,
+                                 basis: Basis, view, note_prefix: str) -> Delivered:
         records = [c.record for c in contents]
         extra = {"view": view} if view is not None else {}
+        user = interaction.user
         try:
-            message = await interaction.user.send(caption, files=_files(contents), **extra)
+            # The DM channel is known before the send, so the pending row names it and a
+            # crash after Discord's answer can be reconciled by looking there.
+            dm = await user.create_dm()
+        except discord.HTTPException as error:
+            raise not_delivered(records) from error
+        pending = await self.ledger.begin(records, recipient_id=user.id, basis=basis,
+                                          kind="dm", channel_id=dm.id,
+                                          guild_id=interaction.guild_id)
+        try:
+            message = await dm.send(caption, files=_files(contents), **extra)
         except discord.Forbidden as refused:
             # DMs closed (50007), blocked, or no server in common (50278): an ephemeral copy.
+            await self.ledger.abandon(pending)
             warning = dm_refused_warning(refused, venue)
         except discord.HTTPException as error:
+            await self.ledger.abandon(pending)
             # A fault on Discord's side: an ephemeral copy could not be retracted later, so
             # rather than fall back to one, say that the image is safe and how to get it.
             raise not_delivered(records) from error
         else:
-            await self._record(records, message, "dm", interaction, interaction.user.id,
-                               grant_id)
+            failpoints.reach("deliver:sent")
+            await self.ledger.complete(pending, message_id=message.id)
             return Delivered("dm", f"{note_prefix}Sent to {venue.private_destination}.",
                              message)
+        pending = await self.ledger.begin(records, recipient_id=user.id, basis=basis,
+                                          kind="ephemeral",
+                                          channel_id=interaction.channel_id or 0,
+                                          guild_id=interaction.guild_id)
         try:
             message = await interaction.followup.send(caption, files=_files(contents),
                                                       ephemeral=True, wait=True, **extra)
         except discord.HTTPException as error:
+            await self.ledger.abandon(pending)
             raise not_delivered(records) from error
-        await self._record(records, message, "ephemeral", interaction, interaction.user.id,
-                           grant_id)
+        await self.ledger.complete(pending, message_id=message.id)
         return Delivered("ephemeral", note_prefix + warning, message)
 
-    async def _record(self, records, message, kind: Place, interaction, recipient_id,
-                      grant_id) -> None:
-        channel_id = message.channel.id if message.channel is not None else 0
-        for record in records:
-            await self.veil.images.record_delivery(
-                record, kind=kind, channel_id=channel_id, message_id=message.id,
-                recipient_id=recipient_id, guild_id=interaction.guild_id, grant_id=grant_id)
+    # Retraction --------------------------------------------------------------------------
 
-    async def retract_due(self) -> int:
-        """Delete every posted message waiting in the retraction outbox; returns how many went.
+    async def retract_due(self, ids: Iterable[int] | None = None) -> Drained:
+        """Delete outbox messages this worker claims: every due one (``ids`` None), or only
+        these (a command's own). Each row is claimed with a lease first, so another process
+        draining the same outbox never deletes the same message.
 
-        A message already gone counts as done; a failure is retried later with back-off.
+        A message already gone counts as done. A permanent refusal (403, the channel gone) or
+        the last attempt marks the row stuck, for the owner to see, instead of retrying it
+        every few seconds; anything else is retried with back-off.
         """
-        done = 0
-        for job in await self.veil.images.due_retractions():
+        done = stuck = 0
+        jobs = await self.ledger.claim(ids=ids)
+        for job in jobs:
             try:
                 await self.bot.http.delete_message(job.channel_id, job.message_id,
-                                                   reason="Veil: image deleted or unshared")
-            except discord.NotFound:
-                pass
-            except discord.HTTPException as error:
-                if job.attempts + 1 >= MAX_RETRACTION_ATTEMPTS:
-                    log.error("Giving up retracting message %s in channel %s after %d tries "
-                              "(%s)", job.message_id, job.channel_id, job.attempts + 1,
-                              error.status)
-                else:
-                    await self.veil.images.retraction_failed(job.id)
+                                                   reason="Veil: access to the image ended")
+            except discord.NotFound as error:
+                if error.code != UNKNOWN_MESSAGE:
+                    stuck += await self._failed(job, "I can no longer reach that channel",
+                                                permanent=True)
                     continue
-            await self.veil.images.retraction_done(job.id)
-            done += 1
-        return done
+            except discord.Forbidden:
+                stuck += await self._failed(job, "Discord refused: I lack the permission there",
+                                            permanent=True)
+                continue
+            except (discord.HTTPException, aiohttp.ClientError, TimeoutError) as error:
+                stuck += await self._failed(job, _short(error), permanent=False)
+                continue
+            if await self.ledger.done(job):
+                done += 1
+        return Drained(done=done, waiting=len(jobs) - done, stuck=stuck)
+
+    async def _failed(self, job, error: str, *, permanent: bool) -> bool:
+        became_stuck = await self.ledger.failed(job, error=error, permanent=permanent)
+        if became_stuck:
+            # Kept and shown to the owner (/privacy); logged without any content.
+            log.warning("Could not retract message %s in channel %s: %s", job.message_id,
+                        job.channel_id, error)
+        return became_stuck
+
+    async def reconcile_pending(self) -> int:
+        """Settle deliveries a crash interrupted between Discord's answer and the record: look
+        in their channel for the bot's own message carrying that image; found, it is recorded
+        (and retracted if its access ended meanwhile); not found, nothing was sent."""
+        settled = 0
+        me = self.bot.user
+        for delivery_id, _recipient, channel_id, public_id, since in \
+                await self.ledger.pending():
+            found = None
+            if channel_id and me is not None:
+                channel = self.bot.get_partial_messageable(channel_id)
+                after = discord.Object(discord.utils.time_snowflake(
+                    datetime.fromtimestamp(since - 60, tz=UTC)))
+                try:
+                    async for message in channel.history(limit=50, after=after):
+                        if message.author.id == me.id and any(
+                                a.filename.startswith(f"veil-{public_id}")
+                                for a in message.attachments):
+                            found = message.id
+                            break
+                except discord.HTTPException:
+                    continue  # try again on the next pass
+            await self.ledger.reconcile(delivery_id, found)
+            settled += 1
+        return settled
+
+
+def _short(error: BaseException) -> str:
+    status = getattr(error, "status", None)
+    return f"Discord answered {status}" if status else type(error).__name__

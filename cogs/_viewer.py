@@ -66,6 +66,11 @@ async def viewer_from(interaction: Interaction) -> Viewer:
     venue = venue_from(interaction)
     roles = role_ids(interaction)
     moderator = False
+    if interaction.guild_id is not None:
+        # Without the Server Members intent this is where Veil learns that a role was taken
+        # away: copies received there through a share with it are retracted now.
+        await interaction.client.veil.sharing.roles_now(interaction.user.id,
+                                                        interaction.guild_id, roles)
     guild_id = venue.policy_guild_id
     if guild_id is not None:
         policy = await interaction.client.veil.moderation.policy(guild_id)

@@ -187,8 +187,8 @@ class Admin(commands.GroupCog, group_name="admin",
                                  if days else "Retention is off.", retention_days=days or None)
         if days:
             before = (await self.veil.moderation.stats(interaction.guild_id))["images"]
-            await self.veil.retention.sweep()
-            retracted = await self.bot.retract_now()
+            result = await self.veil.retention.sweep()
+            retracted = (await self.bot.retract_now(result.retraction_ids)).done
             after = (await self.veil.moderation.stats(interaction.guild_id))["images"]
             removed = max(0, before - after)
             await interaction.followup.send(
@@ -261,9 +261,18 @@ class Admin(commands.GroupCog, group_name="admin",
     @app_commands.describe(report="The report number (from /admin reports)")
     async def report_close(self, interaction: Interaction,
                            report: app_commands.Range[int, 1]) -> None:
-        await self.veil.moderation.close_report(await viewer_from(interaction), report)
-        await reply(interaction, f"Closed report #{report}. Its image is private to its owner "
-                                 "and their shares again.")
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        queued = await self.veil.moderation.close_report(await viewer_from(interaction), report)
+        text = (f"Closed report #{report}. Its image is private to its owner and their shares "
+                "again.")
+        if queued:
+            drained = await self.bot.retract_now(queued)
+            text += (f" Retracted {plural(drained.done, 'copy', 'copies')} moderators had "
+                     "received through it.")
+            if drained.waiting or drained.stuck:
+                text += (f" {plural(drained.waiting + drained.stuck, 'more copy', 'more copies')}"
+                         " will go as soon as Discord lets me.")
+        await reply(interaction, text)
 
     @app_commands.command(name="stats", description="How Veil is used in this server.")
     async def stats(self, interaction: Interaction) -> None:

@@ -11,6 +11,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.core.errors import NotFound
+from bot.core.ledger import OWNER, Basis
 from bot.core.models import GenerationDetails, Removal, ViewEntry
 from bot.generate import GENERATOR_TITLES
 from cogs._options import owned_image_autocomplete, visible_image_autocomplete, when
@@ -64,10 +65,9 @@ def describe_view(entry: ViewEntry) -> str:
 
 
 async def retract_and_describe(bot, removal: Removal) -> str:
-    """Retract at once what a removal queued, then say what it did (``removal_text``)."""
-    await bot.retract_now()
-    pending = min(removal.retractions_queued, await bot.veil.images.pending_retraction_count())
-    return removal_text(removal, pending)
+    """Retract at once what this removal queued (nobody else's), then say what it did."""
+    drained = await bot.retract_now(removal.retraction_ids)
+    return removal_text(removal, drained.waiting + drained.stuck)
 
 
 class Gallery(commands.Cog):
@@ -96,11 +96,19 @@ class Gallery(commands.Cog):
             await interaction.followup.send(text, ephemeral=True)
             return
         embeds, files = [], []
+        bases: list[Basis | None] = []
         for item in result.items:
-            thumb = await self.veil.images.decrypt(item.record, thumbnail=True)
+            bases.append(None)
+            try:
+                basis = OWNER if item.mine else Basis.of(
+                    (await self.veil.images.check_view(item.record.public_id, viewer))[1])
+                thumb = await self.veil.images.decrypt(item.record, thumbnail=True)
+            except NotFound:
+                continue  # deleted or unshared while the page was being made
             if not item.mine and not await self.veil.images.log_view(
                     item.record, viewer_id=viewer.user_id, via="gallery"):
                 continue  # deleted while the page was being made
+            bases[-1] = basis
             files.append(discord.File(io.BytesIO(thumb.data), filename=thumb.filename))
             owner = "yours" if item.mine else f"shared by <@{item.record.owner_id}>"
             embed = discord.Embed(title=item.record.public_id,
@@ -112,11 +120,13 @@ class Gallery(commands.Cog):
         message = await interaction.followup.send(
             f"Page {page}. Use /view with an id to get the full image.{more}", embeds=embeds,
             files=files, ephemeral=True, wait=True)
-        for item in result.items:
-            await self.veil.images.record_delivery(
-                item.record, kind="ephemeral", channel_id=message.channel.id if message.channel
-                else 0, message_id=message.id, recipient_id=viewer.user_id,
-                guild_id=interaction.guild_id)
+        for item, basis in zip(result.items, bases, strict=True):
+            if basis is not None:
+                await self.veil.ledger.record(
+                    item.record, kind="ephemeral",
+                    channel_id=message.channel.id if message.channel else 0,
+                    message_id=message.id, recipient_id=viewer.user_id, basis=basis,
+                    guild_id=interaction.guild_id)
 
     @app_commands.command(name="view", description="Get one image you may see.")
     @app_commands.describe(image="The image id")
@@ -132,7 +142,7 @@ class Gallery(commands.Cog):
             caption += {"grant": " · shared with you by", "report": " · reported, by"}.get(
                 decision.via, " · by") + f" <@{record.owner_id}>"
         delivered = await self.bot.deliverer.deliver(
-            interaction, [content], caption=caption, grant_id=decision.grant_id,
+            interaction, [content], caption=caption, basis=Basis.of(decision),
             view_factory=owner_buttons if mine else None)
         await interaction.followup.send(delivered.note, ephemeral=True)
 
@@ -142,6 +152,8 @@ class Gallery(commands.Cog):
     @app_commands.autocomplete(image=owned_image_autocomplete)
     async def visibility(self, interaction: Interaction, image: str,
                          setting: Literal["public", "private"]) -> None:
+        # Answer Discord at once: the retractions below may take longer than its 3 seconds.
+        await interaction.response.defer(ephemeral=True, thinking=True)
         viewer = await viewer_from(interaction)
         record, queued = await self.veil.images.set_visibility(image, viewer, setting)
         text = f"`{record.public_id}` is now **{setting}**."
@@ -153,11 +165,16 @@ class Gallery(commands.Cog):
         elif setting == "public":
             text += " It may appear in channels its server's moderators permitted."
         if queued:
-            await self.bot.retract_now()
-            pending = min(queued, await self.veil.images.pending_retraction_count())
-            text += f" Deleted {plural(queued - pending, 'channel post')} of it."
-            if pending:
-                text += f" {plural(pending, 'more post')} will go as soon as Discord lets me."
+            drained = await self.bot.retract_now(queued)
+            if drained.done:
+                text += (f" Deleted {plural(drained.done, 'copy', 'copies')} of it sent while "
+                         "it was public.")
+            if drained.waiting:
+                text += (f" {plural(drained.waiting, 'more copy', 'more copies')} will go as "
+                         "soon as Discord lets me.")
+            if drained.stuck:
+                text += (f" {plural(drained.stuck, 'copy', 'copies')} I cannot delete "
+                         "(see /privacy).")
         await reply(interaction, text)
 
     @app_commands.command(name="delete",

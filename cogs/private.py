@@ -12,12 +12,14 @@ from bot.core.durations import format_duration
 from bot.core.venue import protection_notes
 from bot.generate import describe_generator
 from cogs._options import when
-from cogs._replies import NO_MUTUAL_SERVER, plural, reply
+from cogs._replies import NO_MUTUAL_SERVER, fit_lines, plural, reply
 from cogs._viewer import venue_from
 from cogs._views import confirm
 
 if TYPE_CHECKING:
     from bot.client import Interaction
+
+STUCK_SHOWN = 10  # of each kind in /privacy, so the whole answer fits in one message
 
 
 class Private(commands.GroupCog, group_name="private",
@@ -81,6 +83,7 @@ class PrivacyTools(commands.Cog):
             "images unless someone you shared one with reports it.",
             f"- Images are drawn by {describe_generator(self.bot.queue.generator)}.",
         ]
+        lines += await self._copies_beyond_reach(interaction.user.id)
         notes = protection_notes(venue)
         if notes:
             lines += ["", *notes]
@@ -97,7 +100,25 @@ class PrivacyTools(commands.Cog):
                 f"- Channels where public images may appear: "
                 f"{' '.join(f'<#{c}>' for c in sorted(policy.permitted_channels)) or 'none'}",
             ]
-        await reply(interaction, "\n".join(lines))
+        await reply(interaction, fit_lines(lines),
+                    allowed_mentions=discord.AllowedMentions.none())
+
+    async def _copies_beyond_reach(self, owner_id: int) -> list[str]:
+        """Copies of the owner's images Veil could not delete, and why: never dropped silently
+        (guarantee 5 says what a bot can do; the owner must know where it could not)."""
+        stuck = await self.veil.ledger.stuck(owner_id, limit=STUCK_SHOWN)
+        lines: list[str] = []
+        if stuck:
+            lines += ["", "**Copies I could not retract** (I try again once a day)"]
+            lines += [f"- `{c.image_ref or '?'}` in <#{c.channel_id}>"
+                      + (f" (sent to <@{c.recipient_id}>)" if c.recipient_id else "")
+                      + f": {c.reason}" for c in stuck]
+        fixed = await self.veil.ledger.unretractable_copies(owner_id, limit=STUCK_SHOWN)
+        if fixed:
+            lines += ["", "**Copies no bot can retract**"]
+            lines += [f"- `{c.image_ref}`" + (f" to <@{c.recipient_id}>" if c.recipient_id
+                                               else "") + f": {c.reason}" for c in fixed]
+        return lines
 
     @app_commands.command(name="export",
                           description="Get your images and records as a one-time download.")
@@ -144,10 +165,10 @@ class PrivacyTools(commands.Cog):
             await interaction.followup.send("Nothing was deleted.", ephemeral=True)
             return
         removal = await self.veil.privacy.forget(interaction.user.id)
-        retracted = await self.bot.retract_now()
+        drained = await self.bot.retract_now(removal.retraction_ids)
         text = (f"Done. Deleted {plural(len(removal.image_ids), 'image')} and retracted "
-                f"{plural(retracted, 'message')}. Veil no longer holds anything about you.")
-        waiting = removal.retractions_queued - retracted
+                f"{plural(drained.done, 'message')}. Veil no longer holds anything about you.")
+        waiting = drained.waiting + drained.stuck
         if waiting > 0:
             text += (f" {plural(waiting, 'more message')} will be retracted as soon as Discord "
                      "lets me; I keep trying.")

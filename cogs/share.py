@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import discord
@@ -75,21 +76,26 @@ async def still_covered(veil, owner_id: int, kind: str, grantee_id: int,
                for g in await veil.sharing.grants_by(owner_id))
 
 
-async def retraction_text(bot, queued: int, whom: str) -> str:
-    """Retract what an unshare queued, and say how it went (what Discord refuses now is retried
-    by the background loop, so the owner is told it is still on its way)."""
+async def retraction_text(bot, queued: Sequence[int], whom: str) -> str:
+    """Retract what this command queued (and only that), and say how it went: what Discord
+    refuses now is retried by the background worker; what it refuses for good is stuck, and
+    the owner is told where to see it."""
     if not queued:
         return ""
-    retracted = await bot.retract_now()
-    text = f" Retracted {plural(retracted, 'message')} I had sent {whom}." if retracted else ""
-    if retracted < queued:
-        left = queued - retracted
-        text += (f" {plural(left, 'message')} I had sent {whom} {'is' if left == 1 else 'are'} "
-                 "not deleted yet: Discord refused for now, and I keep trying.")
+    drained = await bot.retract_now(queued)
+    text = (f" Retracted {plural(drained.done, 'message')} I had sent {whom}."
+            if drained.done else "")
+    if drained.waiting:
+        text += (f" {plural(drained.waiting, 'message')} I had sent {whom} "
+                 f"{'is' if drained.waiting == 1 else 'are'} not deleted yet: Discord refused "
+                 "for now, and I keep trying.")
+    if drained.stuck:
+        text += (f" {plural(drained.stuck, 'message')} I had sent {whom} "
+                 f"{'is' if drained.stuck == 1 else 'are'} beyond my reach (see /privacy).")
     return text
 
 
-async def unshare_reply(bot, interaction, removed: int, queued: int, who: str,
+async def unshare_reply(bot, interaction, removed: int, queued: Sequence[int], who: str,
                         image: str | None, covered: bool) -> None:
     everything = (f" {who} can still see `{image}` because you share all your images with "
                   f"them; /unshare without an image stops that.") if covered else ""
@@ -128,6 +134,8 @@ class Share(commands.Cog):
         until = f" for {format_duration(expires)}" if expires else ""
         await reply(interaction, f"Shared {what(grant.image_public_id)} with {target.mention}"
                                  f"{until}. Undo with /unshare.", allowed_mentions=NO_PINGS)
+        if expires:
+            self.bot.wake_grant_expiry()
         if isinstance(target, discord.User | discord.Member):
             await notify_grantee(target, grant)
 
@@ -137,6 +145,8 @@ class Share(commands.Cog):
     @app_commands.autocomplete(image=owned_image_autocomplete)
     async def unshare(self, interaction: Interaction, target: Target,
                       image: str | None = None) -> None:
+        # Answer Discord at once: the retractions below may take longer than its 3 seconds.
+        await interaction.response.defer(ephemeral=True, thinking=True)
         viewer = await viewer_from(interaction)
         kind = target_kind(target)
         removed, queued = await self.veil.sharing.revoke(viewer, kind, target.id,
@@ -200,6 +210,7 @@ class Groups(commands.GroupCog, group_name="group",
     @app_commands.autocomplete(name=group_autocomplete)
     async def remove(self, interaction: Interaction, name: str,
                      member: discord.Member | discord.User) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
         group, queued = await self.veil.sharing.remove_member(interaction.user.id, name,
                                                               member.id)
         text = f"Removed {member.mention} from {group_label(group.name)}."
@@ -238,6 +249,8 @@ class Groups(commands.GroupCog, group_name="group",
         group = await self.veil.sharing.group(viewer.user_id, name)
         await self.veil.sharing.grant(viewer, "group", group.id, image_public_id=image,
                                       expires_in=expires)
+        if expires:
+            self.bot.wake_grant_expiry()
         until = f" for {format_duration(expires)}" if expires else ""
         await reply(interaction, f"Shared {what(image)} with group {group_label(group.name)}"
                                  f"{until}.", allowed_mentions=NO_PINGS)
@@ -247,6 +260,7 @@ class Groups(commands.GroupCog, group_name="group",
     @app_commands.autocomplete(name=group_autocomplete, image=owned_image_autocomplete)
     async def unshare(self, interaction: Interaction, name: str,
                       image: str | None = None) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
         viewer = await viewer_from(interaction)
         group = await self.veil.sharing.group(viewer.user_id, name)
         removed, queued = await self.veil.sharing.revoke(viewer, "group", group.id,

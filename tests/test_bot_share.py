@@ -204,7 +204,7 @@ async def test_a_retraction_discord_refuses_is_reported_as_still_to_come_not_as_
     assert "1 message I had sent them is not deleted yet" in texts(handle)
     assert len(image_dms(app, app.world.bob)) == 1
     clock.advance(60)  # past the back-off: the next retraction pass deletes it
-    assert await app.bot.deliverer.retract_due() == 1
+    assert (await app.bot.deliverer.retract_due()).done == 1
     assert image_dms(app, app.world.bob) == []
 
 

@@ -153,10 +153,10 @@ async def test_deletion_queues_every_posted_message_for_retraction(veil):
     removal = await veil.images.delete(image.public_id, viewer(ALICE))
     assert removal.retractions_queued == 2
     assert removal.ephemeral_copies == 1
-    due = await veil.images.due_retractions()
+    due = await veil.ledger.claim()
     assert {(r.channel_id, r.message_id) for r in due} == {(11, 101), (12, 102)}
     for r in due:
-        await veil.images.retraction_done(r.id)
+        await veil.ledger.done(r)
     assert await veil.images.pending_retraction_count() == 0
 
 
@@ -174,8 +174,8 @@ async def test_a_failed_retraction_is_retried_later_not_lost(veil, clock):
     await veil.images.record_delivery(image, kind="dm", channel_id=1, message_id=2,
                                       recipient_id=ALICE)
     await veil.images.delete(image.public_id, viewer(ALICE))
-    [job] = await veil.images.due_retractions()
-    await veil.images.retraction_failed(job.id)
+    [job] = await veil.ledger.claim()
+    assert await veil.ledger.failed(job, error="503", permanent=False) is False
     assert await veil.images.due_retractions() == []
     clock.advance(31)
     assert [r.message_id for r in await veil.images.due_retractions()] == [2]
@@ -189,7 +189,7 @@ async def test_making_a_public_image_private_retracts_its_channel_posts(veil):
     await veil.images.record_delivery(image, kind="dm", channel_id=8, message_id=80,
                                       recipient_id=ALICE)
     updated, queued = await veil.images.set_visibility(image.public_id, viewer(ALICE), "private")
-    assert updated.visibility == "private" and queued == 1
+    assert updated.visibility == "private" and len(queued) == 1
     assert [(r.channel_id, r.message_id) for r in await veil.images.due_retractions()] == [(7, 70)]
 
 

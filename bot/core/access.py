@@ -21,13 +21,14 @@ class Decision:
     reason: str
     via: Via = "none"
     grant_id: int | None = None
+    report_id: int | None = None
 
     def __bool__(self) -> bool:
         return self.allowed
 
 
 def can_view(image: ImageRecord, viewer: Viewer, *, now: float, live_grant_id: int | None,
-             open_report: bool) -> Decision:
+             open_report: int | bool | None) -> Decision:
     """May ``viewer`` receive the bytes (or any derived form) of ``image`` right now?"""
     if image.expires_at is not None and now >= image.expires_at:
         return Decision(False, "the image has expired")
@@ -40,7 +41,9 @@ def can_view(image: ImageRecord, viewer: Viewer, *, now: float, live_grant_id: i
         return Decision(True, "it is public in this server", "public")
     if (viewer.is_moderator and open_report and image.guild_id is not None
             and viewer.guild_id == image.guild_id):
-        return Decision(True, "it was reported to this server's moderators", "report")
+        report_id = None if isinstance(open_report, bool) else open_report
+        return Decision(True, "it was reported to this server's moderators", "report",
+                        report_id=report_id)
     return Decision(False, "it is not shared with you")
 
 

@@ -60,7 +60,7 @@ LIVE_GRANT_SQL = _live_grant_sql(":owner", ":image")
 # (guarantee 6): their own image, a still-public one, or a share with the same target that is
 # still live. Otherwise a report would outlive the image going private or the share's revoke.
 REPORT_IN_FORCE_SQL = """
-SELECT 1 FROM reports r
+SELECT r.id FROM reports r
 WHERE r.image_id = i.id AND r.closed_at IS NULL
   AND (   r.basis = 'owner'
        OR (r.basis = 'public' AND i.visibility = 'public')
@@ -77,7 +77,7 @@ VIEW_FACTS_SQL = f"""
 SELECT {", ".join("i." + c for c in IMAGE_COLUMNS.split(", "))},
        CASE WHEN i.owner_id = :user THEN NULL
             ELSE ({_live_grant_sql("i.owner_id", "i.id")}) END,
-       CASE WHEN :moderator THEN EXISTS ({REPORT_IN_FORCE_SQL}) ELSE 0 END
+       CASE WHEN :moderator THEN ({REPORT_IN_FORCE_SQL} ORDER BY r.id LIMIT 1) END
 FROM images i WHERE i.public_id = :public_id
 """
 
@@ -93,9 +93,16 @@ class Context:
     keys: KeyRing
     clock: Clock = time.time
     limits: ImageLimits = field(default_factory=ImageLimits)
+    # Called whenever a transaction queues retractions, so the worker that deletes them wakes
+    # at once (the bot registers its wake-up here; the core knows nothing of it).
+    retraction_listeners: list[Callable[[], None]] = field(default_factory=list)
 
     def now(self) -> float:
         return self.clock()
+
+    def retractions_queued(self) -> None:
+        for listener in self.retraction_listeners:
+            listener()
 
     async def owner_key(self, user_id: int) -> bytes | None:
         row = await self.db.fetchone(
@@ -125,15 +132,16 @@ class Context:
         return None if row is None else image_from_row(row)
 
     async def view_facts(self, public_id: str,
-                         viewer: Viewer) -> tuple[ImageRecord, int | None, bool] | None:
-        """(image, live grant id, open report) for a view decision, or None if no such image."""
+                         viewer: Viewer) -> tuple[ImageRecord, int | None, int | None] | None:
+        """(image, live grant id, open report's id) for a view decision, or None if no such
+        image. The report is looked up for moderators only."""
         row = await self.db.fetchone(VIEW_FACTS_SQL, {
             "public_id": public_id.strip().lower(), "user": viewer.user_id,
             "roles": roles_json(viewer.role_ids), "now": self.now(),
             "moderator": int(viewer.is_moderator)})
         if row is None:
             return None
-        return image_from_row(row), row[13], bool(row[14])
+        return image_from_row(row), row[13], row[14]
 
     async def audit(self, tx: Transaction, action: str, *, actor_id: int | None,
                     guild_id: int | None = None, target_user: int | None = None,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from bot.core import failpoints
 from bot.core.context import IMAGE_COLUMNS, Context, image_from_row
 from bot.core.images import ImageService, drop_exports_in
+from bot.core.ledger import queue_ended
 from bot.core.models import Removal
 from db import Transaction
 
@@ -71,6 +72,7 @@ class ErasureService:
     async def run(self, job: Erasure) -> Removal:
         ids: list[str] = []
         queued = ephemeral = 0
+        retractions: list[int] = []
         where = "owner_id = ?" + (" AND guild_id = ?" if job.kind == "purge" else "")
         params = (job.user_id,) + ((job.guild_id,) if job.kind == "purge" else ())
         action = "user.forget" if job.kind == "forget" else "admin.purge"
@@ -82,14 +84,18 @@ class ErasureService:
                 guild_id=job.guild_id, action=action)
             ids += removal.image_ids
             queued += removal.retractions_queued
+            retractions += removal.retraction_ids
             ephemeral += removal.ephemeral_copies
         failpoints.reach("erase:images-gone")
         async with self.ctx.db.transaction() as tx:
             if not await tx.execute("DELETE FROM erasures WHERE id = ?", (job.id,)):
-                return Removal(tuple(ids), queued, ephemeral)  # another process finished it
+                # another process finished it
+                return Removal(tuple(ids), queued, ephemeral, tuple(retractions))
             exports: list[str] = []
             if job.kind == "forget":
-                exports = await self._forget_the_rest(tx, job.user_id)
+                exports, later = await self._forget_the_rest(tx, job.user_id)
+                queued += len(later)
+                retractions += later
                 await self.ctx.audit(tx, "user.forget", actor_id=None,
                                      detail=f"{len(ids)} images")
             else:
@@ -102,15 +108,27 @@ class ErasureService:
         # sweep removes such files (a crash right here).
         await self.ctx.blobs.delete_exports(exports)
         await self.ctx.db.checkpoint()
-        return Removal(tuple(ids), queued, ephemeral)
+        return Removal(tuple(ids), queued, ephemeral, tuple(retractions))
 
-    async def _forget_the_rest(self, tx: Transaction, user_id: int) -> list[str]:
+    async def _forget_the_rest(self, tx: Transaction,
+                               user_id: int) -> tuple[list[str], list[int]]:
         """Everything of the person that is not an image: shares to and from them, groups,
-        reports, links they made, their id in others' records, and their key (last)."""
+        reports, links they made, their id in others' records, and their key (last). Returns
+        the export files to unlink and the retractions queued."""
         await tx.execute("DELETE FROM grants WHERE grantee_kind = 'user' AND grantee_id = ?",
                          (user_id,))
         await tx.execute("DELETE FROM group_members WHERE user_id = ?", (user_id,))
+        report_ids = [r[0] for r in await tx.fetchall(
+            "SELECT id FROM reports WHERE reporter_id = ?", (user_id,))]
         await tx.execute("DELETE FROM reports WHERE reporter_id = ?", (user_id,))
+        # The copies they received through shares, and moderators' copies of what they
+        # reported, lost their basis with these rows (before their id leaves the ledger).
+        reports = ",".join(f":r{n}" for n in range(len(report_ids))) or "NULL"
+        later = await queue_ended(
+            self.ctx, tx, f"(d.basis = 'grant' AND d.recipient_id = :user)"
+            f" OR (d.basis = 'report' AND d.report_id IN ({reports}))",
+            {"user": user_id, **{f"r{n}": v for n, v in enumerate(report_ids)}},
+            reason="forget-me")
         await tx.execute("UPDATE view_log SET viewer_id = NULL WHERE viewer_id = ?", (user_id,))
         # Messages they received stay recorded so the owners can still retract them.
         await tx.execute("UPDATE deliveries SET recipient_id = NULL WHERE recipient_id = ?",
@@ -123,4 +141,4 @@ class ErasureService:
         # Their own grants and groups go with the users row; the trigger of migration 0005
         # refuses it should an image of theirs still exist (none can: create waits for us).
         await tx.execute("DELETE FROM users WHERE user_id = ?", (user_id,))
-        return exports
+        return exports, later

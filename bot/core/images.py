@@ -21,6 +21,7 @@ from bot.core.context import IMAGE_COLUMNS, Context, image_from_row, new_public_
 from bot.core.crypto import image_aad as aad
 from bot.core.crypto import new_key, seal, unseal
 from bot.core.errors import InvalidInput, NotFound, PolicyViolation, TryAgain
+from bot.core.ledger import OWNER, PUBLIC, Basis, DeliveryLedger, queue_all, queue_ended
 from bot.core.models import (
     DeliveryKind,
     FollowUp,
@@ -96,6 +97,7 @@ ORDER BY i.id DESC
 class ImageService:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        self.ledger = DeliveryLedger(ctx)
 
     # Create --------------------------------------------------------------------------------
 
@@ -314,13 +316,15 @@ class ImageService:
     # Change --------------------------------------------------------------------------------
 
     async def set_visibility(self, public_id: str, viewer: Viewer,
-                             visibility: Visibility) -> tuple[ImageRecord, int]:
-        """Make an image public or private. Going private retracts its channel posts at once
-        (guarantee 1 holds for images that were public before). Returns (image, retractions)."""
+                             visibility: Visibility) -> tuple[ImageRecord, tuple[int, ...]]:
+        """Make an image public or private. Going private retracts, in the same transaction,
+        every copy sent because it was public (channel posts, and DMs to people it was not
+        shared with) and moderators' copies of reports that lose force with it. Returns the
+        image and the retractions queued."""
         if visibility not in ("public", "private"):
             raise InvalidInput("Visibility is either public or private.")
         image = await self.get_owned(public_id, viewer)
-        queued = 0
+        queued: list[int] = []
         async with self.ctx.db.transaction() as tx:
             if visibility == "public" and image.guild_id is not None and await tx.fetchval(
                     "SELECT force_private FROM guild_policy WHERE guild_id = ?",
@@ -330,11 +334,11 @@ class ImageService:
             await tx.execute("UPDATE images SET visibility = ? WHERE id = ?",
                              (visibility, image.id))
             if visibility == "private":
-                queued = await queue_retractions(
-                    tx, self.ctx.now(), "image_id = ? AND kind = 'channel'", (image.id,))
+                queued = await queue_ended(self.ctx, tx, "d.image_id = :image",
+                                           {"image": image.id}, reason="made private")
             await self.ctx.audit(tx, f"image.{visibility}", actor_id=viewer.user_id,
                                  guild_id=image.guild_id, image_ref=image.public_id)
-        return replace(image, visibility=visibility), queued
+        return replace(image, visibility=visibility), tuple(queued)
 
     async def delete(self, public_id: str, viewer: Viewer) -> Removal:
         """The owner's (or, for takedowns, a moderator's) deletion of one image."""
@@ -351,9 +355,9 @@ class ImageService:
         keys), queued retraction of every posted message, blob files, and the WAL's copies."""
         if not images:
             return Removal()
-        queued = ephemeral = 0
+        queued: list[int] = []
+        ephemeral = 0
         removed: list[ImageRecord] = []
-        now = self.ctx.now()
         async with self.ctx.db.transaction() as tx:
             # An export waiting for its download is a copy too (guarantee 5): it goes now.
             exports = await drop_exports_in(tx, {i.owner_id for i in images})
@@ -371,9 +375,12 @@ class ImageService:
                 marks = ",".join("?" * len(chunk))
                 ids = [i.id for i in chunk]
                 ephemeral += await tx.fetchval(
-                    f"SELECT count(*) FROM deliveries WHERE kind = 'ephemeral'"
+                    f"SELECT count(*) FROM deliveries WHERE unretractable IS NOT NULL"
                     f" AND image_id IN ({marks})", ids)
-                queued += await queue_retractions(tx, now, f"image_id IN ({marks})", ids)
+                scope = ",".join(f":i{n}" for n in range(len(ids)))
+                queued += await queue_all(self.ctx, tx, f"d.image_id IN ({scope})",
+                                          {f"i{n}": v for n, v in enumerate(ids)},
+                                          reason=action)
                 await tx.executemany("INSERT OR IGNORE INTO blob_deletions (blob_name) VALUES (?)",
                                      [(i.blob_name,) for i in chunk])
                 await tx.execute(f"DELETE FROM images WHERE id IN ({marks})", ids)
@@ -384,7 +391,8 @@ class ImageService:
         await self.ctx.blobs.delete_exports(exports)
         await self.finish_blob_deletions()
         await self.ctx.db.checkpoint()
-        return Removal(tuple(i.public_id for i in removed), queued, ephemeral)
+        return Removal(tuple(i.public_id for i in removed), len(queued), ephemeral,
+                       tuple(queued))
 
     async def finish_blob_deletions(self) -> int:
         """Unlink blobs whose rows are gone (also run at start-up to finish a crashed delete)."""
@@ -467,26 +475,19 @@ class ImageService:
 
     async def record_delivery(self, image: ImageRecord, *, kind: DeliveryKind, channel_id: int,
                               message_id: int | None, recipient_id: int | None,
-                              guild_id: int | None = None, grant_id: int | None = None) -> bool:
-        """Remember a posted message carrying ``image``. If the image was deleted meanwhile (or
-        made private, for a channel post), the message is queued for retraction instead, and
-        False is returned."""
-        async with self.ctx.db.transaction() as tx:
-            visibility = await tx.fetchval("SELECT visibility FROM images WHERE id = ?",
-                                           (image.id,))
-            # Made private while the post was on its way: never keep it in the channel.
-            if visibility is not None and not (kind == "channel" and visibility == "private"):
-                await tx.execute(
-                    "INSERT INTO deliveries (image_id, recipient_id, guild_id, channel_id,"
-                    " message_id, kind, grant_id, created_at) VALUES (?,?,?,?,?,?,?,?)",
-                    (image.id, recipient_id, guild_id, channel_id, message_id, kind, grant_id,
-                     self.ctx.now()))
-                return True
-            if message_id is not None and kind != "ephemeral":
-                await tx.execute(
-                    "INSERT OR IGNORE INTO retractions (channel_id, message_id, next_attempt_at)"
-                    " VALUES (?, ?, ?)", (channel_id, message_id, self.ctx.now()))
-            return False
+                              guild_id: int | None = None, grant_id: int | None = None,
+                              basis: Basis | None = None) -> bool:
+        """Remember a message already sent carrying ``image`` (see ``DeliveryLedger``: senders
+        that can write the pending row first should). Without a basis, the strictest one the
+        facts allow. False when the copy's basis ended (or the image was deleted) meanwhile: it
+        is then queued for retraction at once."""
+        if basis is None:
+            basis = (Basis("grant", grant_id=grant_id) if grant_id is not None
+                     else OWNER if recipient_id == image.owner_id else PUBLIC)
+        recorded = await self.ledger.record(image, kind=kind, channel_id=channel_id,
+                                            message_id=message_id, recipient_id=recipient_id,
+                                            basis=basis, guild_id=guild_id)
+        return recorded.kept
 
     async def deliveries(self, public_id: str) -> list[tuple[str, int, int | None]]:
         rows = await self.ctx.db.fetchall(
@@ -495,6 +496,7 @@ class ImageService:
         return [(r[0], r[1], r[2]) for r in rows]
 
     async def due_retractions(self, limit: int = 50) -> list[Retraction]:
+        """Outbox rows due now (a read: ``DeliveryLedger.claim`` is how a worker takes them)."""
         rows = await self.ctx.db.fetchall(
             "SELECT id, channel_id, message_id, attempts FROM retractions"
             " WHERE next_attempt_at <= ? ORDER BY id LIMIT ?", (self.ctx.now(), limit))
@@ -502,29 +504,6 @@ class ImageService:
 
     async def pending_retraction_count(self) -> int:
         return await self.ctx.db.fetchval("SELECT count(*) FROM retractions")
-
-    async def retraction_done(self, retraction_id: int) -> None:
-        async with self.ctx.db.transaction() as tx:
-            await tx.execute("DELETE FROM retractions WHERE id = ?", (retraction_id,))
-
-    async def retraction_failed(self, retraction_id: int) -> None:
-        """Try again later, backing off from 30 s to at most an hour."""
-        async with self.ctx.db.transaction() as tx:
-            await tx.execute(
-                "UPDATE retractions SET attempts = attempts + 1, next_attempt_at = ? + "
-                "min(3600, 30 * (1 << min(attempts, 7))) WHERE id = ?",
-                (self.ctx.now(), retraction_id))
-
-
-async def queue_retractions(tx: Transaction, now: float, where: str,
-                            params: Sequence[object]) -> int:
-    """Move matching deliveries into the retraction outbox (ephemeral ones cannot be deleted)."""
-    queued = await tx.execute(
-        "INSERT OR IGNORE INTO retractions (channel_id, message_id, next_attempt_at)"
-        f" SELECT channel_id, message_id, ? FROM deliveries WHERE {where}"
-        " AND kind != 'ephemeral' AND message_id IS NOT NULL", (now, *params))
-    await tx.execute(f"DELETE FROM deliveries WHERE {where} AND kind != 'ephemeral'", params)
-    return max(queued, 0)
 
 
 def _seal_parts(data_key: bytes, public_id: str, full: bytes, thumb: bytes, prompt: str | None,

@@ -177,7 +177,8 @@ class Removal:
 
     image_ids: tuple[str, ...] = ()
     retractions_queued: int = 0
-    ephemeral_copies: int = 0
+    ephemeral_copies: int = 0  # copies no bot can delete (ephemeral replies and the like)
+    retraction_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

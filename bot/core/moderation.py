@@ -13,6 +13,7 @@ from bot.core.context import Context
 from bot.core.erasure import ErasureService
 from bot.core.errors import Forbidden, InvalidInput, NotFound
 from bot.core.images import ImageService
+from bot.core.ledger import queue_ended
 from bot.core.models import AuditEntry, GuildPolicy, Removal, Report, Viewer
 
 MAX_REASON = 500
@@ -144,7 +145,9 @@ class ModerationService:
             + " ORDER BY r.id DESC LIMIT 50", (guild_id,))
         return [Report(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
 
-    async def close_report(self, moderator: Viewer, report_id: int) -> None:
+    async def close_report(self, moderator: Viewer, report_id: int) -> tuple[int, ...]:
+        """Close a report; the copies moderators received through it are retracted in the same
+        transaction. Returns the retractions queued."""
         guild_id = _guild_of(moderator)
         async with self.ctx.db.transaction() as tx:
             closed = await tx.execute(
@@ -152,8 +155,11 @@ class ModerationService:
                 " AND closed_at IS NULL", (self.ctx.now(), report_id, guild_id))
             if not closed:
                 raise NotFound("No open report with that number in this server.")
+            queued = await queue_ended(self.ctx, tx, "d.basis = 'report' AND d.report_id = :r",
+                                       {"r": report_id}, reason="report closed")
             await self.ctx.audit(tx, "admin.report-close", actor_id=moderator.user_id,
                                  guild_id=guild_id, detail=f"report:{report_id}")
+        return tuple(queued)
 
     async def audit(self, guild_id: int, *, member_id: int | None = None,
                     limit: int = 20) -> list[AuditEntry]:

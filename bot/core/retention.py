@@ -1,8 +1,13 @@
 """The retention sweeper: removes what has outlived its time.
 
 Images past their own expiry or their server's retention go through the one deletion path;
-expired and revoked links are dropped; expired grants are dropped and the messages posted
-through them are queued for retraction.
+expired and revoked links are dropped; expired grants are dropped and, in the same
+transaction, the copies sent through them (and moderators' copies of reports that lose force
+with them) are queued for retraction.
+
+Running the sweep twice, even at once from two processes, queues nothing twice: each expired
+grant's copies move to the outbox in the transaction that deletes the grant, so a second sweep
+finds neither the grant nor the copies.
 """
 
 from __future__ import annotations
@@ -10,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bot.core.context import IMAGE_COLUMNS, Context, image_from_row
-from bot.core.images import ImageService, queue_retractions
+from bot.core.images import ImageService
+from bot.core.sharing import grant_copies_ended
 
 BATCH = 1000
 
@@ -21,6 +27,7 @@ class SweepResult:
     links: int
     grants: int
     retractions: int
+    retraction_ids: tuple[int, ...] = ()
 
 
 class RetentionSweeper:
@@ -31,7 +38,8 @@ class RetentionSweeper:
     async def sweep(self) -> SweepResult:
         now = self.ctx.now()
         columns = ", ".join("i." + c for c in IMAGE_COLUMNS.split(", "))
-        removed = queued = 0
+        removed = 0
+        queued: list[int] = []
         while True:
             rows = await self.ctx.db.fetchall(
                 f"SELECT {columns} FROM images i WHERE i.expires_at IS NOT NULL"
@@ -45,15 +53,37 @@ class RetentionSweeper:
             removal = await self.images.remove([image_from_row(r) for r in rows], actor_id=None,
                                                guild_id=None, action="retention.expire")
             removed += len(removal.image_ids)
-            queued += removal.retractions_queued
+            queued += removal.retraction_ids
         async with self.ctx.db.transaction() as tx:
             links = await tx.execute(
                 "DELETE FROM links WHERE expires_at <= ? OR revoked_at IS NOT NULL", (now,))
-            grant_ids = [r[0] for r in await tx.fetchall(
-                "SELECT id FROM grants WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,))]
-            for start in range(0, len(grant_ids), 500):
-                chunk = grant_ids[start:start + 500]
-                marks = ",".join("?" * len(chunk))
-                queued += await queue_retractions(tx, now, f"grant_id IN ({marks})", chunk)
-                await tx.execute(f"DELETE FROM grants WHERE id IN ({marks})", chunk)
-        return SweepResult(removed, links, len(grant_ids), queued)
+        grants, retracted = await self.expire_grants()
+        queued += retracted
+        return SweepResult(removed, links, grants, len(queued), tuple(queued))
+
+    async def expire_grants(self) -> tuple[int, tuple[int, ...]]:
+        """Drop expired shares and, in the same transaction, queue the retraction of the copies
+        sent through them. Returns (shares dropped, retractions queued)."""
+        now = self.ctx.now()
+        queued: list[int] = []
+        async with self.ctx.db.transaction() as tx:
+            expired = await tx.fetchall(
+                "SELECT id, owner_id FROM grants WHERE expires_at IS NOT NULL"
+                " AND expires_at <= ? ORDER BY owner_id", (now,))
+            by_owner: dict[int, list[int]] = {}
+            for grant_id, owner_id in expired:
+                by_owner.setdefault(owner_id, []).append(grant_id)
+            for owner_id, grant_ids in by_owner.items():
+                for start in range(0, len(grant_ids), 500):
+                    chunk = grant_ids[start:start + 500]
+                    marks = ",".join("?" * len(chunk))
+                    await tx.execute(f"DELETE FROM grants WHERE id IN ({marks})", chunk)
+                    queued += await grant_copies_ended(self.ctx, tx, owner_id, chunk,
+                                                       "share expired")
+        return len(expired), tuple(queued)
+
+    async def next_grant_expiry(self) -> float | None:
+        """When the next share expires (None: no share has an end), so the expiry sweep can
+        run then rather than at its next periodic tick."""
+        return await self.ctx.db.fetchval(
+            "SELECT min(expires_at) FROM grants WHERE expires_at IS NOT NULL")

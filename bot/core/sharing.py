@@ -3,20 +3,22 @@
 A grant covers one image or all of the owner's images, for a user, a role (checked live against
 the roles Discord sends with each request) or a personal group. Revoking a grant, removing a
 member from a group or deleting a group also queues the retraction of every message Veil posted
-through that grant.
+through that grant, in the same transaction (bot.core.ledger). Share ids are never reused
+(migration 0004), so a copy recorded under a share is never attributed to a later one.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bot.core.context import Context
+from bot.core.context import Context, roles_json
 from bot.core.errors import InvalidInput, NotFound
-from bot.core.images import ImageService, queue_retractions
+from bot.core.images import ImageService
+from bot.core.ledger import owner_reports_scope, queue_all, queue_ended
 from bot.core.models import Grant, GranteeKind, Group, Viewer
 
 if TYPE_CHECKING:
-    from db import Row, Transaction
+    from db import Row
 
 MAX_GROUPS = 25
 MAX_GROUP_MEMBERS = 100
@@ -83,9 +85,9 @@ class SharingService:
         return _grant_from_row(row)
 
     async def revoke(self, owner: Viewer, kind: GranteeKind, grantee_id: int, *,
-                     image_public_id: str | None = None) -> tuple[int, int]:
+                     image_public_id: str | None = None) -> tuple[int, tuple[int, ...]]:
         """Stop sharing with a target: one image, or (no image) everything shared with it.
-        Returns (grants removed, messages queued for retraction)."""
+        Returns (grants removed, retractions queued)."""
         where = "owner_id = ? AND grantee_kind = ? AND grantee_id = ?"
         params: list[object] = [owner.user_id, kind, grantee_id]
         image = None
@@ -95,8 +97,8 @@ class SharingService:
             params.append(image.id)
         async with self.ctx.db.transaction() as tx:
             ids = [r[0] for r in await tx.fetchall(f"SELECT id FROM grants WHERE {where}", params)]
-            queued = await self._retract_through(tx, ids)
             await tx.execute(f"DELETE FROM grants WHERE {where}", params)
+            queued = await self._retract_ended(tx, owner.user_id, ids, "unshared")
             if ids:
                 await self.ctx.audit(tx, "grant.revoke", actor_id=owner.user_id,
                                      guild_id=image.guild_id if image else None,
@@ -105,16 +107,30 @@ class SharingService:
                                      detail=f"{kind}:{grantee_id}")
         return len(ids), queued
 
-    async def _retract_through(self, tx: Transaction, grant_ids: list[int],
-                               recipient_id: int | None = None) -> int:
-        if not grant_ids:
-            return 0
-        where = f"grant_id IN ({','.join('?' * len(grant_ids))})"
-        params: list[object] = list(grant_ids)
-        if recipient_id is not None:
-            where += " AND recipient_id = ?"
-            params.append(recipient_id)
-        return await queue_retractions(tx, self.ctx.now(), where, params)
+    async def _retract_ended(self, tx, owner_id: int, grant_ids: list[int],
+                             reason: str) -> tuple[int, ...]:
+        """After a change to an owner's shares, in its transaction: queue every copy sent
+        through these grants whose basis no longer holds, and moderators' copies of the owner's
+        reported images whose report lost force with the change."""
+        return tuple(await grant_copies_ended(self.ctx, tx, owner_id, grant_ids, reason))
+
+    async def roles_now(self, user_id: int, guild_id: int | None,
+                        role_ids: frozenset[int]) -> tuple[int, ...]:
+        """A member's roles in a server as Discord reports them now (with an interaction, or a
+        member update): copies they received there through a share with a role they no longer
+        have are retracted. Costs one read when nothing changed."""
+        if guild_id is None:
+            return ()
+        scope = ("d.recipient_id = :user AND d.guild_id = :guild AND d.basis = 'grant'"
+                 " AND d.grant_id IN (SELECT g.id FROM grants g WHERE g.grantee_kind = 'role'"
+                 " AND g.grantee_id NOT IN (SELECT value FROM json_each(:roles)))")
+        params = {"user": user_id, "guild": guild_id, "roles": roles_json(role_ids)}
+        if not await self.ctx.db.fetchval(
+                f"SELECT 1 FROM deliveries d WHERE {scope} AND d.state = 'sent'"
+                " AND d.unretractable IS NULL LIMIT 1", params):
+            return ()
+        async with self.ctx.db.transaction() as tx:
+            return tuple(await queue_all(self.ctx, tx, scope, params, reason="role removed"))
 
     async def grants_by(self, owner_id: int, *, live_only: bool = True) -> list[Grant]:
         sql = _GRANT_SELECT + " WHERE g.owner_id = ?"
@@ -172,7 +188,8 @@ class SharingService:
                                  detail=f"group:{group.id}")
         return await self.group(owner_id, name)
 
-    async def remove_member(self, owner_id: int, name: str, user_id: int) -> tuple[Group, int]:
+    async def remove_member(self, owner_id: int, name: str,
+                            user_id: int) -> tuple[Group, tuple[int, ...]]:
         """Take someone out of a group; messages they got through the group are retracted."""
         group = await self.group(owner_id, name)
         if user_id not in group.member_ids:
@@ -181,25 +198,37 @@ class SharingService:
             grant_ids = [r[0] for r in await tx.fetchall(
                 "SELECT id FROM grants WHERE grantee_kind = 'group' AND grantee_id = ?",
                 (group.id,))]
-            queued = await self._retract_through(tx, grant_ids, recipient_id=user_id)
             await tx.execute("DELETE FROM group_members WHERE group_id = ? AND user_id = ?",
                              (group.id, user_id))
+            queued = await self._retract_ended(tx, owner_id, grant_ids, "removed from group")
             await self.ctx.audit(tx, "group.remove", actor_id=owner_id, target_user=user_id,
                                  detail=f"group:{group.id}")
         return await self.group(owner_id, name), queued
 
-    async def delete_group(self, owner_id: int, name: str) -> int:
-        """Delete a group and its shares; returns messages queued for retraction."""
+    async def delete_group(self, owner_id: int, name: str) -> tuple[int, ...]:
+        """Delete a group and its shares; returns the retractions queued."""
         group = await self.group(owner_id, name)
         async with self.ctx.db.transaction() as tx:
             grant_ids = [r[0] for r in await tx.fetchall(
                 "SELECT id FROM grants WHERE grantee_kind = 'group' AND grantee_id = ?",
                 (group.id,))]
-            queued = await self._retract_through(tx, grant_ids)
             await tx.execute("DELETE FROM groups WHERE id = ?", (group.id,))
+            queued = await self._retract_ended(tx, owner_id, grant_ids, "group deleted")
             await self.ctx.audit(tx, "group.delete", actor_id=owner_id,
                                  detail=f"group:{group.id}")
         return queued
+
+
+async def grant_copies_ended(ctx: Context, tx, owner_id: int, grant_ids: list[int],
+                             reason: str) -> list[int]:
+    """Queue (in ``tx``) the copies sent through ``grant_ids`` whose basis ended, and the
+    moderators' copies of ``owner_id``'s reported images whose report lost force."""
+    params: dict[str, object] = {"owner": owner_id}
+    params.update({f"g{n}": v for n, v in enumerate(grant_ids)})
+    marks = ",".join(f":g{n}" for n in range(len(grant_ids)))
+    through = f"(d.basis = 'grant' AND d.grant_id IN ({marks}))" if grant_ids else "0"
+    return await queue_ended(ctx, tx, f"{through} OR ({owner_reports_scope()})", params,
+                             reason=reason)
 
 
 def _group_name(name: str) -> str:

@@ -44,6 +44,7 @@ class Veil:
         self.leases = Leases(ctx)
         self.images = ImageService(ctx)
         self.erasures = ErasureService(ctx, self.images)
+        self.ledger = self.images.ledger
         self.sharing = SharingService(ctx, self.images)
         self.privacy = PrivacyService(ctx, self.images, self.sharing, self.erasures)
         self.links = LinkService(ctx, self.images)
