@@ -413,3 +413,14 @@ async def test_two_drainer_processes_delete_every_message_exactly_once(tmp_path)
     assert len(set(workers.values())) == 2, "only one drainer did any work"
     async with await Veil.open(data_dir) as veil:
         assert await veil.ledger.outbox_size() == 0
+
+
+async def test_a_copy_whose_access_ended_and_came_back_while_in_flight_is_still_retracted(veil):
+    """It was sent while the image was private: access given again later does not excuse it."""
+    image = await _image(veil, public=True)
+    pending = await veil.ledger.begin([image], recipient_id=BOB, basis=PUBLIC, kind="dm",
+                                      channel_id=7)
+    await veil.images.set_visibility(image.public_id, viewer(ALICE), "private")
+    await veil.images.set_visibility(image.public_id, viewer(ALICE), "public")
+    assert not (await veil.ledger.complete(pending, message_id=79)).kept
+    assert await queued(veil) == {79}

@@ -172,6 +172,10 @@ async def _queue(ctx: Context, tx: Transaction, where: str, params: Mapping[str,
     await tx.execute(
         f"DELETE FROM deliveries AS d WHERE ({where}) AND d.state = 'sent'"
         f" AND d.unretractable IS NULL {ended}", values)
+    # Copies on their way: retracted as soon as they are recorded.
+    await tx.execute(
+        f"UPDATE deliveries AS d SET ended_at = :now WHERE ({where}) AND d.state = 'pending'"
+        f" AND d.ended_at IS NULL {ended}", values)
     queued = [r[0] for r in rows]
     if queued:
         ctx.retractions_queued()
@@ -238,8 +242,9 @@ class DeliveryLedger:
                 f"UPDATE deliveries AS d SET state = 'sent', message_id = :message,"
                 f" channel_id = :channel WHERE {where} AND state = 'pending'",
                 {**params, "message": message_id, "channel": channel_id})
-            queued = await queue_ended(self.ctx, tx, where, params,
-                                       reason="access ended in flight")
+            queued = await _queue(
+                self.ctx, tx, f"{where} AND (d.ended_at IS NOT NULL OR NOT {BASIS_HOLDS_SQL})",
+                params, reason="access ended in flight", ended_only=False)
             missing = not pending.ids or updated < len(pending.ids)
             if missing and message_id is not None and pending.kind != "ephemeral":
                 # Rows gone: the image was deleted while the message was on its way.

@@ -44,6 +44,8 @@ UPDATE sqlite_sequence SET seq = max(seq, coalesce((SELECT max(grant_id) FROM de
 -- their columns allow.
 -- state: 'pending' is written before the message is sent, 'sent' once Discord answered, so a
 -- crash in between is found at start-up and reconciled instead of lost.
+-- ended_at: when the basis of a still-pending copy ended; the copy is retracted as soon as it
+-- is recorded, even if the same access was given again meanwhile (it was sent without it).
 -- unretractable: NULL, or why this copy can never be deleted by Veil (an ephemeral reply, a
 -- channel Veil is not a member of); such copies are shown to the owner instead.
 ALTER TABLE deliveries ADD COLUMN basis TEXT NOT NULL DEFAULT 'public'
@@ -51,6 +53,7 @@ ALTER TABLE deliveries ADD COLUMN basis TEXT NOT NULL DEFAULT 'public'
 ALTER TABLE deliveries ADD COLUMN report_id INTEGER;
 ALTER TABLE deliveries ADD COLUMN state TEXT NOT NULL DEFAULT 'sent'
     CHECK (state IN ('pending', 'sent'));
+ALTER TABLE deliveries ADD COLUMN ended_at REAL;
 ALTER TABLE deliveries ADD COLUMN unretractable TEXT;
 UPDATE deliveries SET basis = CASE
     WHEN grant_id IS NOT NULL THEN 'grant'
