@@ -134,3 +134,21 @@ async def test_a_moderator_cannot_keep_a_report_alive_by_reporting_it_again(veil
     await veil.moderation.report(viewer(ALICE), image.public_id, "my own image")
     with pytest.raises(InvalidInput, match="already with the moderators"):
         await veil.moderation.report(viewer(MOD, mod=True), image.public_id, "again")
+
+
+async def test_an_open_report_opens_its_image_to_moderators_only_not_to_other_members(veil):
+    """Two guards stand between a report and a member who is not a moderator: the view facts
+    look reports up for moderators only, and the rule itself asks for a moderator. Each is
+    checked on its own, so neither can quietly go."""
+    from bot.core.access import can_view
+
+    image = await veil.images.create(ALICE, png(), guild_id=GUILD, source="upload")
+    report = await veil.moderation.report(viewer(ALICE), image.public_id, "my own image")
+    _, _, seen_by_member = await veil.ctx.view_facts(image.public_id, viewer(BOB))
+    _, _, seen_by_mod = await veil.ctx.view_facts(image.public_id, viewer(MOD, mod=True))
+    assert (seen_by_member, seen_by_mod) == (None, report.id)
+    as_member = can_view(image, viewer(BOB), now=veil.ctx.now(), live_grant_id=None,
+                         open_report=report.id)
+    as_mod = can_view(image, viewer(MOD, mod=True), now=veil.ctx.now(), live_grant_id=None,
+                      open_report=report.id)
+    assert (as_member.allowed, as_mod.allowed, as_mod.report_id) == (False, True, report.id)
