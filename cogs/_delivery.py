@@ -27,7 +27,6 @@ import io
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
 import aiohttp
@@ -258,15 +257,15 @@ class Deliverer:
         (and retracted if its access ended meanwhile); not found, nothing was sent."""
         settled = 0
         me = self.bot.user
-        for delivery_id, _recipient, channel_id, public_id, since in \
+        for delivery_id, _recipient, channel_id, public_id, _since in \
                 await self.ledger.pending():
             found = None
             if channel_id and me is not None:
                 channel = self.bot.get_partial_messageable(channel_id)
-                after = discord.Object(discord.utils.time_snowflake(
-                    datetime.fromtimestamp(since - 60, tz=UTC)))
                 try:
-                    async for message in channel.history(limit=50, after=after):
+                    # The newest messages of that channel: the copy went there minutes ago at
+                    # most, and its file name carries the image's random id.
+                    async for message in channel.history(limit=RECONCILE_LOOKBACK):
                         if message.author.id == me.id and any(
                                 a.filename.startswith(f"veil-{public_id}")
                                 for a in message.attachments):
