@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 Target = discord.Member | discord.User | discord.Role
 NO_PINGS = discord.AllowedMentions.none()
 MEMBERS_SHOWN = 10  # per group in /group list, so one big group cannot crowd out the rest
+FORWARD_NOTE = ("Discord lets a recipient forward a message as a snapshot that no bot can "
+                "delete; share only with people you trust with a copy.")
 
 
 def target_kind(target: Target) -> str:
@@ -133,7 +135,8 @@ class Share(commands.Cog):
                                               image_public_id=image, expires_in=expires)
         until = f" for {format_duration(expires)}" if expires else ""
         await reply(interaction, f"Shared {what(grant.image_public_id)} with {target.mention}"
-                                 f"{until}. Undo with /unshare.", allowed_mentions=NO_PINGS)
+                                 f"{until}. Undo with /unshare: I then delete every copy I sent "
+                                 f"them. {FORWARD_NOTE}", allowed_mentions=NO_PINGS)
         if expires:
             self.bot.wake_grant_expiry()
         if isinstance(target, discord.User | discord.Member):
@@ -253,7 +256,7 @@ class Groups(commands.GroupCog, group_name="group",
             self.bot.wake_grant_expiry()
         until = f" for {format_duration(expires)}" if expires else ""
         await reply(interaction, f"Shared {what(image)} with group {group_label(group.name)}"
-                                 f"{until}.", allowed_mentions=NO_PINGS)
+                                 f"{until}. {FORWARD_NOTE}", allowed_mentions=NO_PINGS)
 
     @app_commands.command(name="unshare", description="Stop sharing with a group.")
     @app_commands.describe(name="The group", image="One image (leave empty for everything)")
