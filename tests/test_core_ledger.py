@@ -424,3 +424,81 @@ async def test_a_copy_whose_access_ended_and_came_back_while_in_flight_is_still_
     await veil.images.set_visibility(image.public_id, viewer(ALICE), "public")
     assert not (await veil.ledger.complete(pending, message_id=79)).kept
     assert await queued(veil) == {79}
+
+
+# Races: a copy on its way while its access ends ---------------------------------------------
+
+async def _race_setup(veil, event: str):
+    """An image, someone who may see it, and the operation that ends their access."""
+    image = await _image(veil, public=event == "going private")
+    who, roles, mod = BOB, (), False
+    if event in ("revoke", "delete"):
+        await veil.sharing.grant(viewer(ALICE), "user", BOB, image_public_id=image.public_id)
+        end = lambda: veil.sharing.revoke(viewer(ALICE), "user", BOB)  # noqa: E731
+        if event == "delete":
+            end = lambda: veil.images.delete(image.public_id, viewer(ALICE))  # noqa: E731
+    elif event == "group removal":
+        await veil.sharing.create_group(ALICE, "g")
+        await veil.sharing.add_member(ALICE, "g", BOB)
+        group = await veil.sharing.group(ALICE, "g")
+        await veil.sharing.grant(viewer(ALICE), "group", group.id)
+        end = lambda: veil.sharing.remove_member(ALICE, "g", BOB)  # noqa: E731
+    elif event == "report close":
+        report = await veil.moderation.report(viewer(ALICE), image.public_id, "mine")
+        who, mod = MOD, True
+        end = lambda: veil.moderation.close_report(viewer(MOD, mod=True), report.id)  # noqa: E731
+    else:
+        end = lambda: veil.images.set_visibility(  # noqa: E731
+            image.public_id, viewer(ALICE), "private")
+    return image, who, roles, mod, end
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("event", ["revoke", "group removal", "report close", "going private",
+                                   "delete"])
+async def test_a_copy_racing_the_end_of_its_access_is_never_kept(tmp_path, event):
+    """Many rounds: a delivery (check, pending row, a send of random length, the record) and
+    the event run at once, on two connections to one data folder as two processes would. In
+    every round the copy is either never sent or queued for retraction; never kept."""
+    import random
+
+    from bot.core.veil import Veil
+
+    rng = random.Random(event)
+    sent_rounds = 0
+    for round_ in range(25):
+        data_dir = tmp_path / f"r{round_}"
+        async with await Veil.open(data_dir) as veil, await Veil.open(data_dir) as other:
+            setup = await _race_setup(other, event)
+            sent = await _race_once(veil, rng, *setup)
+            assert await ended_but_kept(veil) == 0
+            if sent is not None:
+                sent_rounds += 1
+                assert await queued(veil) == {sent}, f"round {round_}: copy kept"
+    assert sent_rounds, "no round sent a copy: the race was never run"
+
+
+async def _race_once(veil, rng, image, who, roles, mod, end) -> int | None:
+    """The delivery and the event at once; the message id sent, or None if refused."""
+    sent: list[int] = []
+
+    async def delivery() -> None:
+        await asyncio.sleep(rng.random() * 0.004)
+        try:
+            _, decision = await veil.images.check_view(image.public_id,
+                                                       viewer(who, *roles, mod=mod))
+            pending = await veil.ledger.begin([image], recipient_id=who,
+                                              basis=Basis.of(decision), kind="dm",
+                                              channel_id=7)
+        except NotFound:
+            return  # refused before anything was sent
+        await asyncio.sleep(rng.random() * 0.004)  # Discord answering
+        sent.append(next(_messages))
+        await veil.ledger.complete(pending, message_id=sent[0])
+
+    async def ending() -> None:
+        await asyncio.sleep(rng.random() * 0.006)
+        await end()
+
+    await asyncio.gather(delivery(), ending())
+    return sent[0] if sent else None
