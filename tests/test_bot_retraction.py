@@ -270,6 +270,7 @@ async def test_a_command_retracts_and_reports_only_its_own_retractions(veil_app)
     # someone else's copies are due: a command must neither wait for them nor count them.
     [worker] = [t for t in app.bot._background if t.get_name() == "retract"]
     worker.cancel()
+    await asyncio.gather(worker, return_exceptions=True)
     other_image = await new_image(app, bob)
     record = await app.veil.ctx.image(other_image)
     for message_id in range(1, 31):
