@@ -120,12 +120,12 @@ class Gallery(commands.Cog):
         message = await interaction.followup.send(
             f"Page {page}. Use /view with an id to get the full image.{more}", embeds=embeds,
             files=files, ephemeral=True, wait=True)
-        for item, basis in zip(result.items, bases, strict=True):
-            if basis is not None:
+        for item, why in zip(result.items, bases, strict=True):
+            if why is not None:
                 await self.veil.ledger.record(
                     item.record, kind="ephemeral",
                     channel_id=message.channel.id if message.channel else 0,
-                    message_id=message.id, recipient_id=viewer.user_id, basis=basis,
+                    message_id=message.id, recipient_id=viewer.user_id, basis=why,
                     guild_id=interaction.guild_id)
 
     @app_commands.command(name="view", description="Get one image you may see.")

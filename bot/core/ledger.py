@@ -280,21 +280,22 @@ class DeliveryLedger:
                                                   unretractable=unretractable)
         return await self.complete(pending, message_id=message_id)
 
-    async def _begin_unchecked(self, image: ImageRecord, **row: object) -> PendingDelivery:
-        basis: Basis = row["basis"]  # type: ignore[assignment]
-        kind: DeliveryKind = row["kind"]  # type: ignore[assignment]
-        unretractable = row["unretractable"] or (
-            "an ephemeral reply" if kind == "ephemeral" else None)
+    async def _begin_unchecked(self, image: ImageRecord, *, recipient_id: int | None,
+                               basis: Basis, kind: DeliveryKind, channel_id: int,
+                               guild_id: int | None,
+                               unretractable: str | None) -> PendingDelivery:
+        if kind == "ephemeral" and unretractable is None:
+            unretractable = "an ephemeral reply"
         async with self.ctx.db.transaction() as tx:
             if not await tx.fetchval("SELECT 1 FROM images WHERE id = ?", (image.id,)):
-                return PendingDelivery((), (image,), kind, int(row["channel_id"]))  # type: ignore[arg-type]
+                return PendingDelivery((), (image,), kind, channel_id)
             delivery_id = await tx.insert(
                 "INSERT INTO deliveries (image_id, recipient_id, guild_id, channel_id, kind,"
                 " grant_id, created_at, basis, report_id, state, unretractable)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
-                (image.id, row["recipient_id"], row["guild_id"], row["channel_id"], kind,
-                 basis.grant_id, self.ctx.now(), basis.kind, basis.report_id, unretractable))
-        return PendingDelivery((delivery_id,), (image,), kind, int(row["channel_id"]))  # type: ignore[arg-type]
+                (image.id, recipient_id, guild_id, channel_id, kind, basis.grant_id,
+                 self.ctx.now(), basis.kind, basis.report_id, unretractable))
+        return PendingDelivery((delivery_id,), (image,), kind, channel_id)
 
     async def pending(self, *, older_than: float = PENDING_STALE_S) -> list[tuple[int, int, int,
                                                                                   str, float]]:
@@ -391,6 +392,7 @@ class DeliveryLedger:
             " count(CASE WHEN claimed_until > ? AND stuck_reason IS NULL THEN 1 END)"
             f" FROM retractions WHERE id IN ({','.join('?' * len(chosen))})",
             (self.ctx.now(), *chosen))
+        assert row is not None  # an aggregate always answers one row
         return row[0], row[1], row[2]
 
     async def outbox_size(self) -> int:
@@ -407,7 +409,7 @@ class DeliveryLedger:
 
 def _id_list(column: str, ids: Sequence[int]) -> tuple[str, dict[str, object]]:
     """``column IN (:k0, :k1, ...)`` with its named parameters."""
-    params = {f"k{n}": v for n, v in enumerate(ids)}
+    params: dict[str, object] = {f"k{n}": v for n, v in enumerate(ids)}
     return f"{column} IN ({', '.join(':' + k for k in params)})", params
 
 

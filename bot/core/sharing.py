@@ -18,7 +18,7 @@ from bot.core.ledger import owner_reports_scope, queue_all, queue_ended
 from bot.core.models import Grant, GranteeKind, Group, Viewer
 
 if TYPE_CHECKING:
-    from db import Row
+    from db import Row, Transaction
 
 MAX_GROUPS = 25
 MAX_GROUP_MEMBERS = 100
@@ -107,7 +107,7 @@ class SharingService:
                                      detail=f"{kind}:{grantee_id}")
         return len(ids), queued
 
-    async def _retract_ended(self, tx, owner_id: int, grant_ids: list[int],
+    async def _retract_ended(self, tx: Transaction, owner_id: int, grant_ids: list[int],
                              reason: str) -> tuple[int, ...]:
         """After a change to an owner's shares, in its transaction: queue every copy sent
         through these grants whose basis no longer holds, and moderators' copies of the owner's
@@ -219,8 +219,8 @@ class SharingService:
         return queued
 
 
-async def grant_copies_ended(ctx: Context, tx, owner_id: int, grant_ids: list[int],
-                             reason: str) -> list[int]:
+async def grant_copies_ended(ctx: Context, tx: Transaction, owner_id: int,
+                             grant_ids: list[int], reason: str) -> list[int]:
     """Queue (in ``tx``) the copies sent through ``grant_ids`` whose basis ended, and the
     moderators' copies of ``owner_id``'s reported images whose report lost force."""
     params: dict[str, object] = {"owner": owner_id}
