@@ -433,9 +433,9 @@ class VeilMachine(RuleBasedStateMachine):
             if copy.recipient == user and copy.grant is not None and copy.grant[2] == "role":
                 copy.orphan = True  # Veil keeps no id of theirs to match a later role change
 
-    @rule(target=images, user=users, guild=contexts)
+    @rule(user=users, guild=contexts)
     @step
-    def forget_while_creating(self, user: int, guild: int | None) -> Any:
+    def forget_while_creating(self, user: int, guild: int | None) -> None:
         """Forget-me and a create for the same person at once (two processes, or two commands):
         the new image is erased with the rest, refused while the erasure runs, or made after
         it; never left behind half-erased, and never removed outside the deletion path."""
@@ -453,18 +453,17 @@ class VeilMachine(RuleBasedStateMachine):
             "made, then erased" if made_first else "made after the erasure")] += 1
         if isinstance(made, BaseException):
             assert isinstance(made, TryAgain), f"create failed: {made!r}"
-        elif made_first:
-            self.pid.append(made.public_id)
-            assert self.model.create_image(user, guild, None, None) == len(self.pid) - 1
         keys = self.model.forget(user)
-        self.removed(keys, removal, "forget while creating")
+        want = {self.pid[k] for k in keys} | ({made.public_id} if made_first else set())
+        assert set(removal.image_ids) == want, f"forget while creating: removed {removal}"
         self.forget_group_ids()
-        if isinstance(made, BaseException) or made_first:
-            return multiple()
-        self.pid.append(made.public_id)  # made after the erasure finished: a new start
-        key = self.model.create_image(user, guild, None, None)
-        assert key == len(self.pid) - 1
-        return key
+        if not isinstance(made, BaseException) and not made_first:
+            # Made after the erasure finished: a new start, which a second forget-me erases.
+            # The race's outcome depends on timing; the state after this step must not, or
+            # Hypothesis' replay of a failing example draws different rules (a precondition
+            # counts the images) and reports FlakyStrategyDefinition instead of the failure.
+            again = self.run(self.veil.privacy.forget(user))
+            assert set(again.image_ids) == {made.public_id}, f"second forget-me: {again}"
 
     @rule(actor=mod_actors, guild=contexts, member=users)
     @step
