@@ -16,7 +16,8 @@ from pathlib import Path
 
 from dotenv import load_dotenv
 
-GENERATOR_KINDS = ("procedural", "sdwebui", "comfyui")
+from bot.generate import GENERATOR_KINDS
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 ENV_EXAMPLE_HINT = "copy .env.example to .env and put the bot token in DISCORD_TOKEN"
 

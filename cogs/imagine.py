@@ -18,7 +18,7 @@ from discord.ext import commands
 
 from bot.core.errors import BadImage, GeneratorUnavailable, QueueFull
 from bot.core.models import FollowUpKind, GenerationParams, ImageContent, ImageRecord, Viewer
-from bot.generate import GenerationRequest, Progress
+from bot.generate import MAX_PROMPT_CHARS, GenerationRequest, Progress
 from bot.images import check_declared_size
 from cogs._delivery import DeliveryFailed
 from cogs._viewer import viewer_from
@@ -91,7 +91,7 @@ class Imagine(commands.Cog):
     @app_commands.describe(prompt="What to draw", private="Keep these private (default: your "
                            "private mode)", count="How many images, 1 to 4")
     async def imagine(self, interaction: Interaction,
-                      prompt: app_commands.Range[str, 1, 1000],
+                      prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS],
                       private: bool | None = None,
                       count: app_commands.Range[int, 1, 4] = 1) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)

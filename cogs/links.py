@@ -15,6 +15,7 @@ from discord.ext import commands
 
 from bot.core.models import ShareLink, Viewer
 from bot.core.passwords import MAX_LENGTH, MIN_LENGTH
+from bot.web import link_url
 from cogs._options import Duration, owned_image_autocomplete, when
 from cogs._replies import plural, reply, reply_lines, report_error
 from cogs._viewer import as_veil, viewer_from
@@ -83,7 +84,7 @@ class Links(commands.GroupCog, group_name="link",
         new = await self.veil.links.create(image, viewer, expires_in=expires,
                                            max_views=max_views, allow_download=download,
                                            watermark=watermark, password=password)
-        url = f"{self.bot.settings.public_url}/l/{new.token}"
+        url = link_url(self.bot.settings.public_url, new.token)
         limit = f", {plural(max_views, 'view')}" if max_views else ""
         holder = ("Anyone holding this URL and the password" if password
                   else "Anyone holding this URL")

@@ -11,6 +11,7 @@ from discord.ext import commands
 from bot.core.durations import format_duration
 from bot.core.venue import protection_notes
 from bot.generate import describe_generator
+from bot.web import export_url
 from cogs._options import when
 from cogs._replies import NO_MUTUAL_SERVER, fit_lines, plural, reply
 from cogs._viewer import venue_from
@@ -129,7 +130,7 @@ class PrivacyTools(commands.Cog):
             "Preparing your export. I will DM you a one-time download link when it is ready.",
             ephemeral=True)
         ready = await self.veil.exports.prepare(job)
-        url = f"{self.bot.settings.public_url.rstrip('/')}/x/{ready.token}"
+        url = export_url(self.bot.settings.public_url, ready.token)
         text = (f"Your Veil export is ready: {plural(ready.images, 'image')} and your records, "
                 f"{_size(ready.byte_size)}.\n{url}\n"
                 f"The link works **once**, until {when(ready.expires_at)}; after the download "

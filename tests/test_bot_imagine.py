@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bot.core.errors import GeneratorUnavailable
-from bot.generate import GenerationQueue, ProceduralGenerator, Progress
+from bot.generate import MAX_PROMPT_CHARS, GenerationQueue, ProceduralGenerator, Progress
 from tests.e2e import (
     assert_no_private_image_in_any_channel,
     blob_files,
@@ -392,3 +392,12 @@ async def test_a_discord_outage_on_the_dm_loses_nothing_and_says_how_to_get_the_
     assert len(dm.attachments) == 1
     assert "Sent to your DMs" in texts(again)
     await assert_no_private_image_in_any_channel(app)
+
+
+async def test_the_command_accepts_every_prompt_the_core_accepts_and_no_longer(veil_app):
+    app = veil_app
+    await app.run("imagine", user=app.world.alice, options={"prompt": "x" * MAX_PROMPT_CHARS})
+    assert len(await app.veil.images.owned(app.world.alice.id)) == 1
+    with pytest.raises(ValueError, match="length"):  # Discord refuses it before Veil sees it
+        await app.run("imagine", user=app.world.alice,
+                      options={"prompt": "x" * (MAX_PROMPT_CHARS + 1)})

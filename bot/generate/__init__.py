@@ -11,6 +11,7 @@ import ipaddress
 from urllib.parse import urlsplit
 
 from bot.generate.base import (
+    MAX_PROMPT_CHARS,
     GenerationRequest,
     Generator,
     Progress,
@@ -31,6 +32,7 @@ GENERATOR_KINDS = ("procedural", "sdwebui", "comfyui")
 
 __all__ = [
     "GENERATOR_KINDS",
+    "MAX_PROMPT_CHARS",
     "ComfyUIGenerator",
     "Workflow",
     "WorkflowError",

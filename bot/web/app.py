@@ -50,6 +50,11 @@ def link_url(public_url: str, token: str) -> str:
     return f"{public_url.rstrip('/')}/l/{quote(token, safe='')}"
 
 
+def export_url(public_url: str, token: str) -> str:
+    """The address to hand out for an export download: ``<public_url>/x/<token>``."""
+    return f"{public_url.rstrip('/')}/x/{quote(token, safe='')}"
+
+
 def create_app(veil: Veil, *, public_url: str,
                trusted_proxies: Iterable[str | IPNetwork | IPAddress] = (),
                clock: Callable[[], float] = time.time,
