@@ -89,26 +89,15 @@ class Gallery(commands.Cog):
                       page: app_commands.Range[int, 1, 1000] = 1) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         viewer = await viewer_from(interaction)
-        result = await self.veil.images.gallery(viewer, page, per_page=GALLERY_PAGE)
+        result = await self.veil.images.gallery_thumbnails(viewer, page, per_page=GALLERY_PAGE)
         if not result.items:
             text = ("Nothing here yet. Make an image with /imagine or /upload." if page == 1
                     else f"There is no page {page}.")
             await interaction.followup.send(text, ephemeral=True)
             return
         embeds, files = [], []
-        bases: list[Basis | None] = []
         for item in result.items:
-            bases.append(None)
-            try:
-                basis = OWNER if item.mine else Basis.of(
-                    (await self.veil.images.check_view(item.record.public_id, viewer))[1])
-                thumb = await self.veil.images.decrypt(item.record, thumbnail=True)
-            except NotFound:
-                continue  # deleted or unshared while the page was being made
-            if not item.mine and not await self.veil.images.log_view(
-                    item.record, viewer_id=viewer.user_id, via="gallery"):
-                continue  # deleted while the page was being made
-            bases[-1] = basis
+            thumb = item.thumbnail
             files.append(discord.File(io.BytesIO(thumb.data), filename=thumb.filename))
             owner = "yours" if item.mine else f"shared by <@{item.record.owner_id}>"
             embed = discord.Embed(title=item.record.public_id,
@@ -120,13 +109,12 @@ class Gallery(commands.Cog):
         message = await interaction.followup.send(
             f"Page {page}. Use /view with an id to get the full image.{more}", embeds=embeds,
             files=files, ephemeral=True, wait=True)
-        for item, why in zip(result.items, bases, strict=True):
-            if why is not None:
-                await self.veil.ledger.record(
-                    item.record, kind="ephemeral",
-                    channel_id=message.channel.id if message.channel else 0,
-                    message_id=message.id, recipient_id=viewer.user_id, basis=why,
-                    guild_id=interaction.guild_id)
+        for item in result.items:
+            await self.veil.ledger.record(
+                item.record, kind="ephemeral",
+                channel_id=message.channel.id if message.channel else 0,
+                message_id=message.id, recipient_id=viewer.user_id, basis=item.basis,
+                guild_id=interaction.guild_id)
 
     @app_commands.command(name="view", description="Get one image you may see.")
     @app_commands.describe(image="The image id")

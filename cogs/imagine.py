@@ -138,7 +138,8 @@ class Imagine(commands.Cog):
 
     async def _deliver(self, interaction: Interaction, viewer: Viewer,
                        records: list[ImageRecord], status: _StatusMessage) -> None:
-        contents: list[ImageContent] = [await self.veil.images.decrypt(r) for r in records]
+        contents: list[ImageContent] = [
+            (await self.veil.images.open(r.public_id, viewer))[0] for r in records]
         try:
             delivered = await self.bot.deliverer.deliver(
                 interaction, contents, caption=caption(records, viewer.user_id),

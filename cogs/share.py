@@ -10,7 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.core.durations import format_duration
-from bot.core.models import Grant, Group
+from bot.core.models import Grant, GranteeKind, Group
 from bot.core.venue import NotInstalledHere, role_share_refusal
 from cogs._options import Duration, owned_image_autocomplete, when
 from cogs._replies import plural, reply, reply_lines
@@ -27,7 +27,7 @@ FORWARD_NOTE = ("Discord lets a recipient forward a message as a snapshot that n
                 "delete; share only with people you trust with a copy.")
 
 
-def target_kind(target: Target) -> str:
+def target_kind(target: Target) -> GranteeKind:
     return "role" if isinstance(target, discord.Role) else "user"
 
 
@@ -66,16 +66,6 @@ async def notify_grantee(person: discord.abc.Messageable, grant: Grant) -> None:
                           "See it with /gallery or /view.", allowed_mentions=NO_PINGS)
     except discord.HTTPException:
         pass  # closed DMs: the share still works, they will find it in /gallery
-
-
-async def still_covered(veil, owner_id: int, kind: str, grantee_id: int,
-                        image: str | None) -> bool:
-    """After unsharing one image: does a share of all the owner's images still reach the same
-    target? Then the image stays visible to them, and the owner must hear it."""
-    if image is None:
-        return False
-    return any(g.image_public_id is None and g.grantee_kind == kind and g.grantee_id == grantee_id
-               for g in await veil.sharing.grants_by(owner_id))
 
 
 async def retraction_text(bot, queued: Sequence[int], whom: str) -> str:
@@ -154,7 +144,7 @@ class Share(commands.Cog):
         kind = target_kind(target)
         removed, queued = await self.veil.sharing.revoke(viewer, kind, target.id,
                                                          image_public_id=image)
-        covered = await still_covered(self.veil, viewer.user_id, kind, target.id, image)
+        covered = await self.veil.sharing.still_covered(viewer.user_id, kind, target.id, image)
         await unshare_reply(self.bot, interaction, removed, queued, target.mention, image,
                             covered)
 
@@ -268,7 +258,8 @@ class Groups(commands.GroupCog, group_name="group",
         group = await self.veil.sharing.group(viewer.user_id, name)
         removed, queued = await self.veil.sharing.revoke(viewer, "group", group.id,
                                                          image_public_id=image)
-        covered = await still_covered(self.veil, viewer.user_id, "group", group.id, image)
+        covered = await self.veil.sharing.still_covered(viewer.user_id, "group", group.id,
+                                                        image)
         await unshare_reply(self.bot, interaction, removed, queued,
                             f"group {group_label(group.name)}", image, covered)
 

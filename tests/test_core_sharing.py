@@ -187,3 +187,27 @@ async def test_a_revoke_holds_on_the_very_next_read_even_while_other_reads_run(v
     finally:
         stop.set()
         await asyncio.gather(*readers)
+
+
+async def test_unsharing_one_image_says_whether_a_share_of_everything_still_covers_it(veil):
+    image = await _image(veil)
+    await veil.sharing.grant(viewer(ALICE), "user", BOB, image_public_id=image.public_id)
+    await veil.sharing.revoke(viewer(ALICE), "user", BOB, image_public_id=image.public_id)
+    assert not await veil.sharing.still_covered(ALICE, "user", BOB, image.public_id)
+    await veil.sharing.grant(viewer(ALICE), "user", BOB)
+    assert await veil.sharing.still_covered(ALICE, "user", BOB, image.public_id)
+    assert not await veil.sharing.still_covered(ALICE, "user", CAROL, image.public_id)
+    assert not await veil.sharing.still_covered(ALICE, "role", BOB, image.public_id)
+
+
+async def test_gallery_thumbnails_of_others_images_are_logged_views_and_ones_own_are_not(veil):
+    mine = await _image(veil, owner=BOB)
+    shared = await _image(veil)
+    await veil.sharing.grant(viewer(ALICE), "user", BOB, image_public_id=shared.public_id)
+    page = await veil.images.gallery_thumbnails(viewer(BOB))
+    assert {(i.record.public_id, i.mine) for i in page.items} == {
+        (mine.public_id, True), (shared.public_id, False)}
+    assert all(i.thumbnail.thumbnail and i.thumbnail.data for i in page.items)
+    [seen] = await veil.images.view_log(viewer(ALICE))
+    assert (seen.image_public_id, seen.viewer_id, seen.via) == (shared.public_id, BOB, "gallery")
+    assert await veil.images.view_log(viewer(BOB)) == []

@@ -74,7 +74,7 @@ async def test_an_export_downloads_once_as_a_zip_of_every_image_and_the_records(
         records = json.loads(archive.read(RECORDS_FILE))
         names = set(archive.namelist())
         for image_id in ids:
-            stored = await veil.images.decrypt(await veil.ctx.image(image_id))
+            stored = await veil.images.decrypt_unchecked(await veil.ctx.image(image_id))
             assert archive.read(f"images/veil-{image_id}.png") == stored.data
     assert names == {RECORDS_FILE} | {f"images/veil-{i}.png" for i in ids}
     assert {r["public_id"] for r in records["images"]} == set(ids)
@@ -155,7 +155,7 @@ async def test_deleting_an_image_or_forgetting_the_owner_drops_a_waiting_export(
 async def test_an_image_deleted_while_the_export_is_written_fails_it_cleanly(veil):
     ids = await library(veil, 2)
     job = await veil.exports.start(OWNER)
-    real_decrypt = veil.images.decrypt
+    real_decrypt = veil.images.decrypt_unchecked
     deleted = False
 
     async def decrypt_then_delete(image):
@@ -166,7 +166,7 @@ async def test_an_image_deleted_while_the_export_is_written_fails_it_cleanly(vei
             await veil.images.delete(ids[1], Viewer(OWNER))
         return content
 
-    veil.images.decrypt = decrypt_then_delete  # a real deletion, at the worst moment
+    veil.images.decrypt_unchecked = decrypt_then_delete  # a real deletion, at the worst moment
     with pytest.raises(NotFound, match="deleted while your export was being prepared"):
         await veil.exports.prepare(job)
     assert export_files(veil) == []

@@ -163,7 +163,7 @@ class ExportService:
                 count = 0
                 async for image in self._images_of(user_id):
                     try:
-                        content = await self.images.decrypt(image)
+                        content = await self.images.decrypt_unchecked(image)
                     except NotFound:
                         continue  # deleted meanwhile; the deletion also drops this export
                     await asyncio.to_thread(_add, archive, f"images/{content.filename}",

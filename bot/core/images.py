@@ -28,12 +28,14 @@ from bot.core.models import (
     FollowUpKind,
     GalleryItem,
     GalleryPage,
+    GalleryThumbnail,
     GenerationDetails,
     GenerationParams,
     ImageContent,
     ImageRecord,
     Removal,
     Retraction,
+    ThumbnailPage,
     ViewEntry,
     Viewer,
     Visibility,
@@ -198,14 +200,16 @@ class ImageService:
                    thumbnail: bool = False) -> tuple[ImageContent, Decision]:
         """Decrypted bytes for ``viewer``, checked now; views by others go to the owner's log."""
         image, decision = await self.check_view(public_id, viewer)
-        content = await self.decrypt(image, thumbnail=thumbnail)
+        content = await self.decrypt_unchecked(image, thumbnail=thumbnail)
         if decision.via != "owner" and not await self.log_view(
                 image, viewer_id=viewer.user_id, via=decision.via):
             raise NotFound(NOT_VISIBLE.format(image.public_id))  # deleted while we read it
         return content, decision
 
-    async def decrypt(self, image: ImageRecord, *, thumbnail: bool = False) -> ImageContent:
-        """Bytes of an image whose access was already checked by the caller."""
+    async def decrypt_unchecked(self, image: ImageRecord, *,
+                                thumbnail: bool = False) -> ImageContent:
+        """Bytes of ``image`` with NO access check: only for callers that have just checked
+        access themselves (``open``, a link, an export). Everything else uses ``open``."""
         part = "thumb" if thumbnail else "full"
         data_key = await self._data_key(image)
         def read_and_open() -> bytes:
@@ -449,6 +453,25 @@ class ImageService:
             "upto": offset + per_page + 1, "limit": per_page + 1, "offset": offset})
         items = tuple(GalleryItem(image_from_row(r), bool(r[13])) for r in rows[:per_page])
         return GalleryPage(items, page, len(rows) > per_page)
+
+    async def gallery_thumbnails(self, viewer: Viewer, page: int = 1,
+                                 per_page: int = PAGE_SIZE) -> ThumbnailPage:
+        """``gallery`` with each thumbnail decrypted. A thumbnail of someone else's image is a
+        view of it, logged for its owner; an image deleted while the page is made is left out."""
+        listed = await self.gallery(viewer, page, per_page)
+        shown = []
+        for item in listed.items:
+            try:
+                basis = OWNER if item.mine else Basis.of(
+                    (await self.check_view(item.record.public_id, viewer))[1])
+                thumb = await self.decrypt_unchecked(item.record, thumbnail=True)
+            except NotFound:
+                continue  # deleted or unshared while the page was being made
+            if not item.mine and not await self.log_view(item.record, viewer_id=viewer.user_id,
+                                                         via="gallery"):
+                continue
+            shown.append(GalleryThumbnail(item.record, item.mine, thumb, basis))
+        return ThumbnailPage(tuple(shown), listed.page, listed.has_more)
 
     async def owned(self, owner_id: int, *, prefix: str = "", limit: int = 25,
                     guild_id: int | None = None) -> list[ImageRecord]:

@@ -234,7 +234,7 @@ class LinkService:
         if target is None or target.locked:
             return None
         try:
-            content = await self.images.decrypt(target.image)
+            content = await self.images.decrypt_unchecked(target.image)
         except NotFound:
             return None
         async with self.ctx.db.transaction() as tx:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from bot.core.ledger import Basis
 
 Visibility = Literal["private", "public"]
 GranteeKind = Literal["user", "role", "group"]
@@ -201,6 +204,23 @@ class GalleryItem:
 @dataclass(frozen=True)
 class GalleryPage:
     items: tuple[GalleryItem, ...]
+    page: int
+    has_more: bool
+
+
+@dataclass(frozen=True)
+class GalleryThumbnail:
+    record: ImageRecord
+    mine: bool
+    thumbnail: ImageContent
+    basis: Basis  # why the viewer may see it: what the copy shown in Discord is recorded under
+
+
+@dataclass(frozen=True)
+class ThumbnailPage:
+    """A gallery page ready to show: each image's thumbnail, decrypted, views already logged."""
+
+    items: tuple[GalleryThumbnail, ...]
     page: int
     has_more: bool
 

@@ -132,6 +132,15 @@ class SharingService:
         async with self.ctx.db.transaction() as tx:
             return tuple(await queue_all(self.ctx, tx, scope, params, reason="role removed"))
 
+    async def still_covered(self, owner_id: int, kind: GranteeKind, grantee_id: int,
+                            image_public_id: str | None) -> bool:
+        """After one image was unshared: does a live share of all the owner's images still
+        reach the same target? Then that image stays visible to them (the owner must hear it)."""
+        if image_public_id is None:
+            return False
+        return any(g.image_public_id is None and g.grantee_kind == kind
+                   and g.grantee_id == grantee_id for g in await self.grants_by(owner_id))
+
     async def grants_by(self, owner_id: int, *, live_only: bool = True) -> list[Grant]:
         sql = _GRANT_SELECT + " WHERE g.owner_id = ?"
         params: list[object] = [owner_id]
