@@ -11,7 +11,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.core.errors import NotFound
-from bot.core.ledger import OWNER, Basis
+from bot.core.ledger import Basis
 from bot.core.models import GenerationDetails, Removal, ViewEntry
 from bot.generate import GENERATOR_TITLES
 from cogs._options import owned_image_autocomplete, visible_image_autocomplete, when
