@@ -21,8 +21,15 @@ from bot.core.veil import Veil
 
 async def main(data_dir: str, api: str, token: str, user_id: str, public_id: str) -> None:
     veil = await Veil.open(data_dir)
+    try:
+        await send_and_die(veil, api, token, user_id, public_id)
+    finally:
+        await veil.close()  # an error above must end the process, not leave its db thread
+
+
+async def send_and_die(veil: Veil, api: str, token: str, user_id: str, public_id: str) -> None:
     image = await veil.ctx.image(public_id)
-    content = await veil.images.decrypt(image)
+    content = await veil.images.decrypt_unchecked(image)
     headers = {"Authorization": f"Bot {token}"}
     async with aiohttp.ClientSession(headers=headers) as session:
         async with session.post(f"{api}/users/@me/channels",
@@ -39,7 +46,6 @@ async def main(data_dir: str, api: str, token: str, user_id: str, public_id: str
         async with session.post(f"{api}/channels/{dm}/messages", data=form) as response:
             assert response.status == 200, await response.text()
     failpoints.reach("deliver:sent")
-    await veil.close()
 
 
 if __name__ == "__main__":
