@@ -128,3 +128,19 @@ async def report(progress: ProgressCallback | None, fraction: float, stage: str)
     """Send one progress event if anyone listens; a tiny helper every generator shares."""
     if progress is not None:
         await progress(Progress(min(max(fraction, 0.0), 1.0), stage))
+
+
+# What a user is told when an HTTP generator backend fails: the same words for every backend.
+NOT_ANSWERING = "The image generator is not answering. Try again in a minute."
+UNREADABLE = "The image generator sent back an answer Veil could not read. Try again in a minute."
+
+
+def too_slow(timeout_s: float) -> str:
+    return (
+        f"The image generator took longer than {timeout_s:g} seconds, so Veil stopped waiting. "
+        "Try again in a minute, or ask for fewer images."
+    )
+
+
+def refused(status: int) -> str:
+    return f"The image generator refused the request (HTTP {status}). Try again in a minute."

@@ -36,7 +36,15 @@ from typing import Any
 import aiohttp
 
 from bot.core.errors import GeneratorUnavailable
-from bot.generate.base import GenerationRequest, ProgressCallback, report
+from bot.generate.base import (
+    NOT_ANSWERING,
+    UNREADABLE,
+    GenerationRequest,
+    ProgressCallback,
+    refused,
+    report,
+    too_slow,
+)
 
 log = logging.getLogger("veil.generate.comfyui")
 
@@ -63,23 +71,10 @@ HEARTBEAT_S = 15.0
 # Progress from the server stops short of 1.0: only a finished, checked batch reports 1.0.
 MAX_FRACTION = 0.99
 
-NOT_ANSWERING = "The image generator is not answering. Try again in a minute."
-UNREADABLE = "The image generator sent back an answer Veil could not read. Try again in a minute."
 DROPPED = ("The connection to the image generator dropped before the image arrived. "
            "Try again in a minute.")
 INTERRUPTED = "The image generator stopped this job before it finished. Try again in a minute."
 NO_IMAGE = "The image generator finished without producing an image. Try again in a minute."
-
-
-def _too_slow(timeout_s: float) -> str:
-    return (
-        f"The image generator took longer than {timeout_s:g} seconds, so Veil stopped waiting. "
-        "Try again in a minute, or ask for fewer images."
-    )
-
-
-def _refused(status: int) -> str:
-    return f"The image generator refused the request (HTTP {status}). Try again in a minute."
 
 
 def _failed_in(node_type: object) -> str:
@@ -254,7 +249,7 @@ class ComfyUIGenerator:
                     if connection.socket is not None:
                         await connection.socket.close()
         except TimeoutError:
-            raise GeneratorUnavailable(_too_slow(self._timeout_s)) from None
+            raise GeneratorUnavailable(too_slow(self._timeout_s)) from None
         await report(progress, 1.0, "done")
         return images
 
@@ -299,7 +294,7 @@ class ComfyUIGenerator:
                     log.warning("ComfyUI refused the workflow (HTTP %s); nodes with errors: %s",
                                 reply.status,
                                 sorted(errors) if isinstance(errors, dict) else "none named")
-                    raise GeneratorUnavailable(_refused(reply.status))
+                    raise GeneratorUnavailable(refused(reply.status))
         except (aiohttp.ClientError, ValueError, TimeoutError):
             # A stuck request only: the whole generation's limit arrives as a cancellation.
             raise GeneratorUnavailable(NOT_ANSWERING) from None
@@ -431,7 +426,7 @@ class ComfyUIGenerator:
             async with session.get(f"{self._base_url}/view", params=query,
                                    timeout=timeout) as reply:
                 if reply.status != 200:
-                    raise GeneratorUnavailable(_refused(reply.status))
+                    raise GeneratorUnavailable(refused(reply.status))
                 data = await reply.content.read(MAX_IMAGE_BYTES + 1)
         except (aiohttp.ClientError, TimeoutError):
             raise GeneratorUnavailable(NOT_ANSWERING) from None

@@ -27,7 +27,15 @@ from typing import Any
 import aiohttp
 
 from bot.core.errors import GeneratorUnavailable
-from bot.generate.base import GenerationRequest, ProgressCallback, report
+from bot.generate.base import (
+    NOT_ANSWERING,
+    UNREADABLE,
+    GenerationRequest,
+    ProgressCallback,
+    refused,
+    report,
+    too_slow,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Four 2048x2048 PNGs in base64 stay well below this; anything bigger is not an answer we want.
@@ -40,19 +48,6 @@ INTERRUPT_TIMEOUT_S = 2.0
 # Progress from the backend stops short of 1.0: only a finished, checked batch reports 1.0.
 MAX_POLLED_FRACTION = 0.99
 
-NOT_ANSWERING = "The image generator is not answering. Try again in a minute."
-UNREADABLE = "The image generator sent back an answer Veil could not read. Try again in a minute."
-
-
-def _too_slow(timeout_s: float) -> str:
-    return (
-        f"The image generator took longer than {timeout_s:g} seconds, so Veil stopped waiting. "
-        "Try again in a minute, or ask for fewer images."
-    )
-
-
-def _refused(status: int) -> str:
-    return f"The image generator refused the request (HTTP {status}). Try again in a minute."
 
 
 def _wrong_count(got: int, wanted: int) -> str:
@@ -187,7 +182,7 @@ class SDWebUIGenerator:
                                           task)
         except TimeoutError:
             await self._interrupt(session, task)
-            raise GeneratorUnavailable(_too_slow(self._timeout_s)) from None
+            raise GeneratorUnavailable(too_slow(self._timeout_s)) from None
         except asyncio.CancelledError:
             await self._interrupt(session, task)
             raise
@@ -227,7 +222,7 @@ class SDWebUIGenerator:
         try:
             async with session.post(url, json=payload, timeout=timeout) as reply:
                 if reply.status != 200:
-                    raise GeneratorUnavailable(_refused(reply.status))
+                    raise GeneratorUnavailable(refused(reply.status))
                 body = bytearray()
                 async for chunk in reply.content.iter_chunked(1 << 16):
                     body += chunk
