@@ -63,9 +63,25 @@ class GatewaySession:
     identified_at: float = field(default_factory=time.monotonic)
     resumes: int = 0
     invalidated: bool = False
+    ended: bool = False  # the client closed with 1000/1001 (discord.py's close()): it left
 
     def has(self, intent: int) -> bool:
         return bool(self.intents & intent)
+
+    @property
+    def shard_id(self) -> int:
+        return self.shard[0] if self.shard else 0
+
+    @property
+    def shard_count(self) -> int:
+        return self.shard[1] if self.shard else 1
+
+    def serves(self, guild_id: int | None) -> bool:
+        """Whether Discord routes this guild's events here: (guild_id >> 22) % shard_count;
+        DMs and other events of no guild go to shard 0."""
+        if guild_id is None:
+            return self.shard_id == 0
+        return (guild_id >> 22) % self.shard_count == self.shard_id
 
 
 @dataclass
@@ -91,6 +107,9 @@ class Gateway:
         self.received: list[dict[str, Any]] = []  # client frames, token redacted
         self.heartbeat_interval_ms = 41250
         self._active: GatewaySession | None = None
+        # Several bot processes, each identified for one shard of the same count: events go to
+        # the shard that serves their guild, as on Discord.
+        self._shards: dict[int, GatewaySession] = {}
 
     # -- public -------------------------------------------------------------------------------
 
@@ -106,9 +125,26 @@ class Gateway:
         session = self.active_session
         return session is not None and session.conn is not None and not session.conn.closed
 
+    @property
+    def shard_sessions(self) -> dict[int, GatewaySession]:
+        """The live session of each shard, when bots identified with a shard count above 1."""
+        return {i: s for i, s in self._shards.items() if not s.invalidated and not s.ended}
+
+    def session_for(self, data: Any) -> GatewaySession | None:
+        """The session an event goes to: the active one, or with several shards connected the
+        one serving the event's guild (the active one if that shard's bot has left)."""
+        shards = self.shard_sessions
+        if not shards:
+            return self.active_session
+        guild_id = data.get("guild_id") if isinstance(data, dict) else None
+        for session in shards.values():
+            if session.serves(None if guild_id is None else int(guild_id)):
+                return session
+        return self.active_session
+
     def dispatch(self, event: str, data: Any, *, session: GatewaySession | None = None) -> bool:
-        """Send a DISPATCH to the active session (kept for replay if the client is away)."""
-        session = session or self.active_session
+        """Send a DISPATCH to the session serving it (kept for replay if the client is away)."""
+        session = session or self.session_for(data)
         if session is None or not self._bot_sees(event, data):
             return False
         session.seq += 1
@@ -203,6 +239,8 @@ class Gateway:
             conn.closed = True
             if conn.session is not None and conn.session.conn is conn:
                 conn.session.conn = None
+                if ws.close_code in (1000, 1001):
+                    conn.session.ended = True
             conn.queue.put_nowait(None)
             if conn.writer is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -263,7 +301,15 @@ class Gateway:
         self.sessions[session.id] = session
         session.conn = conn
         conn.session = session
-        if self._active is not None:
+        if session.shard_count > 1:
+            # Another process's shard stays connected; only this shard's old session ends.
+            previous = self._shards.get(session.shard_id)
+            if previous is not None:
+                previous.invalidated = True
+            if self._active is not None and self._active.shard_count == 1:
+                self._active.invalidated = True
+            self._shards[session.shard_id] = session
+        elif self._active is not None:
             self._active.invalidated = True
         self._active = session
 
@@ -275,8 +321,7 @@ class Gateway:
             "user_settings": {},
             "guilds": [
                 {"id": str(g.id), "unavailable": True}
-                for g in state.guilds.values()
-                if g.bot_member
+                for g in self._guilds_of(session)
             ],
             "private_channels": [],
             "relationships": [],
@@ -294,7 +339,7 @@ class Gateway:
             ready["shard"] = session.shard
         self.dispatch("READY", ready, session=session)
         all_members = session.has(INTENT_GUILD_MEMBERS)
-        for guild in [g for g in state.guilds.values() if g.bot_member]:
+        for guild in self._guilds_of(session):
             self.dispatch(
                 "GUILD_CREATE",
                 payloads.guild_create_payload(
@@ -302,6 +347,10 @@ class Gateway:
                 ),
                 session=session,
             )
+
+    def _guilds_of(self, session: GatewaySession) -> list[Any]:
+        return [g for g in self.double.state.guilds.values()
+                if g.bot_member and (session.shard_count == 1 or session.serves(g.id))]
 
     def _resume(self, conn: Connection, data: dict[str, Any]) -> None:
         session = self.sessions.get(str(data.get("session_id")))

@@ -277,6 +277,7 @@ class DiscordDouble:
         everyone_permissions: int = DEFAULT_EVERYONE_PERMISSIONS,
         locale: str = "en-US",
         bot_member: bool = True,
+        guild_id: int | None = None,
     ) -> Guild:
         """A guild with @everyone, the bot's managed role, the bot and owner as members.
 
@@ -284,13 +285,14 @@ class DiscordDouble:
         app's commands through their own user install. The bot gets no GUILD_CREATE and no event
         of it; reading, posting and deleting in its channels answer 403 50001 Missing Access;
         interactions there carry ``authorizing_integration_owners`` ``{"1": user}`` only.
+        ``guild_id``: a chosen id, e.g. one that a given shard serves ((id >> 22) % count).
         """
         state = self.state
         if owner is None:
             owner_user = self.add_user(f"{name.lower().replace(' ', '-')}-owner")
         else:
             owner_user = state.user(owner)
-        gid = state.next_id()
+        gid = guild_id if guild_id is not None else state.next_id()
         guild = Guild(
             id=gid, name=name, owner_id=owner_user.id, locale=locale, bot_member=bot_member
         )
