@@ -669,3 +669,36 @@ async def test_user_installs_in_bot_less_guilds_and_group_dms(env: Env) -> None:
                                 bypass_client_checks=True)
     await handle.wait_followups(1)
     assert record.errors["dm"].code == 50278
+
+
+async def test_bots_on_two_shards_each_get_only_the_events_of_their_own_servers():
+    async with DiscordDouble() as double:
+        world = double.populate()
+        # Discord routes a server's events to shard (guild_id >> 22) % shard_count.
+        shard_of_first = (world.guild.id >> 22) % 2
+        other = double.add_guild("Other", guild_id=((world.guild.id >> 22) + 1) << 22)
+        double.add_member(other, world.alice)
+        answered: dict[int, list[int | None]] = {0: [], 1: []}
+        bots = []
+        for shard in (0, 1):
+            bot = commands.AutoShardedBot(command_prefix="!", intents=discord.Intents.default(),
+                                          shard_count=2, shard_ids=[shard],
+                                          guild_ready_timeout=0.01)
+
+            @bot.tree.command(name="where", description="Which shard answers")
+            async def where(interaction: discord.Interaction, shard: int = shard) -> None:
+                answered[shard].append(interaction.guild_id)
+                await interaction.response.send_message(f"shard {shard}", ephemeral=True)
+
+            bots.append(bot)
+        async with double.running(bots[0]), double.running(bots[1]):
+            await bots[0].tree.sync()
+            assert {g.id for g in bots[shard_of_first].guilds} == {world.guild.id}
+            assert {g.id for g in bots[1 - shard_of_first].guilds} == {other.id}
+            for guild in (world.guild, other, None):
+                handle = await double.slash("where", user=world.alice, guild=guild)
+                await handle.wait_response()
+        assert answered[shard_of_first] == [world.guild.id] + ([None] if shard_of_first == 0
+                                                               else [])
+        assert answered[1 - shard_of_first] == [other.id] + ([None] if shard_of_first == 1
+                                                             else [])
