@@ -11,21 +11,21 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.buttons import OwnerActions, OwnerButton
 from bot.config import Settings
 from bot.core.ledger import IN_FLIGHT_WAIT_S, Drained
 from bot.core.veil import Veil
+from bot.delivery import Deliverer
 from bot.generate import GenerationQueue
 from bot.logs import REDACTOR
 from cogs import EXTENSIONS
-from cogs._delivery import Deliverer
-from cogs._views import OwnerButton
 
 if TYPE_CHECKING:
     from bot.web.app import WebServer
@@ -61,8 +61,9 @@ class VeilBot(commands.Bot):
         self.settings = settings
         self.veil = veil
         self.queue = queue
-        self.deliverer = Deliverer(self)
-        self.owner_button_handler: Callable[..., Awaitable[None]] | None = None
+        self.deliverer = Deliverer(self, veil)
+        # Filled by the cogs as they load: each adds the owner-button actions it performs.
+        self.owner_actions = OwnerActions()
         self._start_web = settings.web_enabled if start_web is None else start_web
         self._sync_commands = sync_commands
         self._background: list[asyncio.Task] = []

@@ -8,7 +8,7 @@ import discord
 from discord import app_commands
 
 from bot.core.durations import format_duration, parse_duration
-from cogs._viewer import viewer_from
+from bot.interactions import viewer_from
 
 if TYPE_CHECKING:
     from bot.client import Interaction

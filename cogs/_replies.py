@@ -16,11 +16,10 @@ import discord
 from discord import app_commands
 
 from bot.core.errors import VeilError
+from bot.delivery import CANNOT_DM, NO_MUTUAL_SERVER
 
 log = logging.getLogger("veil.errors")
 
-CANNOT_DM = 50007  # Discord's "Cannot send messages to this user"
-NO_MUTUAL_SERVER = 50278  # "... due to having no mutual guilds": a user install, no shared server
 MESSAGE_LIMIT = 2000  # Discord's limit on a message's content
 
 

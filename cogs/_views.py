@@ -1,23 +1,21 @@
 """Small reusable pieces of interface: views only their invoker may use, a confirmation prompt,
-and the owner's buttons.
-
-The owner's buttons (Share, Link, Delete; and on generated images Details, Variations and
-Re-roll) are dynamic items: their custom id carries the image id, so they keep working after a
-restart without any state kept in memory. Anyone can click a button on a channel post, or forge
-its custom id: the handler answers only the image's owner.
+and the owner's buttons on a delivered image (``bot.buttons`` routes their clicks; each cog
+adds the actions it performs, wrapped in ``owner_only``).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import discord
 from discord.ui.select import BaseSelect  # the one base of every kind of select menu
 
-from bot.core.models import ImageContent
-from cogs._replies import report_error
+from bot.buttons import OwnerAction, OwnerButton
+from bot.core.errors import NotFound
+from bot.core.models import ImageContent, ImageRecord, Viewer
+from bot.interactions import viewer_from
+from cogs._replies import reply, report_error
 
 if TYPE_CHECKING:
     from bot.client import Interaction
@@ -97,41 +95,35 @@ async def confirm(interaction: Interaction, question: str, *,
     return bool(view.value), view
 
 
-OWNER_ACTIONS = {"share": ("Share", discord.ButtonStyle.secondary),
-                 "link": ("Link", discord.ButtonStyle.secondary),
-                 "delete": ("Delete", discord.ButtonStyle.danger),
-                 "details": ("Details", discord.ButtonStyle.secondary),
-                 "vary": ("Variations", discord.ButtonStyle.secondary),
-                 "reroll": ("Re-roll", discord.ButtonStyle.primary)}
 IMAGE_ACTIONS = ("share", "link", "delete")
 GENERATED_ACTIONS = ("details", "vary")
 MAX_ROWS = 5  # Discord's limit for one message
+ONLY_THE_OWNER = "Only the owner of this image can use these buttons."
+GONE = "That image no longer exists: it was deleted."
+
+# An owner action's body: it runs only for the owner of ``record``.
+OwnerHandler = Callable[["Interaction", ImageRecord, Viewer], Awaitable[None]]
 
 
-class OwnerButton(discord.ui.DynamicItem[discord.ui.Button],
-                  template=r"veil:(?P<action>share|link|delete|details|vary|reroll):"
-                           r"(?P<image>[a-z0-9]{6,16})"):
-    """A button on a delivered image that only its owner may use; handled by cogs.gallery."""
+def owner_only(handler: OwnerHandler) -> OwnerAction:
+    """``handler`` as an owner button's action (``bot.buttons``): it runs only when the one who
+    clicked owns the image; anyone else, or a click on a deleted image, gets a short private
+    answer. A button has no command tree to report its errors, so a failure ends in the central
+    error message here."""
 
-    def __init__(self, action: str, image_id: str) -> None:
-        label, style = OWNER_ACTIONS[action]
-        super().__init__(discord.ui.Button(label=label, style=style,
-                                           custom_id=f"veil:{action}:{image_id}"))
-        self.action = action
-        self.image_id = image_id
+    async def act(interaction: Interaction, image_id: str) -> None:
+        veil = interaction.client.veil
+        try:
+            viewer = await viewer_from(interaction)
+            record = await veil.images.get_owned(image_id, viewer)
+            await handler(interaction, record, viewer)
+        except NotFound:
+            gone = await veil.ctx.image(image_id) is None
+            await reply(interaction, GONE if gone else ONLY_THE_OWNER)
+        except Exception as error:
+            await report_error(interaction, error)
 
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
-                             match: re.Match[str]) -> OwnerButton:
-        return cls(match["action"], match["image"])
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        handler = getattr(interaction.client, "owner_button_handler", None)
-        if handler is None:  # the gallery cog is unloaded (being reloaded, for instance)
-            await interaction.response.send_message(
-                "These buttons are unavailable for a moment; try again shortly.", ephemeral=True)
-            return
-        await handler(interaction, self.action, self.image_id)
+    return act
 
 
 def owner_buttons(contents: Sequence[ImageContent]) -> discord.ui.View | None:

@@ -16,9 +16,10 @@ from discord.ext import commands
 from bot.core.durations import format_duration
 from bot.core.errors import InvalidInput
 from bot.core.models import AuditEntry, GuildPolicy, Report
+from bot.interactions import as_veil, venue_from, viewer_from
 from cogs._options import AnyChannel, Duration, TextChannel, when
 from cogs._replies import plural, reply, reply_lines
-from cogs._viewer import as_veil, ensure_moderator, venue_from, viewer_from
+from cogs._viewer import ensure_moderator
 from cogs._views import confirm
 from cogs.gallery import retract_and_describe
 

@@ -10,14 +10,13 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.core.errors import NotFound
 from bot.core.ledger import Basis
-from bot.core.models import GenerationDetails, Removal, ViewEntry
+from bot.core.models import GenerationDetails, ImageRecord, Removal, ViewEntry, Viewer
 from bot.generate import GENERATOR_TITLES
+from bot.interactions import viewer_from
 from cogs._options import owned_image_autocomplete, visible_image_autocomplete, when
-from cogs._replies import plural, reply, reply_lines, report_error
-from cogs._viewer import viewer_from
-from cogs._views import InvokerView, confirm, owner_buttons
+from cogs._replies import plural, reply, reply_lines
+from cogs._views import InvokerView, confirm, owner_buttons, owner_only
 from cogs.share import check_role_share, notify_grantee, target_kind
 
 if TYPE_CHECKING:
@@ -26,8 +25,6 @@ if TYPE_CHECKING:
 GALLERY_PAGE = 10  # one embed and one thumbnail per image; Discord allows 10 per message
 ACCESS_LOG_ENTRIES = 100  # the newest views; /access-log shows as many as fit in one message
 CONFIRM_WAIT_S = 60.0
-ONLY_THE_OWNER = "Only the owner of this image can use these buttons."
-GONE = "That image no longer exists: it was deleted."
 
 
 def removal_text(removal: Removal, still_pending: int) -> str:
@@ -77,10 +74,14 @@ class Gallery(commands.Cog):
         self.confirm_wait_s = CONFIRM_WAIT_S
 
     async def cog_load(self) -> None:
-        self.bot.owner_button_handler = self.on_owner_button
+        actions = self.bot.owner_actions
+        actions.add("share", owner_only(self.share_button))
+        actions.add("delete", owner_only(self.delete_button))
+        actions.add("details", owner_only(self.details_button))
 
     async def cog_unload(self) -> None:
-        self.bot.owner_button_handler = None
+        for action in ("share", "delete", "details"):
+            self.bot.owner_actions.remove(action)
 
     @app_commands.command(name="gallery",
                           description="Your images and those shared with you, newest first.")
@@ -219,35 +220,23 @@ class Gallery(commands.Cog):
 
     # The owner's buttons on delivered images -------------------------------------------------
 
-    async def on_owner_button(self, interaction: Interaction, action: str,
-                              image_id: str) -> None:
-        try:
-            viewer = await viewer_from(interaction)
-            record = await self.veil.images.get_owned(image_id, viewer)
-            if action == "delete":
-                await self.confirm_and_delete(interaction, record.public_id)
-            elif action == "link":
-                links_cog = self.bot.get_cog("Links")
-                await links_cog.create_and_reply(interaction, record.public_id, viewer)
-            elif action == "details":
-                details = await self.veil.images.details(record.public_id, viewer)
-                # Ephemeral: only the owner who clicked sees it, wherever the button was.
-                await interaction.response.send_message(
-                    embed=details_embed(details), ephemeral=True,
-                    allowed_mentions=discord.AllowedMentions.none())
-            elif action in ("reroll", "vary"):
-                imagine = self.bot.get_cog("Imagine")
-                await imagine.follow_up(interaction, record.public_id, viewer,
-                                        "reroll" if action == "reroll" else "variation")
-            else:
-                await interaction.response.send_message(
-                    f"Who should see `{record.public_id}`?",
-                    view=SharePicker(self, record.public_id, viewer.user_id), ephemeral=True)
-        except NotFound:
-            gone = await self.veil.ctx.image(image_id) is None
-            await reply(interaction, GONE if gone else ONLY_THE_OWNER)
-        except Exception as error:  # buttons have no tree error handler of their own
-            await report_error(interaction, error)
+    async def share_button(self, interaction: Interaction, record: ImageRecord,
+                           viewer: Viewer) -> None:
+        await interaction.response.send_message(
+            f"Who should see `{record.public_id}`?",
+            view=SharePicker(self, record.public_id, viewer.user_id), ephemeral=True)
+
+    async def delete_button(self, interaction: Interaction, record: ImageRecord,
+                            viewer: Viewer) -> None:
+        await self.confirm_and_delete(interaction, record.public_id)
+
+    async def details_button(self, interaction: Interaction, record: ImageRecord,
+                             viewer: Viewer) -> None:
+        details = await self.veil.images.details(record.public_id, viewer)
+        # Ephemeral: only the owner who clicked sees it, wherever the button was.
+        await interaction.response.send_message(
+            embed=details_embed(details), ephemeral=True,
+            allowed_mentions=discord.AllowedMentions.none())
 
 
 def details_embed(details: GenerationDetails) -> discord.Embed:

@@ -18,11 +18,11 @@ from discord.ext import commands
 
 from bot.core.errors import BadImage, GeneratorUnavailable, QueueFull
 from bot.core.models import FollowUpKind, GenerationParams, ImageContent, ImageRecord, Viewer
+from bot.delivery import DeliveryFailed
 from bot.generate import MAX_PROMPT_CHARS, GenerationRequest, Progress
 from bot.images import check_declared_size
-from cogs._delivery import DeliveryFailed
-from cogs._viewer import viewer_from
-from cogs._views import InvokerView, owner_buttons
+from bot.interactions import viewer_from
+from cogs._views import InvokerView, owner_buttons, owner_only
 
 if TYPE_CHECKING:
     from bot.client import Interaction
@@ -86,6 +86,22 @@ class Imagine(commands.Cog):
         self.veil = bot.veil
         self.retry_wait_s = RETRY_WAIT_S
         self.progress_every_s = PROGRESS_EVERY_S
+
+    async def cog_load(self) -> None:
+        self.bot.owner_actions.add("reroll", owner_only(self.reroll_button))
+        self.bot.owner_actions.add("vary", owner_only(self.vary_button))
+
+    async def cog_unload(self) -> None:
+        self.bot.owner_actions.remove("reroll")
+        self.bot.owner_actions.remove("vary")
+
+    async def reroll_button(self, interaction: Interaction, record: ImageRecord,
+                            viewer: Viewer) -> None:
+        await self.follow_up(interaction, record.public_id, viewer, "reroll")
+
+    async def vary_button(self, interaction: Interaction, record: ImageRecord,
+                          viewer: Viewer) -> None:
+        await self.follow_up(interaction, record.public_id, viewer, "variation")
 
     @app_commands.command(name="imagine", description="Generate images from a prompt.")
     @app_commands.describe(prompt="What to draw", private="Keep these private (default: your "

@@ -13,12 +13,13 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.core.models import ShareLink, Viewer
+from bot.core.models import ImageRecord, ShareLink, Viewer
 from bot.core.passwords import MAX_LENGTH, MIN_LENGTH
+from bot.interactions import as_veil, viewer_from
 from bot.web import link_url
 from cogs._options import Duration, owned_image_autocomplete, when
 from cogs._replies import plural, reply, reply_lines, report_error
-from cogs._viewer import as_veil, viewer_from
+from cogs._views import owner_only
 
 if TYPE_CHECKING:
     from bot.client import Interaction
@@ -76,6 +77,17 @@ class Links(commands.GroupCog, group_name="link",
     def __init__(self, bot) -> None:
         self.bot = bot
         self.veil = bot.veil
+
+    async def cog_load(self) -> None:
+        self.bot.owner_actions.add("link", owner_only(self.link_button))
+
+    async def cog_unload(self) -> None:
+        self.bot.owner_actions.remove("link")
+
+    async def link_button(self, interaction: Interaction, record: ImageRecord,
+                          viewer: Viewer) -> None:
+        """The Link button: a link with the server's defaults, like /link create alone."""
+        await self.create_and_reply(interaction, record.public_id, viewer)
 
     async def create_and_reply(self, interaction: Interaction, image: str,
                                viewer: Viewer, *, expires: float | None = None,

@@ -10,11 +10,12 @@ from discord.ext import commands
 
 from bot.core.durations import format_duration
 from bot.core.venue import protection_notes
+from bot.delivery import NO_MUTUAL_SERVER
 from bot.generate import describe_generator
+from bot.interactions import venue_from
 from bot.web import export_url
 from cogs._options import when
-from cogs._replies import NO_MUTUAL_SERVER, fit_lines, plural, reply
-from cogs._viewer import venue_from
+from cogs._replies import fit_lines, plural, reply
 from cogs._views import confirm
 
 if TYPE_CHECKING:

@@ -12,9 +12,9 @@ from discord.ext import commands
 from bot.core.durations import format_duration
 from bot.core.models import Grant, GranteeKind, Group
 from bot.core.venue import NotInstalledHere, role_share_refusal
+from bot.interactions import venue_from, viewer_from
 from cogs._options import Duration, owned_image_autocomplete, when
 from cogs._replies import plural, reply, reply_lines
-from cogs._viewer import venue_from, viewer_from
 from cogs._views import confirm
 
 if TYPE_CHECKING:

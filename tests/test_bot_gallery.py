@@ -561,6 +561,21 @@ async def test_a_button_on_a_deleted_image_says_the_image_is_gone(veil_app):
     assert await app.veil.ctx.db.fetchval("SELECT count(*) FROM links") == 0
 
 
+async def test_while_the_links_area_reloads_its_button_says_so_and_the_other_buttons_work(
+        veil_app):
+    app = veil_app
+    image = await imagine(app, app.world.alice, private=True)
+    [dm] = image_dms(app, app.world.alice)
+    await app.bot.unload_extension("cogs.links")
+    handle = await app.click(dm, owner_button("link", image), user=app.world.alice)
+    assert handle.ephemeral and "unavailable for a moment" in handle.original.content
+    details = await app.click(dm, owner_button("details", image), user=app.world.alice)
+    assert details.ephemeral and details.original.embeds
+    await app.bot.load_extension("cogs.links")
+    link = await app.click(dm, owner_button("link", image), user=app.world.alice)
+    assert link.original.content.count("https://veil.example/l/") == 1
+
+
 # Restarts ------------------------------------------------------------------------------------
 
 @pytest.fixture

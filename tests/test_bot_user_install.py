@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pytest
 
 from bot.core.venue import SERVER_INSTALL_NEEDED
-from cogs._delivery import NO_MUTUAL_SERVER_WARNING
+from bot.delivery import NO_MUTUAL_SERVER_WARNING
 from tests.discord_double.interactions import CommandNotAvailable
 from tests.e2e import (
     App,

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
 import discord
@@ -36,10 +36,10 @@ from bot.core import failpoints
 from bot.core.access import place_for
 from bot.core.errors import NotFound, VeilError
 from bot.core.ledger import OWNER, PUBLIC, Basis, DeliveryLedger, Drained
-from bot.core.models import ImageContent, ImageRecord
+from bot.core.models import ImageContent, ImageRecord, Retraction
+from bot.core.veil import Veil
 from bot.core.venue import Venue
-from cogs._replies import NO_MUTUAL_SERVER
-from cogs._viewer import venue_from
+from bot.interactions import venue_from
 
 if TYPE_CHECKING:
     from bot.client import Interaction
@@ -47,6 +47,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("veil.delivery")
 
 Place = Literal["channel", "dm", "ephemeral"]
+# Buttons for the delivered images, added only to a message to their owner.
+ViewFactory = Callable[[Sequence[ImageContent]], "discord.ui.View | None"]
+# Discord's error codes that change what Veil does.
+UNKNOWN_MESSAGE = 10008  # a message that is already gone
+CANNOT_DM = 50007  # "Cannot send messages to this user"
+NO_MUTUAL_SERVER = 50278  # "... due to having no mutual guilds": a user install, no shared server
 EPHEMERAL_WARNING = (
     "Your DMs are closed to me, so here is a copy only you can see. Ephemeral copies cannot be "
     "retracted if the image is deleted later; allow DMs from this server's members to keep "
@@ -69,7 +75,6 @@ def dm_refused_warning(error: discord.Forbidden, venue: Venue) -> str:
     return EPHEMERAL_WARNING if venue.bot_present else ELSEWHERE_WARNING
 
 
-UNKNOWN_MESSAGE = 10008  # Discord's code for a message that is already gone
 RECONCILE_LOOKBACK = 50  # messages read back in a channel to find an unrecorded copy
 NO_PINGS = discord.AllowedMentions.none()
 
@@ -102,19 +107,20 @@ def _fits(contents: Sequence[ImageContent], limit: int) -> bool:
 
 
 class Deliverer:
-    def __init__(self, bot) -> None:
-        self.bot = bot
+    """Sends and retracts copies for one Discord client; made by the composition root
+    (``bot.client``) and used by every cog that delivers images."""
 
-    @property
-    def veil(self):
-        return self.bot.veil
+    def __init__(self, client: discord.Client, veil: Veil) -> None:
+        self.client = client
+        self.veil = veil
 
     @property
     def ledger(self) -> DeliveryLedger:
-        return self.bot.veil.ledger
+        return self.veil.ledger
 
     async def deliver(self, interaction: Interaction, contents: Sequence[ImageContent],
-                      *, caption: str, basis: Basis = OWNER, view_factory=None) -> Delivered:
+                      *, caption: str, basis: Basis = OWNER,
+                      view_factory: ViewFactory | None = None) -> Delivered:
         """Send ``contents`` (already access-checked for interaction.user) where allowed.
 
         ``basis`` is why the user may see them (``Basis.of`` the view decision; the owner's
@@ -136,6 +142,7 @@ class Deliverer:
             raise DeliveryFailed("That image is larger than Discord lets me attach here. "
                                  "Use /link create to share it through a Veil link instead.")
         view = view_factory(contents) if view_factory is not None else None
+        buttons: dict[str, Any] = {"view": view} if view is not None else {}
         note_prefix = ""
         channel = interaction.channel
         if places == {"channel"} and isinstance(channel, discord.abc.Messageable):
@@ -148,8 +155,7 @@ class Deliverer:
             if pending is not None:
                 try:
                     message = await channel.send(
-                        caption, files=_files(contents), allowed_mentions=NO_PINGS,
-                        **({"view": view} if view is not None else {}))
+                        caption, files=_files(contents), allowed_mentions=NO_PINGS, **buttons)
                 except discord.Forbidden:
                     await self.ledger.abandon(pending)
                     note_prefix = ("I may not post images in this channel (missing permission), "
@@ -167,10 +173,11 @@ class Deliverer:
         return await self._deliver_privately(interaction, venue, contents, caption, basis,
                                              view, note_prefix)
 
-    async def _deliver_privately(self, interaction, venue: Venue, contents, caption,
-                                 basis: Basis, view, note_prefix: str) -> Delivered:
+    async def _deliver_privately(self, interaction: Interaction, venue: Venue,
+                                 contents: Sequence[ImageContent], caption: str, basis: Basis,
+                                 view: discord.ui.View | None, note_prefix: str) -> Delivered:
         records = [c.record for c in contents]
-        extra = {"view": view} if view is not None else {}
+        extra: dict[str, Any] = {"view": view} if view is not None else {}
         user = interaction.user
         try:
             # The DM channel is known before the send, so the pending row names it and a
@@ -225,7 +232,7 @@ class Deliverer:
         jobs = await self.ledger.claim(ids=ids)
         for job in jobs:
             try:
-                await self.bot.http.delete_message(job.channel_id, job.message_id,
+                await self.client.http.delete_message(job.channel_id, job.message_id,
                                                    reason="Veil: access to the image ended")
             except discord.NotFound as error:
                 if error.code != UNKNOWN_MESSAGE:
@@ -243,7 +250,7 @@ class Deliverer:
                 done += 1
         return Drained(done=done, waiting=len(jobs) - done, stuck=stuck)
 
-    async def _failed(self, job, error: str, *, permanent: bool) -> bool:
+    async def _failed(self, job: Retraction, error: str, *, permanent: bool) -> bool:
         became_stuck = await self.ledger.failed(job, error=error, permanent=permanent)
         if became_stuck:
             # Kept and shown to the owner (/privacy); logged without any content.
@@ -256,12 +263,12 @@ class Deliverer:
         in their channel for the bot's own message carrying that image; found, it is recorded
         (and retracted if its access ended meanwhile); not found, nothing was sent."""
         settled = 0
-        me = self.bot.user
+        me = self.client.user
         for delivery_id, _recipient, channel_id, public_id, _since in \
                 await self.ledger.pending():
             found = None
             if channel_id and me is not None:
-                channel = self.bot.get_partial_messageable(channel_id)
+                channel = self.client.get_partial_messageable(channel_id)
                 try:
                     # The newest messages of that channel: the copy went there minutes ago at
                     # most, and its file name carries the image's random id.
