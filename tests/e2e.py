@@ -9,10 +9,11 @@ read what people would see (replies, DMs, channel posts) and what Veil stored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +21,15 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from bot.client import VeilBot
-from bot.config import load_settings
+from bot.config import Settings, load_settings
 from bot.core.veil import Veil
-from bot.generate import GenerationQueue, ProceduralGenerator
+from bot.generate import (
+    GenerationQueue,
+    GenerationRequest,
+    Generator,
+    ProceduralGenerator,
+    Progress,
+)
 from tests.discord_double import DiscordDouble
 
 # Tasks in which discord.py runs our command and component callbacks.
@@ -186,19 +193,64 @@ def blob_files(app: App) -> list[Path]:
     return [p for p in app.veil.data_dir.joinpath("blobs").rglob("*") if p.is_file()]
 
 
-@pytest.fixture
-async def veil_app(tmp_path: Path) -> AsyncIterator[App]:
+class GatedGenerator:
+    """A generator that holds every request until the test opens ``gate``; counts the
+    requests it has started."""
+
+    name = "gated"
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.started = 0
+
+    async def generate(self, request: GenerationRequest,
+                       progress: Callable[[Progress], Awaitable[None]] | None = None,
+                       ) -> list[bytes]:
+        self.started += 1
+        await self.gate.wait()
+        if progress is not None:
+            await progress(Progress(0.5, "rendering"))
+        return [png() for _ in range(request.count)]
+
+    async def close(self) -> None:
+        pass
+
+
+def app_settings(double: DiscordDouble, data_dir: Path, **env: str) -> Settings:
+    """The settings every end-to-end bot runs with (no link server; links on veil.example),
+    with ``env`` added or changed."""
+    return load_settings({"DISCORD_TOKEN": double.token, "VEIL_DATA_DIR": str(data_dir),
+                          "VEIL_WEB_ENABLED": "off", "VEIL_PUBLIC_URL": "https://veil.example",
+                          **env})
+
+
+@contextlib.asynccontextmanager
+async def bot_running(double: DiscordDouble, world, settings: Settings, veil: Veil, *,
+                      generator: Generator | None = None) -> AsyncIterator[App]:
+    """The real VeilBot over ``veil``, connected to ``double`` until the block ends; images
+    are drawn by ``generator`` (the procedural one by default)."""
+    generator = generator or ProceduralGenerator()
+    queue = GenerationQueue(generator, per_user_limit=2)
+    bot = VeilBot(settings=settings, veil=veil, queue=queue, guild_ready_timeout=0.01)
+    async with double.running(bot):
+        yield App(double, world, bot, veil)
+    await generator.close()
+
+
+@contextlib.asynccontextmanager
+async def app_in(data_dir: Path, **env: str) -> AsyncIterator[App]:
+    """A Discord double with the standard world, a Veil on ``data_dir`` and the bot running;
+    at the end, the double must have answered every call the bot made."""
     async with DiscordDouble() as double:
         world = double.populate()
-        settings = load_settings({"DISCORD_TOKEN": double.token,
-                                  "VEIL_DATA_DIR": str(tmp_path / "data"),
-                                  "VEIL_WEB_ENABLED": "off",
-                                  "VEIL_PUBLIC_URL": "https://veil.example"})
-        async with await Veil.open(settings.data_dir) as veil:
-            generator = ProceduralGenerator()
-            queue = GenerationQueue(generator, per_user_limit=2)
-            bot = VeilBot(settings=settings, veil=veil, queue=queue, guild_ready_timeout=0.01)
-            async with double.running(bot):
-                yield App(double, world, bot, veil)
-            await generator.close()
+        settings = app_settings(double, data_dir, **env)
+        async with await Veil.open(settings.data_dir) as veil, \
+                bot_running(double, world, settings, veil) as app:
+            yield app
         double.assert_no_unhandled()
+
+
+@pytest.fixture
+async def veil_app(tmp_path: Path) -> AsyncIterator[App]:
+    async with app_in(tmp_path / "data") as app:
+        yield app

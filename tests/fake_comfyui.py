@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import socket
 import struct
 import uuid
 from collections.abc import AsyncIterator
@@ -32,6 +31,8 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
+
+from tests.loopback import serving
 
 
 def comfy_png(graph: dict[str, Any], seed: int, width: int, height: int) -> bytes:
@@ -249,14 +250,8 @@ class FakeComfyUI:
 async def running_comfyui() -> AsyncIterator[tuple[FakeComfyUI, str]]:
     """Serve a fresh fake on a free loopback port; yields it and its base URL."""
     fake = FakeComfyUI()
-    runner = web.AppRunner(fake.app(), shutdown_timeout=0.5)
-    await runner.setup()
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    site = web.SockSite(runner, listener)
-    await site.start()
-    try:
-        yield fake, f"http://127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        await fake.stop()
-        await runner.cleanup()
+    async with serving(fake.app()) as url:
+        try:
+            yield fake, url
+        finally:
+            await fake.stop()

@@ -5,14 +5,14 @@ private mode."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import pytest
 
 from bot.core.models import Viewer
-from bot.generate import GenerationQueue, Progress
+from bot.generate import GenerationQueue
 from tests.e2e import (
+    GatedGenerator,
     assert_no_private_image_in_any_channel,
     button_id,
     image_attachments,
@@ -158,26 +158,6 @@ async def test_a_public_images_reroll_is_public_but_private_once_the_server_forc
     assert record.visibility == "private" and record.guild_id == app.world.guild.id
     assert len(image_attachments(app.double.messages_in(app.world.gallery))) == 2
     await assert_no_private_image_in_any_channel(app)
-
-
-class GatedGenerator:
-    """Holds every request until the test opens the gate."""
-
-    name = "gated"
-
-    def __init__(self) -> None:
-        self.gate = asyncio.Event()
-        self.started = 0
-
-    async def generate(self, request, progress=None):
-        self.started += 1
-        await self.gate.wait()
-        if progress is not None:
-            await progress(Progress(0.5, "rendering"))
-        return [png() for _ in range(request.count)]
-
-    async def close(self) -> None:
-        pass
 
 
 async def test_reroll_respects_the_per_user_queue_limit(veil_app):

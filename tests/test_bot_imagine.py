@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import struct
 import zlib
 from collections.abc import AsyncIterator
@@ -12,6 +11,7 @@ import pytest
 from bot.core.errors import GeneratorUnavailable
 from bot.generate import MAX_PROMPT_CHARS, GenerationQueue, ProceduralGenerator, Progress
 from tests.e2e import (
+    GatedGenerator,
     assert_no_private_image_in_any_channel,
     blob_files,
     button_id,
@@ -122,26 +122,6 @@ async def flaky(veil_app) -> AsyncIterator[FlakyGenerator]:
     veil_app.bot.queue = GenerationQueue(generator)
     yield generator
     await generator.close()
-
-
-class GatedGenerator:
-    """A generator that holds every request until the test opens the gate."""
-
-    name = "gated"
-
-    def __init__(self) -> None:
-        self.gate = asyncio.Event()
-        self.started = 0
-
-    async def generate(self, request, progress=None):
-        self.started += 1
-        await self.gate.wait()
-        if progress is not None:
-            await progress(Progress(0.5, "rendering"))
-        return [png() for _ in range(request.count)]
-
-    async def close(self) -> None:
-        pass
 
 
 def bomb_png(width: int = 50_000, height: int = 50_000) -> bytes:

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import logging
 
-from bot.core.models import Viewer
+import pytest
+
+from bot.core.models import NewLink, Viewer
 from bot.core.passwords import ScryptCost
 from cogs.links import PASSWORD_INPUT
 from tests.e2e import new_image, texts
 from tests.test_bot_links import LINK, everything_shown_to_others
 
 PASSWORD = "tea at the harbour"
+
+
+@pytest.fixture(autouse=True)
+def cheaper_hashes(veil_app) -> None:
+    # The same scrypt, at a cost that keeps this file quick (tests/test_web_passwords.py
+    # checks the default).
+    veil_app.veil.links.password_cost = ScryptCost(log2_n=10)
 
 
 async def answer_modal(app, handle, value: str):
@@ -20,10 +29,22 @@ async def answer_modal(app, handle, value: str):
     return submitted
 
 
+async def passworded_link(app) -> NewLink:
+    """A new image of Alice's and a link to it that asks for PASSWORD."""
+    image = await new_image(app, app.world.alice)
+    return await app.veil.links.create(image, Viewer(app.world.alice.id), password=PASSWORD)
+
+
+async def set_password(app, user, link: NewLink, value: str):
+    """``user`` runs /link password on ``link`` and answers the form with ``value``."""
+    handle = await app.run("link password", user=user,
+                           options={"link": link.link.public_id}, settle=False)
+    return await answer_modal(app, handle, value)
+
+
 async def test_link_create_with_a_password_asks_in_a_modal_and_the_link_needs_it(
         veil_app, caplog):
     app = veil_app
-    app.veil.links.password_cost = ScryptCost(log2_n=10)
     caplog.set_level(logging.DEBUG)
     image = await new_image(app, app.world.alice)
     handle = await app.run("link create", user=app.world.alice,
@@ -54,38 +75,27 @@ async def test_a_too_short_password_in_the_modal_is_refused_and_makes_no_link(ve
 
 async def test_link_password_changes_and_removes_a_password_and_ends_sessions(veil_app):
     app = veil_app
-    app.veil.links.password_cost = ScryptCost(log2_n=10)
-    image = await new_image(app, app.world.alice)
-    new = await app.veil.links.create(image, Viewer(app.world.alice.id), password=PASSWORD)
+    new = await passworded_link(app)
     target = await app.veil.links.resolve(new.token)
     session = (await app.veil.links.login(target, PASSWORD)).session
     assert not (await app.veil.links.resolve(new.token, session=session.token)).locked
 
-    handle = await app.run("link password", user=app.world.alice,
-                           options={"link": new.link.public_id}, settle=False)
-    changed = await answer_modal(app, handle, "another good secret")
+    changed = await set_password(app, app.world.alice, new, "another good secret")
     assert "now asks for the new password" in texts(changed)
     assert (await app.veil.links.resolve(new.token, session=session.token)).locked
 
-    handle = await app.run("link password", user=app.world.alice,
-                           options={"link": new.link.public_id}, settle=False)
-    submitted = await app.double.submit_modal(handle, {PASSWORD_INPUT: ""})
-    await app.settle(submitted)
-    assert "no longer asks for a password" in texts(submitted)
+    removed = await set_password(app, app.world.alice, new, "")
+    assert "no longer asks for a password" in texts(removed)
     assert not (await app.veil.links.resolve(new.token)).locked
 
     # Someone else's link: the same answer as a link that does not exist.
-    handle = await app.run("link password", user=app.world.bob,
-                           options={"link": new.link.public_id}, settle=False)
-    refused = await answer_modal(app, handle, "bob's attempt here")
+    refused = await set_password(app, app.world.bob, new, "bob's attempt here")
     assert "You have no link with that id." in texts(refused)
 
 
 async def test_the_owner_access_log_counts_wrong_passwords_without_saying_who(veil_app):
     app = veil_app
-    app.veil.links.password_cost = ScryptCost(log2_n=10)
-    image = await new_image(app, app.world.alice)
-    new = await app.veil.links.create(image, Viewer(app.world.alice.id), password=PASSWORD)
+    new = await passworded_link(app)
     target = await app.veil.links.resolve(new.token)
     for guess in ("guess number one", "guess number two"):
         assert (await app.veil.links.login(target, guess)).outcome == "wrong"

@@ -14,11 +14,10 @@ import time
 
 import pytest
 
-from bot.config import load_settings
 from bot.core.ledger import OWNER
 from bot.core.models import Viewer
 from tests.conftest import FakeClock
-from tests.e2e import App, image_dms, new_image, texts
+from tests.e2e import App, app_in, app_settings, bot_running, image_dms, new_image, texts
 
 DELETE = re.compile(r"/channels/(\d+)/messages/(\d+)$")
 
@@ -200,23 +199,8 @@ async def test_a_role_taken_away_is_retracted_at_the_members_next_command(veil_a
 
 @pytest.fixture
 async def members_intent_app(tmp_path):
-    from bot.client import VeilBot
-    from bot.core.veil import Veil
-    from bot.generate import GenerationQueue, ProceduralGenerator
-    from tests.discord_double import DiscordDouble
-
-    async with DiscordDouble() as double:
-        world = double.populate()
-        settings = load_settings({"DISCORD_TOKEN": double.token,
-                                  "VEIL_DATA_DIR": str(tmp_path / "data"),
-                                  "VEIL_WEB_ENABLED": "off", "VEIL_MEMBERS_INTENT": "on",
-                                  "VEIL_PUBLIC_URL": "https://veil.example"})
-        async with await Veil.open(settings.data_dir) as veil:
-            queue = GenerationQueue(ProceduralGenerator(), per_user_limit=2)
-            bot = VeilBot(settings=settings, veil=veil, queue=queue, guild_ready_timeout=0.01)
-            async with double.running(bot):
-                yield App(double, world, bot, veil)
-        double.assert_no_unhandled()
+    async with app_in(tmp_path / "data", VEIL_MEMBERS_INTENT="on") as app:
+        yield app
 
 
 async def test_with_the_members_intent_a_role_taken_away_is_retracted_at_once(
@@ -297,19 +281,14 @@ async def test_a_copy_sent_just_before_a_crash_is_found_at_start_up_and_retracte
     import sys
     from pathlib import Path
 
-    from bot.client import VeilBot
     from bot.core.veil import Veil
-    from bot.generate import GenerationQueue, ProceduralGenerator
     from tests.discord_double import DiscordDouble
     from tests.e2e import png
 
     root = await asyncio.to_thread(lambda: Path(__file__).resolve().parent.parent)
     async with DiscordDouble() as double:
         world = double.populate()
-        settings = load_settings({"DISCORD_TOKEN": double.token,
-                                  "VEIL_DATA_DIR": str(tmp_path / "data"),
-                                  "VEIL_WEB_ENABLED": "off",
-                                  "VEIL_PUBLIC_URL": "https://veil.example"})
+        settings = app_settings(double, tmp_path / "data")
         async with await Veil.open(settings.data_dir) as veil:
             image = (await veil.images.create(world.alice.id, png(), guild_id=world.guild.id,
                                               source="upload")).public_id
@@ -326,10 +305,7 @@ async def test_a_copy_sent_just_before_a_crash_is_found_at_start_up_and_retracte
         clock = FakeClock(time.time() + 600)
         async with await Veil.open(settings.data_dir, clock=clock) as veil:
             assert await veil.images.deliveries(image) == [("dm", sent.channel_id, None)]
-            queue = GenerationQueue(ProceduralGenerator(), per_user_limit=2)
-            bot = VeilBot(settings=settings, veil=veil, queue=queue, guild_ready_timeout=0.01)
-            async with double.running(bot):
-                app = App(double, world, bot, veil)
+            async with bot_running(double, world, settings, veil) as app:
 
                 async def recorded() -> list:
                     return await veil.images.deliveries(image)

@@ -9,7 +9,7 @@ from bot.config import load_settings
 from bot.core.veil import Veil
 from bot.generate import GenerationQueue, ProceduralGenerator
 from tests.discord_double import DiscordDouble
-from tests.e2e import App, image_ids
+from tests.e2e import App, app_settings, image_ids
 
 SYNC_PATH = r"^/applications/\d+/commands$"
 
@@ -17,11 +17,9 @@ SYNC_PATH = r"^/applications/\d+/commands$"
 async def test_a_bot_on_one_shard_of_two_serves_commands_and_only_shard_0_syncs(tmp_path):
     async with DiscordDouble() as double:
         world = double.populate()
-        base = {"DISCORD_TOKEN": double.token, "VEIL_DATA_DIR": str(tmp_path / "data"),
-                "VEIL_WEB_ENABLED": "off", "VEIL_PUBLIC_URL": "https://veil.example",
-                "VEIL_SHARD_COUNT": "2"}
         for shard, syncs in (("0", 1), ("1", 1)):
-            settings = load_settings({**base, "VEIL_SHARD_IDS": shard})
+            settings = app_settings(double, tmp_path / "data", VEIL_SHARD_COUNT="2",
+                                    VEIL_SHARD_IDS=shard)
             (settings.data_dir / "commands-global.sha256").unlink(missing_ok=True)
             async with await Veil.open(settings.data_dir) as veil:
                 generator = ProceduralGenerator()

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.discord_double import DiscordDouble
+from tests.loopback import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
@@ -83,9 +84,7 @@ def test_a_wrong_token_says_to_reset_it_in_one_line(tmp_path):
 
 
 def test_no_way_to_reach_discord_says_to_check_the_network_in_one_line(tmp_path):
-    with socket.socket() as unused:  # a port nobody listens on: connection refused
-        unused.bind(("127.0.0.1", 0))
-        port = unused.getsockname()[1]
+    port = free_port()  # nobody listens there: connection refused
     line = one_line_advice(*asyncio.run(cli_against(
         f"http://127.0.0.1:{port}/api/v10", f"ws://127.0.0.1:{port}/gateway", "run",
         tmp_path=tmp_path, DISCORD_TOKEN="a-token", VEIL_WEB_ENABLED="off")))
@@ -210,11 +209,7 @@ def test_a_wrong_master_key_is_refused_with_advice(tmp_path):
 
 
 def test_check_names_an_unreachable_comfyui_as_a_warning_not_a_failure(tmp_path):
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     result = cli("check", tmp_path=tmp_path, VEIL_GENERATOR="comfyui",
                  VEIL_COMFYUI_URL=f"http://127.0.0.1:{port}")
     assert result.returncode == 0, result.stderr

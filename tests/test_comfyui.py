@@ -28,6 +28,7 @@ from bot.generate import (
 )
 from bot.generate.comfyui import check_workflow
 from tests.fake_comfyui import FakeComfyUI, running_comfyui
+from tests.loopback import free_port
 
 SECRET_PROMPT = "a very private portrait of my neighbour"
 TEXT_CHUNKS = {b"tEXt", b"zTXt", b"iTXt"}
@@ -199,11 +200,7 @@ async def test_comfyui_prompt_and_workflow_chunks_are_gone_once_stored(comfy, ma
 
 
 async def test_a_comfyui_server_that_is_down_is_reported_quickly(make):
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     started = time.monotonic()
     with pytest.raises(GeneratorUnavailable, match="not answering"):
         await make(f"http://127.0.0.1:{port}").generate(GenerationRequest(SECRET_PROMPT))
@@ -272,14 +269,11 @@ def test_a_request_never_shows_its_prompt_in_a_repr() -> None:
 
 async def test_start_up_names_an_unreachable_server_and_warns_about_files_left_on_disk(
         comfy, make, tmp_path):
-    import socket
 
     fake, url = comfy
     assert await startup_warnings(make(url)) == []
     [warning] = await startup_warnings(make(url, workflow=load_workflow(disk_workflow(tmp_path))))
     assert "SaveImage" in warning and "stay in ComfyUI's output folder" in warning
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     [warning] = await startup_warnings(make(f"http://127.0.0.1:{port}"))
     assert f"http://127.0.0.1:{port} is not reachable" in warning

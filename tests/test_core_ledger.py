@@ -17,6 +17,7 @@ import pytest
 from bot.core.errors import NotFound
 from bot.core.ledger import BASIS_HOLDS_SQL, OWNER, PUBLIC, Basis
 from tests.conftest import ALICE, ARTISTS, BOB, CAROL, GUILD, MOD, png, viewer
+from tests.loopback import serving
 
 _messages = itertools.count(1000)
 ROOT = Path(__file__).resolve().parent.parent
@@ -395,19 +396,12 @@ async def test_two_drainer_processes_delete_every_message_exactly_once(tmp_path)
 
     app = web.Application()
     app.router.add_delete("/channels/{channel}/messages/{message}", delete_message)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:
+    async with serving(app) as url:
         procs = [await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.drainscript", str(data_dir), f"http://127.0.0.1:{port}",
+            sys.executable, "-m", "tests.drainscript", str(data_dir), url,
             cwd=ROOT, stderr=subprocess.PIPE) for _ in range(2)]
         results = [await asyncio.wait_for(p.communicate(), 120) for p in procs]
         assert [p.returncode for p in procs] == [0, 0], [r[1][-2000:] for r in results]
-    finally:
-        await runner.cleanup()
     assert set(deletions) == set(range(1, 201))
     assert set(deletions.values()) == {1}, "a message was deleted twice"
     assert len(set(workers.values())) == 2, "only one drainer did any work"

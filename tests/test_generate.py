@@ -10,7 +10,6 @@ import asyncio
 import base64
 import io
 import json
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -29,6 +28,7 @@ from bot.generate import (
     SDWebUIGenerator,
     make_generator,
 )
+from tests.loopback import free_port, serving
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TEXT_CHUNKS = {b"tEXt", b"zTXt", b"iTXt"}
@@ -302,16 +302,9 @@ class FakeWebUI:
 @pytest.fixture
 async def webui() -> AsyncIterator[tuple[FakeWebUI, str]]:
     fake = FakeWebUI()
-    runner = web.AppRunner(fake.app(), shutdown_timeout=0.5)
-    await runner.setup()
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    site = web.SockSite(runner, listener)
-    await site.start()
-    port = listener.getsockname()[1]
-    yield fake, f"http://127.0.0.1:{port}/"
-    fake.release.set()
-    await runner.cleanup()
+    async with serving(fake.app()) as url:
+        yield fake, f"{url}/"
+        fake.release.set()
 
 
 @pytest.fixture
@@ -327,13 +320,6 @@ async def sd_factory() -> AsyncIterator[Callable[..., SDWebUIGenerator]]:
     yield make
     for generator in made:
         await generator.close()
-
-
-def closed_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on (it was just released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 async def test_webui_images_come_back_exactly_as_the_webui_sent_them(
@@ -419,7 +405,7 @@ async def test_webui_another_users_job_never_moves_our_bar_nor_gets_interrupted(
 async def test_webui_that_is_down_is_reported_quickly_without_the_prompt(
     sd_factory: Callable[..., SDWebUIGenerator],
 ) -> None:
-    generator = sd_factory(f"http://127.0.0.1:{closed_port()}", timeout_s=10)
+    generator = sd_factory(f"http://127.0.0.1:{free_port()}", timeout_s=10)
     started = time.monotonic()
     with pytest.raises(GeneratorUnavailable) as failure:
         await generator.generate(GenerationRequest(SECRET_PROMPT))

@@ -35,6 +35,7 @@ from bot.web.security import CONTENT_SECURITY_POLICY
 from bot.web.useragent import agent_family, is_unfurler
 from bot.web.watermark import apply_watermark
 from tests.conftest import FakeClock
+from tests.loopback import free_port
 
 OWNER = 4242
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
@@ -693,12 +694,6 @@ async def test_the_server_also_stops_through_an_app_runner_style_cleanup(veil):
 
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_serve_runs_from_settings_and_stops_cleanly_on_sigterm(tmp_path):
