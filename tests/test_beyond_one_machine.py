@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import os
 import re
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -27,6 +26,7 @@ from bot.core.models import Viewer
 from bot.core.veil import Veil
 from tests.discord_double import DiscordDouble
 from tests.e2e import button_id, image_attachments, png
+from tests.loopback import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MASTER_KEY = "5e" * 32  # every process of a deployment holds the same master key
@@ -38,12 +38,6 @@ BROWSER = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0"}
 def guild_id_on(shard: int, count: int = 2) -> int:
     """A snowflake that Discord routes to ``shard``: (id >> 22) % count == shard."""
     return ((1_300_000_000_000 // count) * count + shard) << 22 | 1
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass
