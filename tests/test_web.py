@@ -738,3 +738,20 @@ def test_serve_runs_from_settings_and_stops_cleanly_on_sigterm(tmp_path):
 def test_png_chunk_helper_sees_text_chunks():
     """Guards the helper the image tests rely on: it does find a text chunk when one is there."""
     assert b"tEXt" in png_chunks(png_with_secrets())
+
+
+async def test_the_access_log_records_the_size_of_the_image_it_sent(open_client, veil, caplog):
+    caplog.set_level(logging.INFO, logger="aiohttp.access")
+    client = await open_client()
+    _, new = await share(veil)
+    response = await client.get(f"/l/{new.token}/image")
+    body = await response.read()
+    assert response.status == 200 and len(body) > 1000
+    lines = [r.getMessage() for r in caplog.records
+             if r.name == "aiohttp.access" and "/image" in r.getMessage()]
+    assert lines, "no access log line for the image"
+    assert int(lines[-1].split('" 200 ')[1].split()[0]) == len(body)
+    await client.head(f"/l/{new.token}/image")
+    heads = [r.getMessage() for r in caplog.records
+             if r.name == "aiohttp.access" and r.getMessage().startswith('"HEAD')]
+    assert heads and heads[-1].split('" 200 ')[1].split()[0] == "0"

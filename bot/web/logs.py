@@ -37,11 +37,23 @@ class RedactingAccessLogger(AbstractAccessLogger):
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         self.logger.info('"%s %s" %d %d %.1fms', request.method, redacted_path(request),
-                         response.status, response.body_length, time * 1000)
+                         response.status, body_size(request, response), time * 1000)
 
     @property
     def enabled(self) -> bool:
         return self.logger.isEnabledFor(logging.INFO)
+
+
+def body_size(request: web.BaseRequest, response: web.StreamResponse) -> int:
+    """The bytes of body the client was sent. aiohttp's ``body_length`` is everything written
+    on the connection, status line and headers included (526 bytes more than the image on a
+    link fetch), and stays 0 when the client left before the response was written."""
+    written = response.body_length
+    if request.method == "HEAD" or not written:
+        return 0
+    # A response with a length ends exactly there (aiohttp clips anything beyond it).
+    length = response.content_length
+    return length if length is not None else written
 
 
 def format_exception_redacted(exc: BaseException) -> str:
