@@ -30,7 +30,7 @@ from bench._common import Figure, Report, header, median, percentile, run_main
 from bench._dataset import dataset, role_id, shape
 
 CHECK_P99_US = 100.0
-GALLERY_P99_MS = 1.0
+GALLERY_P99_MS = 0.8
 GROWTH = 1.5
 
 

@@ -159,6 +159,31 @@ async def test_images_reachable_through_several_grants_fill_whole_gallery_pages(
     assert shown == [r.public_id for r in reversed(made)]
 
 
+async def test_an_expired_image_shared_one_by_one_leaves_the_gallery_before_it_is_swept(
+        veil, clock):
+    """Images shared one by one are chosen for the page on their ids; one past its own expiry
+    (the sweeper has not run yet) must still not be listed, nor leave a page short."""
+    made = []
+    for n in range(9):
+        expires = 60 if n in (1, 4, 5, 8) else None
+        image = await veil.images.create(ALICE, png(), guild_id=GUILD, source="upload",
+                                         expires_in=expires)
+        await veil.sharing.grant(viewer(ALICE), "user", BOB, image_public_id=image.public_id)
+        made.append((image, expires))
+    own = await _image(veil, BOB)
+    clock.advance(61)
+    live = [own.public_id] + [i.public_id for i, e in reversed(made) if e is None]
+    shown, page = [], 1
+    while True:
+        listed = await veil.images.gallery(viewer(BOB), page=page, per_page=2)
+        assert len(listed.items) == 2 or not listed.has_more
+        shown += [i.record.public_id for i in listed.items]
+        if not listed.has_more:
+            break
+        page += 1
+    assert shown == live
+
+
 async def test_a_revoke_holds_on_the_very_next_read_even_while_other_reads_run(veil):
     """Reads racing on the shared reader connection must not keep an old snapshot alive."""
     import asyncio
