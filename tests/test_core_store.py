@@ -227,6 +227,55 @@ async def test_server_retention_removes_old_images_from_that_server_only(veil, c
     assert await veil.ctx.image(fresh.public_id) is not None
 
 
+async def test_the_sweep_removes_what_each_servers_policy_says_and_nothing_else(veil, clock):
+    third_guild = OTHER_GUILD + 1
+    await veil.moderation.update_policy(GUILD, MOD, retention_days=7)
+    await veil.moderation.update_policy(OTHER_GUILD, MOD, retention_days=30)
+    await veil.moderation.update_policy(third_guild, MOD, force_private=True)  # no retention
+
+    async def made(guild, **options):
+        return await veil.images.create(ALICE, png(), guild_id=guild, source="upload",
+                                        **options)
+
+    old_here, old_there, old_third, old_dm = (await made(GUILD), await made(OTHER_GUILD),
+                                              await made(third_guild), await made(None))
+    expiring_here = await made(GUILD, expires_in=2 * 86400)  # due twice over: removed once
+    clock.advance(7 * 86400)
+    at_the_cut = await made(GUILD)
+    clock.advance(1)
+    fresh_here = await made(GUILD)
+    result = await veil.retention.sweep()
+    assert result.images == 2
+    gone = {old_here.public_id, expiring_here.public_id}
+    for image in (old_here, old_there, old_third, old_dm, expiring_here, at_the_cut,
+                  fresh_here):
+        assert (await veil.ctx.image(image.public_id) is None) == (image.public_id in gone)
+    clock.advance(7 * 86400 - 1)  # at_the_cut is now exactly seven days old
+    assert (await veil.retention.sweep()).images == 1
+    assert await veil.ctx.image(at_the_cut.public_id) is None
+    assert await veil.ctx.image(fresh_here.public_id) is not None
+    clock.advance(30 * 86400)
+    assert (await veil.retention.sweep()).images == 2  # fresh_here and old_there
+    for image in (old_third, old_dm):
+        assert await veil.ctx.image(image.public_id) is not None
+
+
+def test_the_sweep_reads_only_images_that_are_due_never_the_whole_table(data_dir, veil):
+    """Driven from guild_policy and the two indexes, not by a scan of every image: at a million
+    images a scan took 70 to 100 ms and filled the reader's cache (issue 12)."""
+    from bot.core.retention import DUE_SQL
+
+    conn = sqlite3.connect(data_dir / "veil.db")
+    try:
+        plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + DUE_SQL,
+                                               {"now": 0.0, "batch": 1})]
+    finally:
+        conn.close()
+    assert not [step for step in plan if step.startswith("SCAN i")], plan
+    assert any("images_by_guild_age" in step for step in plan), plan
+    assert any("images_by_expiry" in step for step in plan), plan
+
+
 async def test_the_database_runs_with_wal_foreign_keys_and_secure_delete(veil, data_dir):
     conn = sqlite3.connect(data_dir / "veil.db")
     try:

@@ -20,6 +20,24 @@ from bot.core.sharing import grant_copies_ended
 
 BATCH = 1000
 
+_COLUMNS = ", ".join("i." + c for c in IMAGE_COLUMNS.split(", "))
+# What the sweep removes: images past their own expiry (images_by_expiry holds only images
+# that have one) and images older than their server's retention. The second part starts from
+# guild_policy, a row per server that set anything, and reads each retaining server's old
+# images from images_by_guild_age (guild_id, created_at): the cost follows what is due, not
+# the size of the library. CROSS JOIN keeps SQLite from choosing the other order (without
+# statistics it drove from images and probed guild_policy once per image, a full scan); a
+# planner with statistics, PostgreSQL's, treats it as the inner join it is.
+DUE_SQL = f"""
+SELECT {_COLUMNS} FROM images i
+WHERE i.expires_at IS NOT NULL AND i.expires_at <= :now
+UNION
+SELECT {_COLUMNS} FROM guild_policy p CROSS JOIN images i
+WHERE p.retention_days IS NOT NULL AND i.guild_id = p.guild_id
+  AND i.created_at <= :now - p.retention_days * 86400.0
+LIMIT :batch
+"""
+
 
 @dataclass(frozen=True)
 class SweepResult:
@@ -37,17 +55,10 @@ class RetentionSweeper:
 
     async def sweep(self) -> SweepResult:
         now = self.ctx.now()
-        columns = ", ".join("i." + c for c in IMAGE_COLUMNS.split(", "))
         removed = 0
         queued: list[int] = []
         while True:
-            rows = await self.ctx.db.fetchall(
-                f"SELECT {columns} FROM images i WHERE i.expires_at IS NOT NULL"
-                " AND i.expires_at <= :now"
-                f" UNION SELECT {columns} FROM images i JOIN guild_policy p"
-                " ON p.guild_id = i.guild_id WHERE p.retention_days IS NOT NULL"
-                " AND i.created_at <= :now - p.retention_days * 86400.0"
-                " LIMIT :batch", {"now": now, "batch": BATCH})
+            rows = await self.ctx.db.fetchall(DUE_SQL, {"now": now, "batch": BATCH})
             if not rows:
                 break
             removal = await self.images.remove([image_from_row(r) for r in rows], actor_id=None,
