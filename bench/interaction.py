@@ -108,6 +108,28 @@ def _time_callbacks(slowest: list[tuple[float, str]]) -> None:
     asyncio.events.Handle._run = timed
 
 
+def _time_collections(pauses: list[tuple[int, float]]) -> None:
+    """Record every garbage collection: (generation, duration). A full (generation 2) collection
+    walks every tracked object and holds the loop for as long."""
+    import gc
+
+    started: list[float] = []
+    clock = time.perf_counter
+
+    def callback(phase: str, info: dict) -> None:
+        if phase == "start":
+            started[:] = [clock()]
+        elif started:
+            pauses.append((info["generation"], clock() - started[0]))
+
+    gc.callbacks.append(callback)
+
+
+def _gc_summary(pauses: list[tuple[int, float]]) -> dict:
+    return {str(g): [len([d for gen, d in pauses if gen == g]),
+                     max([d for gen, d in pauses if gen == g], default=0.0)] for g in (0, 1, 2)}
+
+
 async def bot_process(mode: str, data: str, api: str, gateway: str, token: str) -> None:
     import discord.gateway
     import discord.http
@@ -121,6 +143,8 @@ async def bot_process(mode: str, data: str, api: str, gateway: str, token: str) 
     logging.basicConfig(level=logging.ERROR if mode == "floor" else logging.WARNING)
     slowest: list[tuple[float, str]] = []
     _time_callbacks(slowest)
+    pauses: list[tuple[int, float]] = []
+    _time_collections(pauses)
     discord.http.Route.BASE = api
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway)
     settings = load_settings({"DISCORD_TOKEN": token, "VEIL_DATA_DIR": data,
@@ -143,7 +167,8 @@ async def bot_process(mode: str, data: str, api: str, gateway: str, token: str) 
         if mode == "floor":
             bot = floor_bot()
         else:
-            bot = VeilBot(settings=settings, veil=veil, queue=queue, guild_ready_timeout=0.01)
+            bot = VeilBot(settings=settings, veil=veil, queue=queue, guild_ready_timeout=0.01,
+                          freeze_gc=True)  # as make_bot does for `python -m bot run`
         task = asyncio.create_task(bot.start(token))
         while not bot.is_ready():
             if task.done():
@@ -155,10 +180,12 @@ async def bot_process(mode: str, data: str, api: str, gateway: str, token: str) 
             if line == "reset":
                 lags.clear()
                 slowest.clear()
+                pauses.clear()
                 print("OK", flush=True)
             elif line == "report":
                 print(json.dumps({"max": max(lags), "p99": percentile(lags, 99),
-                                  "ticks": len(lags), "slowest": slowest[:5]}), flush=True)
+                                  "ticks": len(lags), "slowest": slowest[:5],
+                                  "gc": _gc_summary(pauses)}), flush=True)
             elif line == "stop":
                 break
         tick.cancel()
@@ -272,6 +299,8 @@ async def run_rounds(mode: str, rounds: int, report: Report) -> dict[str, list[f
                 await burst(double, world, users, own, visible, rng)  # warm-up round
                 p99s, p50s, lag_max, lag_p99 = [], [], [], []
                 slow: list = []
+                gc_counts: dict[str, list[int]] = {}
+                gc_longest: dict[str, list[float]] = {}
                 by_kind: dict[str, list[float]] = {}
                 for _ in range(rounds):
                     await ask("reset")
@@ -285,6 +314,9 @@ async def run_rounds(mode: str, rounds: int, report: Report) -> dict[str, list[f
                     lag_max.append(lag["max"] * 1e3)
                     lag_p99.append(lag["p99"] * 1e3)
                     slow += lag["slowest"]
+                    for generation, (count, longest) in lag["gc"].items():
+                        gc_counts.setdefault(generation, []).append(count)
+                        gc_longest.setdefault(generation, []).append(longest)
                     report.note(f"{mode} round: first-callback p50 {p50s[-1]:.1f} ms, p99 "
                                 f"{p99s[-1]:.1f} ms, max {max(latencies) * 1e3:.1f} ms; loop "
                                 f"blocked at most {lag_max[-1]:.1f} ms (p99 tick lateness "
@@ -292,6 +324,10 @@ async def run_rounds(mode: str, rounds: int, report: Report) -> dict[str, list[f
                 report.note(f"{mode}: first-callback p50 / p99 by command: " + ", ".join(
                     f"/{k} {median(v) * 1e3:.0f} / {percentile(v, 99) * 1e3:.0f} ms"
                     for k, v in sorted(by_kind.items())))
+                report.note(f"{mode}: garbage collections per burst (median; longest pause "
+                            "over all rounds): " + ", ".join(
+                                f"gen {g} {median(gc_counts[g]):.0f} "
+                                f"({max(gc_longest[g]) * 1e3:.1f} ms)" for g in sorted(gc_counts)))
                 slow.sort(reverse=True)
                 report.note(f"{mode}: slowest single event-loop steps: " + "; ".join(
                     f"{spent * 1e3:.0f} ms {what}" for spent, what in slow[:4]))

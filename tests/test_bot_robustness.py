@@ -299,3 +299,58 @@ def test_the_log_redactor_keeps_each_line_but_not_its_payload_tokens_or_secrets(
     assert redacted("login with %s", "bot-token-123") == "login with <secret>"
     assert redacted("%(who)s said %(what)s", {"who": "bob", "what": ["x"]}) == (
         "bob said <list withheld>")
+
+
+# A burst of commands (issue 12) ----------------------------------------------------------------
+
+async def test_a_burst_of_commands_at_once_is_answered_in_full_each_acknowledged_first(veil_app):
+    """Thirty members run /gallery at the same moment: the interactions take turns on the loop
+    (bot/turns.py), and every one is still acknowledged, then answered."""
+    app = veil_app
+    members = [app.double.add_user(f"member{n}") for n in range(30)]
+    for member in members:
+        app.double.add_member(app.world.guild, member)
+    handles = await asyncio.gather(*(
+        app.double.slash("gallery", user=member, guild=app.world.guild,
+                         channel=app.world.general) for member in members))
+    for handle in handles:
+        await app.settle(handle)
+    assert [h.response_type for h in handles] == [5] * len(members)
+    assert all(h.original is not None and "Nothing here yet" in h.original.content
+               for h in handles)
+    assert app.bot.turns.waiting == 0
+
+
+async def test_the_bot_freezes_what_start_up_made_once_it_is_ready(tmp_path):
+    """make_bot (what `python -m bot run` uses) moves start-up's objects out of the garbage
+    collector's reach when READY arrives, so no full collection walks them during a burst."""
+    import gc
+
+    from bot.client import make_bot
+    from bot.config import load_settings
+    from bot.core.veil import Veil
+    from bot.generate import GenerationQueue, ProceduralGenerator
+    from tests.discord_double import DiscordDouble
+
+    gc.unfreeze()
+    try:
+        async with DiscordDouble() as double:
+            double.populate()
+            settings = load_settings({"DISCORD_TOKEN": double.token,
+                                      "VEIL_DATA_DIR": str(tmp_path / "data"),
+                                      "VEIL_WEB_ENABLED": "off",
+                                      "VEIL_PUBLIC_URL": "https://veil.example"})
+            async with await Veil.open(settings.data_dir) as veil:
+                bot = make_bot(settings=settings, veil=veil,
+                               queue=GenerationQueue(ProceduralGenerator()),
+                               guild_ready_timeout=0.01)
+                assert gc.get_freeze_count() == 0
+                async with double.running(bot):
+                    await bot.wait_until_ready()
+                    for _ in range(100):
+                        if gc.get_freeze_count():
+                            break
+                        await asyncio.sleep(0.01)
+                    assert gc.get_freeze_count() > 1000
+    finally:
+        gc.unfreeze()  # this test process runs many bots: leave its collector as it was
