@@ -26,7 +26,6 @@ from bot.core.veil import Veil
 from bot.delivery import Deliverer
 from bot.generate import GenerationQueue
 from bot.logs import REDACTOR
-from bot.turns import Turns
 from cogs import EXTENSIONS
 
 if TYPE_CHECKING:
@@ -37,10 +36,6 @@ log = logging.getLogger("veil.bot")
 RETRACT_EVERY_S = 30.0
 SWEEP_EVERY_S = 600.0
 GRANT_EXPIRY_LEASE_S = 5.0
-# Interactions whose first steps one event-loop iteration may run (bot/turns.py). One first
-# step (options, checks, the acknowledging request) cost about 0.3 ms of loop time in the
-# 200-command burst of bench/interaction.py, so a turn of 8 holds the loop for about 2.5 ms.
-INTERACTIONS_PER_TURN = 8
 
 # Veil has no voice features: discord.py's start-up warnings about PyNaCl and davey (its voice
 # libraries) would only puzzle an operator.
@@ -48,20 +43,10 @@ discord.VoiceClient.warn_nacl = False
 discord.VoiceClient.warn_dave = False
 
 
-class VeilTree(app_commands.CommandTree):
-    async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        """Every application command and autocomplete waits for its turn on the loop first."""
-        turns: Turns | None = getattr(self.client, "turns", None)
-        if turns is not None:
-            await turns.take()
-        return True
-
-
 class VeilBot(commands.Bot):
     def __init__(self, *, settings: Settings, veil: Veil, queue: GenerationQueue,
                  start_web: bool | None = None, sync_commands: bool = True,
-                 freeze_gc: bool = False, interactions_per_turn: int = INTERACTIONS_PER_TURN,
-                 **options) -> None:
+                 freeze_gc: bool = False, **options) -> None:
         intents = discord.Intents.none()
         intents.guilds = True
         # Optional and privileged: role removals arrive at once (on_member_update).
@@ -72,10 +57,8 @@ class VeilBot(commands.Bot):
                            app_commands.AppInstallationType(guild=True, user=True))
         options.setdefault("allowed_contexts", app_commands.AppCommandContext(
             guild=True, dm_channel=True, private_channel=True))
-        options.setdefault("tree_cls", VeilTree)
         super().__init__(command_prefix=commands.when_mentioned, intents=intents,
                          help_command=None, **options)
-        self.turns = Turns(interactions_per_turn)
         self.settings = settings
         self.veil = veil
         self.queue = queue
