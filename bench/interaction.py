@@ -35,6 +35,10 @@ from bench._common import CACHE, ROOT, Figure, Report, header, median, percentil
 
 BAR_P99_MS = 50.0
 BAR_LAG_MS = 20.0
+BAR_VS_FLOOR = 0.7  # issue 12: Veil's first-callback p99 <= 0.7x the bare discord.py bot's
+# --compare also runs Veil without each issue-12 fix, so its effect is measured, not guessed:
+# "veil-unfrozen" (no gc.freeze at READY).
+VARIANTS = {"veil": {}, "veil-unfrozen": {"freeze_gc": False}}
 MEMBERS = 50
 TICK = 0.005
 
@@ -84,10 +88,10 @@ def floor_bot():
 
 
 def _time_callbacks(slowest: list[tuple[float, str]]) -> None:
-    """Instrument the event loop: every callback's duration, keeping the slowest few with what
+    """Instrument the event loop: every callback's CPU time, keeping the slowest few with what
     they ran (a task's coroutine, or a plain callback), to say what blocked the loop."""
     original = asyncio.events.Handle._run
-    clock = time.perf_counter
+    clock = time.thread_time  # CPU time: on a shared machine wall time also counts preemption
 
     def timed(handle) -> None:
         start = clock()
@@ -108,19 +112,36 @@ def _time_callbacks(slowest: list[tuple[float, str]]) -> None:
     asyncio.events.Handle._run = timed
 
 
+def _time_iterations(cpu: list[float]) -> None:
+    """CPU time of the loop thread in each event-loop iteration (``time.thread_time``). On a
+    shared machine the ticker's lateness also counts time the process waited for a core; an
+    iteration's CPU time is only what the code ran in it, which is what a fix can change."""
+    loop = asyncio.get_running_loop()
+    original = loop._run_once  # type: ignore[attr-defined]
+    clock = time.thread_time
+
+    def timed() -> None:
+        start = clock()
+        original()
+        cpu.append(clock() - start)
+
+    loop._run_once = timed  # type: ignore[attr-defined]
+
+
 def _time_collections(pauses: list[tuple[int, float]]) -> None:
-    """Record every garbage collection: (generation, duration). A full (generation 2) collection
-    walks every tracked object and holds the loop for as long."""
+    """Record every garbage collection: (generation, CPU seconds of the collecting thread). A
+    full (generation 2) collection walks every tracked object and holds the loop for as long."""
     import gc
 
     started: list[float] = []
-    clock = time.perf_counter
+
+    cpu = time.thread_time
 
     def callback(phase: str, info: dict) -> None:
         if phase == "start":
-            started[:] = [clock()]
+            started[:] = [cpu()]
         elif started:
-            pauses.append((info["generation"], clock() - started[0]))
+            pauses.append((info["generation"], cpu() - started[0]))
 
     gc.callbacks.append(callback)
 
@@ -145,6 +166,7 @@ async def bot_process(mode: str, data: str, api: str, gateway: str, token: str) 
     _time_callbacks(slowest)
     pauses: list[tuple[int, float]] = []
     _time_collections(pauses)
+    iterations: list[float] = []
     discord.http.Route.BASE = api
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway)
     settings = load_settings({"DISCORD_TOKEN": token, "VEIL_DATA_DIR": data,
@@ -158,6 +180,7 @@ async def bot_process(mode: str, data: str, api: str, gateway: str, token: str) 
             await asyncio.sleep(TICK)
             lags.append(loop.time() - start - TICK)
 
+    _time_iterations(iterations)
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     async with await Veil.open(settings.data_dir) as veil:
@@ -166,14 +189,20 @@ async def bot_process(mode: str, data: str, api: str, gateway: str, token: str) 
         queue = GenerationQueue(generator, per_user_limit=settings.per_user_queue_limit)
         if mode == "floor":
             bot = floor_bot()
-        else:
+        else:  # freeze_gc as make_bot sets it for `python -m bot run`
+            options = {"freeze_gc": True, **VARIANTS[mode]}
             bot = VeilBot(settings=settings, veil=veil, queue=queue, guild_ready_timeout=0.01,
-                          freeze_gc=True)  # as make_bot does for `python -m bot run`
+                          **options)
         task = asyncio.create_task(bot.start(token))
         while not bot.is_ready():
             if task.done():
                 task.result()
             await asyncio.sleep(0.01)
+        await asyncio.sleep(0.5)  # on_ready (gc.freeze for Veil) has run
+        import gc
+        start = time.thread_time()
+        gc.collect()
+        full_gc = time.thread_time() - start
         tick = asyncio.create_task(ticker())
         print("READY", flush=True)
         while line := (await reader.readline()).decode().strip():
@@ -181,11 +210,15 @@ async def bot_process(mode: str, data: str, api: str, gateway: str, token: str) 
                 lags.clear()
                 slowest.clear()
                 pauses.clear()
+                iterations.clear()
                 print("OK", flush=True)
             elif line == "report":
                 print(json.dumps({"max": max(lags), "p99": percentile(lags, 99),
                                   "ticks": len(lags), "slowest": slowest[:5],
-                                  "gc": _gc_summary(pauses)}), flush=True)
+                                  "gc": _gc_summary(pauses),
+                                  "iteration_cpu": max(iterations, default=0.0),
+                                  "iterations": len(iterations),
+                                  "full_gc": full_gc}), flush=True)
             elif line == "stop":
                 break
         tick.cancel()
@@ -236,24 +269,32 @@ async def burst(double, world, users, own, visible, rng: random.Random) -> list[
         handles.append(double.slash(name, user=user, guild=world.guild, channel=world.general,
                                     options=options))
     handles = await asyncio.gather(*handles)
-    await asyncio.gather(*(h.wait_response(timeout=30) for h in handles))
+    # On an overloaded machine some acknowledgements come after Discord's 3 s: the double
+    # answers them 404 and they never get a response. They count as missing, not as a crash.
+    await asyncio.gather(*(h.wait_response(timeout=10) for h in handles), return_exceptions=True)
     await double.idle(quiet=0.3, timeout=120)
     first: dict[str, float] = {}
     for call in double.calls[start_calls:]:
         parts = call.path.split("/")
         if len(parts) > 4 and parts[1] == "interactions" and parts[4] == "callback":
             first.setdefault(parts[2], call.time)
-    missing = [h for h in handles if str(h.id) not in first]
-    if missing:
-        raise RuntimeError(f"{len(missing)} interactions got no callback")
-    return [(name, first[str(h.id)] - h.created)
+    # An interaction with no accepted callback (expired after 3 s) is as late as can be.
+    return [(name, first[str(h.id)] - h.created if str(h.id) in first else float("inf"))
             for (name, _, _), h in zip(commands, handles, strict=True)]
 
 
-async def measure(report: Report, quick: bool) -> None:
+async def measure(report: Report, quick: bool, compare: bool = False) -> None:
     rounds = 3 if quick else 5
     veil = await run_rounds("veil", rounds, report)
     floor = await run_rounds("floor", rounds, report)
+    if compare:
+        for variant in VARIANTS:
+            if variant != "veil":
+                other = await run_rounds(variant, rounds, report)
+                report.note(f"{variant}: first-callback p99 {median(other['p99']):.1f} ms "
+                            f"({median(other['p99']) / median(floor['p99']):.2f}x the bare "
+                            f"bot), loop blocked at most {median(other['lag']):.1f} ms, "
+                            f"longest iteration {median(other['iteration_cpu']):.1f} ms CPU")
     report.note(f"bare discord.py bot that only defers (same commands, same burst): "
                 f"first-callback p99 {median(floor['p99']):.1f} ms (median "
                 f"{median(floor['p50']):.1f} ms), loop blocked at most "
@@ -262,10 +303,15 @@ async def measure(report: Report, quick: bool) -> None:
                       "callback p99", median(veil["p99"]), BAR_P99_MS, "<", "ms",
                       detail=f"(median {median(veil['p50']):.1f} ms)"))
     report.add(Figure("interaction: first-callback p99, Veil / bare discord.py",
-                      median(veil["p99"]) / median(floor["p99"]), 1.5, "<=",
-                      detail="(same burst; the 1.5x bar is ours, not the issue's)"))
+                      median(veil["p99"]) / median(floor["p99"]), BAR_VS_FLOOR, "<=",
+                      detail=f"({median(veil['p99']):.1f} ms / {median(floor['p99']):.1f} ms, "
+                             "same burst)"))
     report.add(Figure("interaction: longest event-loop block during the burst",
-                      median(veil["lag"]), BAR_LAG_MS, "<", "ms"))
+                      median(veil["lag"]), BAR_LAG_MS, "<", "ms",
+                      detail=f"(bare discord.py {median(floor['lag']):.1f} ms)"))
+    report.add(Figure("interaction: longest event-loop iteration in CPU time (the code's part "
+                      "of the block)", median(veil["iteration_cpu"]), BAR_LAG_MS, "<", "ms",
+                      detail=f"(bare discord.py {median(floor['iteration_cpu']):.1f} ms)"))
 
 
 async def run_rounds(mode: str, rounds: int, report: Report) -> dict[str, list[float]]:
@@ -299,6 +345,7 @@ async def run_rounds(mode: str, rounds: int, report: Report) -> dict[str, list[f
                 await burst(double, world, users, own, visible, rng)  # warm-up round
                 p99s, p50s, lag_max, lag_p99 = [], [], [], []
                 slow: list = []
+                iteration_cpu: list[float] = []
                 gc_counts: dict[str, list[int]] = {}
                 gc_longest: dict[str, list[float]] = {}
                 by_kind: dict[str, list[float]] = {}
@@ -306,6 +353,9 @@ async def run_rounds(mode: str, rounds: int, report: Report) -> dict[str, list[f
                     await ask("reset")
                     pairs = await burst(double, world, users, own, visible, rng)
                     latencies = [t for _, t in pairs]
+                    if (expired := sum(1 for t in latencies if t == float("inf"))):
+                        report.note(f"{mode} round: {expired} of {len(latencies)} interactions "
+                                    "were not acknowledged within Discord's 3 s")
                     for name, t in pairs:
                         by_kind.setdefault(name, []).append(t)
                     lag = json.loads(await ask("report"))
@@ -314,22 +364,26 @@ async def run_rounds(mode: str, rounds: int, report: Report) -> dict[str, list[f
                     lag_max.append(lag["max"] * 1e3)
                     lag_p99.append(lag["p99"] * 1e3)
                     slow += lag["slowest"]
+                    iteration_cpu.append(lag["iteration_cpu"] * 1e3)
                     for generation, (count, longest) in lag["gc"].items():
                         gc_counts.setdefault(generation, []).append(count)
                         gc_longest.setdefault(generation, []).append(longest)
                     report.note(f"{mode} round: first-callback p50 {p50s[-1]:.1f} ms, p99 "
                                 f"{p99s[-1]:.1f} ms, max {max(latencies) * 1e3:.1f} ms; loop "
                                 f"blocked at most {lag_max[-1]:.1f} ms (p99 tick lateness "
-                                f"{lag_p99[-1]:.1f} ms)")
+                                f"{lag_p99[-1]:.1f} ms); longest iteration in CPU time "
+                                f"{iteration_cpu[-1]:.1f} ms")
                 report.note(f"{mode}: first-callback p50 / p99 by command: " + ", ".join(
                     f"/{k} {median(v) * 1e3:.0f} / {percentile(v, 99) * 1e3:.0f} ms"
                     for k, v in sorted(by_kind.items())))
+                report.note(f"{mode}: one full garbage collection after start-up: "
+                            f"{lag['full_gc'] * 1e3:.2f} ms CPU")
                 report.note(f"{mode}: garbage collections per burst (median; longest pause "
                             "over all rounds): " + ", ".join(
                                 f"gen {g} {median(gc_counts[g]):.0f} "
                                 f"({max(gc_longest[g]) * 1e3:.1f} ms)" for g in sorted(gc_counts)))
                 slow.sort(reverse=True)
-                report.note(f"{mode}: slowest single event-loop steps: " + "; ".join(
+                report.note(f"{mode}: slowest single event-loop steps (CPU time): " + "; ".join(
                     f"{spent * 1e3:.0f} ms {what}" for spent, what in slow[:4]))
                 proc.stdin.write(b"stop\n")
                 await proc.stdin.drain()
@@ -340,7 +394,7 @@ async def run_rounds(mode: str, rounds: int, report: Report) -> dict[str, list[f
                     await proc.wait()
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    return {"p99": p99s, "p50": p50s, "lag": lag_max}
+    return {"p99": p99s, "p50": p50s, "lag": lag_max, "iteration_cpu": iteration_cpu}
 
 
 def main(args) -> Report:
@@ -354,13 +408,21 @@ def main(args) -> Report:
                           skipped=f"bot.web.create_app not importable yet ({exc})"))
         return report
     started = time.perf_counter()
-    asyncio.run(measure(report, args.quick))
+    global MEMBERS
+    MEMBERS = getattr(args, "members", None) or MEMBERS
+    asyncio.run(measure(report, args.quick, getattr(args, "compare", False)))
     report.note(f"({time.perf_counter() - started:.0f} s)")
     return report
 
 
 def _extra(parser) -> None:
     parser.add_argument("--bot", nargs=5, help="(internal) run the bot process")
+    parser.add_argument("--members", type=int,
+                        help=f"members sending four commands each (default {MEMBERS}); fewer "
+                             "when the machine is too loaded to acknowledge 200 within Discord's "
+                             "3 s")
+    parser.add_argument("--compare", action="store_true",
+                        help="also run Veil without each issue-12 fix (see VARIANTS)")
 
 
 if __name__ == "__main__":
