@@ -7,13 +7,16 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bot.core.models import Viewer
 from bot.core.veil import Veil
 from bot.logs import REDACTOR
+from tests.blobstores import blob_options  # noqa: F401  (the folder; @both_stores adds S3)
 from tests.e2e import png, veil_app  # noqa: F401  (the bot fixture for all; png for imports)
+from tests.s3server import s3_server  # noqa: F401  (the session's S3 server, started on demand)
 
 GUILD = 1_000_000_000_000_000_001
 OTHER_GUILD = 1_000_000_000_000_000_002
@@ -72,8 +75,9 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def veil(data_dir: Path, clock: FakeClock) -> AsyncIterator[Veil]:
-    v = await Veil.open(data_dir, clock=clock)
+async def veil(data_dir: Path, clock: FakeClock,
+               blob_options: dict[str, Any]) -> AsyncIterator[Veil]:  # noqa: F811
+    v = await Veil.open(data_dir, clock=clock, **blob_options)
     try:
         yield v
     finally:

@@ -1,20 +1,27 @@
 """Run one core operation in a process that a failpoint kills (see bot/core/failpoints.py).
 
 Usage: python -m tests.crashscript DATA_DIR OPERATION [IMAGE_ID]
+
+With VEIL_BLOB_URL (and the VEIL_S3_ settings) in the environment, blobs go to that store.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
+from bot.core.blobs import S3Settings
 from bot.core.models import Viewer
 from bot.core.veil import Veil
 from tests.conftest import ALICE, GUILD, MOD, png
 
 
 async def main(data_dir: str, operation: str, image_id: str | None) -> None:
-    veil = await Veil.open(data_dir)
+    env = os.environ
+    s3 = S3Settings(env.get("VEIL_S3_ENDPOINT_URL"), env.get("VEIL_S3_ACCESS_KEY_ID"),
+                    env.get("VEIL_S3_SECRET_ACCESS_KEY"), env.get("VEIL_S3_REGION"))
+    veil = await Veil.open(data_dir, blob_url=env.get("VEIL_BLOB_URL"), s3=s3)
     if operation == "create":
         await veil.images.create(ALICE, png((1, 2, 3)), guild_id=GUILD, source="generated",
                                  prompt="crash prompt")

@@ -207,7 +207,7 @@ async def test_a_deleted_image_is_unrecoverable_from_the_raw_data_folder(data_di
                                              (image.id,))
         sealed_prompt = await veil.ctx.db.fetchval("SELECT prompt_ct FROM images WHERE id = ?",
                                                    (image.id,))
-        blob = (data_dir / "blobs" / image.blob_name[:2] / f"{image.blob_name}.full").read_bytes()
+        blob = (data_dir / "blobs" / image.blob_name[:2] / f"{image.blob_name}.img").read_bytes()
     run_killed(data_dir, "delete:committed", "delete", image.public_id)
     async with await Veil.open(data_dir):
         pass

@@ -668,7 +668,7 @@ async def assert_stored_clean(veil: Veil, public_id: str) -> bytes:
         assert_clean(data)
     assert decode(full).size == (record.width, record.height)
     blobs = [path.name for path in _files(veil.data_dir / "blobs")]
-    assert sorted(blobs) == [f"{record.blob_name}.full", f"{record.blob_name}.thumb"]
+    assert blobs == [f"{record.blob_name}.img"]  # one object: both sealed parts
     assert _files(veil.data_dir / "tmp") == []
     return full
 

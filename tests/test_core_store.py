@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from bot.core.errors import BadImage, NotFound, PolicyViolation
+from tests.blobstores import both_stores, stored_images
 from tests.conftest import ALICE, BOB, GUILD, MOD, OTHER_GUILD, png, viewer
 
 
@@ -17,6 +18,7 @@ def _files_bytes(data_dir) -> bytes:
     return b"".join(p.read_bytes() for p in sorted(data_dir.rglob("*")) if p.is_file())
 
 
+@both_stores
 async def test_a_new_image_is_private_by_default_and_readable_by_its_owner(veil):
     image = await veil.images.create(ALICE, png(), guild_id=GUILD, source="upload")
     assert image.visibility == "private"
@@ -105,32 +107,33 @@ async def test_private_mode_off_makes_new_images_public_and_forced_private_wins(
         await veil.images.set_visibility(forced.public_id, viewer(ALICE), "public")
 
 
+@both_stores
 async def test_a_corrupt_upload_is_refused_and_leaves_nothing_behind(veil, data_dir):
-    before = sorted(p.name for p in (data_dir / "blobs").rglob("*"))
+    before = await stored_images(veil)
     with pytest.raises(BadImage):
         await veil.images.create(ALICE, png()[:60], guild_id=GUILD, source="upload")
     with pytest.raises(BadImage):
         await veil.images.create(ALICE, b"GIF89a this is not really a gif", guild_id=GUILD,
                                  source="upload")
-    assert sorted(p.name for p in (data_dir / "blobs").rglob("*")) == before
-    assert list((data_dir / "tmp").iterdir()) == []
+    assert await stored_images(veil) == before
+    assert await veil.ctx.db.fetchval("SELECT count(*) FROM staged_blobs") == 0
     assert await veil.ctx.db.fetchval("SELECT count(*) FROM images") == 0
 
 
+@both_stores
 async def test_deleting_removes_the_blob_the_key_the_links_and_the_grants(veil, data_dir):
     image = await veil.images.create(ALICE, png(), guild_id=GUILD, source="upload")
     content, _ = await veil.images.open(image.public_id, viewer(ALICE))
     new_link = await veil.links.create(image.public_id, viewer(ALICE))
     await veil.sharing.grant(viewer(ALICE), "user", BOB, image_public_id=image.public_id)
-    blob_files = list((data_dir / "blobs").rglob(f"{image.blob_name}.*"))
-    assert len(blob_files) == 2
+    assert await stored_images(veil) == {image.blob_name}
     wrapped = await veil.ctx.db.fetchval("SELECT wrapped_key FROM images WHERE id = ?",
                                          (image.id,))
 
     removal = await veil.images.delete(image.public_id, viewer(ALICE))
 
     assert removal.image_ids == (image.public_id,)
-    assert not any(p.exists() for p in blob_files)
+    assert await stored_images(veil) == set()
     assert await veil.links.resolve(new_link.token) is None
     assert await veil.ctx.db.fetchval("SELECT count(*) FROM grants") == 0
     assert await veil.ctx.db.fetchval("SELECT count(*) FROM links") == 0
@@ -203,6 +206,7 @@ async def test_only_the_owner_can_delete_or_change_an_image(veil):
     assert await veil.ctx.image(image.public_id) is not None
 
 
+@both_stores
 async def test_an_image_past_its_own_expiry_is_invisible_then_swept(veil, clock, data_dir):
     image = await veil.images.create(ALICE, png(), guild_id=GUILD, source="upload",
                                      expires_in=60)
@@ -211,7 +215,7 @@ async def test_an_image_past_its_own_expiry_is_invisible_then_swept(veil, clock,
         await veil.images.open(image.public_id, viewer(ALICE))
     result = await veil.retention.sweep()
     assert result.images == 1
-    assert not list((data_dir / "blobs").rglob(f"{image.blob_name}.*"))
+    assert await stored_images(veil) == set()
 
 
 async def test_server_retention_removes_old_images_from_that_server_only(veil, clock):

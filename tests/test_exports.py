@@ -8,16 +8,17 @@ import asyncio
 import io
 import json
 import zipfile
-from pathlib import Path
 
 import pytest
 
+from bot.core.blobs import export_key
 from bot.core.crypto import CryptoError
 from bot.core.errors import NotFound, RateLimited
 from bot.core.exports import COOLDOWN, LIFETIME, RECORDS_FILE
 from bot.core.models import Viewer
 from bot.core.sealedstream import CHUNK_BYTES, SealedWriter, read_sealed, sealed_size
 from bot.core.veil import Veil
+from tests.blobstores import both_stores, stored_exports
 from tests.test_web import (
     OWNER,
     UNFURLERS,
@@ -41,8 +42,9 @@ async def library(veil: Veil, count: int = 3) -> list[str]:
     return ids
 
 
-def export_files(veil: Veil) -> list[Path]:
-    return sorted(veil.data_dir.joinpath("exports").glob("*"))
+async def export_files(veil: Veil) -> list[str]:
+    """The export objects in the store."""
+    return sorted(await stored_exports(veil))
 
 
 async def ready_export(veil: Veil):
@@ -54,10 +56,11 @@ async def download(client, token: str):
         return response.status, response.headers, await response.read()
 
 
+@both_stores
 async def test_an_export_downloads_once_as_a_zip_of_every_image_and_the_records(client, veil):
     ids = await library(veil, 3)
     new = await ready_export(veil)
-    assert new.images == 3 and len(export_files(veil)) == 1
+    assert new.images == 3 and len(await export_files(veil)) == 1
 
     page = await client.get(f"/x/{new.token}")
     html = await page.text()
@@ -81,7 +84,7 @@ async def test_an_export_downloads_once_as_a_zip_of_every_image_and_the_records(
     assert {r["prompt"] for r in records["images"]} == {PROMPT}
     assert records["user_id"] == str(OWNER)
 
-    assert export_files(veil) == [], "the archive is deleted once it has been downloaded"
+    assert await export_files(veil) == [], "the archive is deleted once it has been downloaded"
     unknown = await answer(client, "POST", "/x/" + "A" * 43)
     assert unknown[0] == 404
     assert await answer(client, "POST", f"/x/{new.token}") == unknown
@@ -89,13 +92,16 @@ async def test_an_export_downloads_once_as_a_zip_of_every_image_and_the_records(
         client, "GET", "/x/" + "A" * 43)
 
 
+@both_stores
 async def test_the_archive_waits_sealed_and_the_database_keeps_no_token(client, veil):
     await library(veil, 2)
     new = await ready_export(veil)
-    [sealed] = export_files(veil)
-    raw = sealed.read_bytes()
+    [sealed] = await export_files(veil)
+    raw = await veil.ctx.blobs.get(export_key(sealed))
     assert b"\x89PNG" not in raw and PROMPT.encode() not in raw and b"PK\x03\x04" not in raw
-    assert sealed.stat().st_mode & 0o777 == 0o600
+    if veil.ctx.blobs.kind == "folder":
+        path = veil.data_dir.joinpath("exports", f"{sealed}.sealed")
+        assert path.stat().st_mode & 0o777 == 0o600
     assert len(raw) == sealed_size(new.byte_size)
     dump = "\n".join(str(tuple(r)) for r in await veil.ctx.db.fetchall("SELECT * FROM exports"))
     assert new.token[16:] not in dump and new.token not in dump
@@ -116,15 +122,17 @@ async def test_a_page_view_a_head_and_preview_fetchers_spend_nothing(open_client
     assert status == 200 and zipfile.ZipFile(io.BytesIO(data)).testzip() is None
 
 
+@both_stores
 async def test_fifty_downloads_at_once_get_exactly_one_archive(client, veil):
     await library(veil, 1)
     new = await ready_export(veil)
     results = await asyncio.wait_for(
         asyncio.gather(*(download(client, new.token) for _ in range(50))), 60)
     assert sorted(status for status, _, _ in results).count(200) == 1
-    assert export_files(veil) == []
+    assert await export_files(veil) == []
 
 
+@both_stores
 async def test_an_unused_export_expires_and_the_sweep_deletes_it(client, veil, clock):
     await library(veil, 1)
     new = await ready_export(veil)
@@ -134,24 +142,26 @@ async def test_an_unused_export_expires_and_the_sweep_deletes_it(client, veil, c
     assert (await client.get(f"/x/{new.token}")).status == 404
     assert (await download(client, new.token))[0] == 404
     assert await veil.exports.sweep() == 1
-    assert export_files(veil) == []
+    assert await export_files(veil) == []
     assert new.expires_at - LIFETIME < clock.now
 
 
+@both_stores
 async def test_deleting_an_image_or_forgetting_the_owner_drops_a_waiting_export(client, veil):
     ids = await library(veil, 2)
     new = await ready_export(veil)
     await veil.images.delete(ids[0], Viewer(OWNER))
-    assert export_files(veil) == []
+    assert await export_files(veil) == []
     assert (await download(client, new.token))[0] == 404
 
     # The cooldown went with it: the owner may ask for a fresh export at once.
     again = await ready_export(veil)
     await veil.privacy.forget(OWNER)
-    assert export_files(veil) == []
+    assert await export_files(veil) == []
     assert (await download(client, again.token))[0] == 404
 
 
+@both_stores
 async def test_an_image_deleted_while_the_export_is_written_fails_it_cleanly(veil):
     ids = await library(veil, 2)
     job = await veil.exports.start(OWNER)
@@ -169,7 +179,7 @@ async def test_an_image_deleted_while_the_export_is_written_fails_it_cleanly(vei
     veil.images.decrypt_unchecked = decrypt_then_delete  # a real deletion, at the worst moment
     with pytest.raises(NotFound, match="deleted while your export was being prepared"):
         await veil.exports.prepare(job)
-    assert export_files(veil) == []
+    assert await export_files(veil) == []
     assert await veil.ctx.db.fetchval("SELECT count(*) FROM exports") == 0
 
 
@@ -183,7 +193,7 @@ async def test_one_export_at_a_time_then_a_cooldown(veil, clock):
         await veil.exports.start(OWNER)
     clock.advance(COOLDOWN)
     await veil.exports.prepare(await veil.exports.start(OWNER))
-    assert len(export_files(veil)) == 1, "the previous archive was replaced, not kept"
+    assert len(await export_files(veil)) == 1, "the previous archive was replaced, not kept"
 
 
 async def test_an_export_abandoned_by_a_dead_process_does_not_block_its_owner(veil, clock):

@@ -12,11 +12,13 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from bot.core.blobs import BlobInfo, export_key
 from bot.core.crypto import MissingMasterKey, key_id, new_key, read_key_file_all
 from bot.core.errors import QueueFull, TryAgain
 from bot.core.images import STAGING_BOUND_S
@@ -28,6 +30,7 @@ from bot.generate import GenerationQueue
 from bot.generate.base import GenerationRequest
 from bot.web import RateLimit, create_app, start_web
 from db import Database
+from tests.blobstores import stored_images
 from tests.conftest import ALICE, BOB, GUILD, OTHER_GUILD, png, viewer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -194,24 +197,24 @@ async def test_check_started_during_a_slow_upload_leaves_the_upload_intact(data_
         (public_id,) = [r[0] for r in await veil.ctx.db.fetchall("SELECT public_id FROM images")]
         content, _ = await veil.images.open(public_id, viewer(ALICE))
         assert content.data
-        assert list(veil.ctx.blobs.tmp_dir.iterdir()) == []
+        assert await stored_images(veil) == {(await veil.ctx.image(public_id)).blob_name}
 
 
 async def test_an_upload_that_repair_judged_abandoned_refuses_to_commit_a_row_without_blob(
         data_dir, clock):
     async with await Veil.open(data_dir, clock=clock) as bot, \
             await Veil.open(data_dir, clock=lambda: clock() + STAGING_BOUND_S + 1) as later:
-        stage = bot.ctx.blobs.stage
+        put = bot.ctx.blobs.put
 
-        async def slow_stage(name: str, parts: dict[str, bytes]) -> None:
-            await stage(name, parts)
+        async def slow_put(key: str, data: bytes) -> None:
+            await put(key, data)
             await later.images.repair()  # a repair that runs when this upload looks dead
 
-        bot.ctx.blobs.stage = slow_stage  # type: ignore[method-assign]
+        bot.ctx.blobs.put = slow_put  # type: ignore[method-assign]
         with pytest.raises(TryAgain, match="took too long"):
             await bot.images.create(ALICE, png(), guild_id=GUILD, source="upload")
         assert await bot.ctx.db.fetchval("SELECT count(*) FROM images") == 0
-        assert list(bot.ctx.blobs.tmp_dir.iterdir()) == []
+        assert await stored_images(bot) == set()
 
 
 # The writer connection after a cancelled wait ------------------------------------------------
@@ -252,7 +255,8 @@ async def test_an_image_made_while_forget_me_runs_is_refused_not_cascaded_away(d
         # Another process stores an image for Alice between the request and the loop.
         with pytest.raises(TryAgain, match="being erased"):
             await other.images.create(ALICE, png(), guild_id=GUILD, source="upload")
-        assert list(other.ctx.blobs.tmp_dir.iterdir()) == []
+        named = {r[0] for r in await other.ctx.db.fetchall("SELECT blob_name FROM images")}
+        assert await stored_images(other) == named  # the refused image left no object
         removal = await bot.erasures.run(job)
         assert len(removal.image_ids) == 1
         # Once the erasure is done, Alice is a new user like any other.
@@ -423,19 +427,20 @@ async def test_the_per_user_generation_limit_holds_across_two_bot_processes(data
 async def test_an_export_another_process_starts_during_a_sweep_is_not_taken_for_an_orphan(
         data_dir):
     async with await Veil.open(data_dir) as bot, await Veil.open(data_dir) as cli_sweep:
-        listed = cli_sweep.ctx.blobs.export_names
+        listed = cli_sweep.ctx.blobs.scan
 
-        def export_starts_meanwhile() -> set[str]:
-            # The bot begins an export (row first, then the file) while the sweep looks.
+        async def export_starts_meanwhile(prefix: str) -> AsyncIterator[list[BlobInfo]]:
+            # The bot begins an export (row first, then the object) while the sweep looks.
             with sqlite3.connect(data_dir / "veil.db") as conn:
                 conn.execute("INSERT INTO exports (user_id, state, file_name, created_at)"
                              " VALUES (?, 'preparing', 'fresh', ?)", (ALICE, time.time()))
-            bot.ctx.blobs.export_path("fresh").write_bytes(b"sealed export")
-            return listed()
+            await bot.ctx.blobs.put(export_key("fresh"), b"sealed export")
+            async for batch in listed(prefix):
+                yield batch
 
-        cli_sweep.ctx.blobs.export_names = export_starts_meanwhile  # type: ignore[method-assign]
+        cli_sweep.ctx.blobs.scan = export_starts_meanwhile  # type: ignore[method-assign]
         await cli_sweep.exports.sweep()
-        assert bot.ctx.blobs.export_path("fresh").exists()
+        assert await bot.ctx.blobs.exists(export_key("fresh"))
 
 
 async def test_a_rotation_with_keys_in_the_environment_killed_half_way_is_run_again_as_it_was(

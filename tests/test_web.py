@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -105,8 +106,10 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def veil(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Veil]:
-    opened = await Veil.open(tmp_path / "data", master_key=MASTER_KEY, clock=clock)
+async def veil(tmp_path: Path, clock: FakeClock,
+               blob_options: dict[str, Any]) -> AsyncIterator[Veil]:
+    opened = await Veil.open(tmp_path / "data", master_key=MASTER_KEY, clock=clock,
+                             **blob_options)
     try:
         yield opened
     finally:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.core.blobs import LocalBlobStore
+from bot.core.blobs import BlobStore
 from bot.core.crypto import KeyRing, new_key
 from bot.core.models import ImageRecord, Viewer
 from bot.images import ImageLimits
@@ -89,7 +89,7 @@ def roles_json(role_ids: frozenset[int]) -> str:
 @dataclass
 class Context:
     db: Database
-    blobs: LocalBlobStore
+    blobs: BlobStore
     keys: KeyRing
     clock: Clock = time.time
     limits: ImageLimits = field(default_factory=ImageLimits)

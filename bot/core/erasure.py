@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bot.core import failpoints
+from bot.core.blobs import export_key
 from bot.core.context import IMAGE_COLUMNS, Context, image_from_row
 from bot.core.images import ImageService, drop_exports_in
 from bot.core.ledger import queue_ended
@@ -106,7 +107,7 @@ class ErasureService:
         failpoints.reach("erase:committed")
         # Unlinked after the commit: a file without its row opens for nobody, and the export
         # sweep removes such files (a crash right here).
-        await self.ctx.blobs.delete_exports(exports)
+        await self.ctx.blobs.delete([export_key(n) for n in exports])
         await self.ctx.db.checkpoint()
         return Removal(tuple(ids), queued, ephemeral, tuple(retractions))
 

@@ -2,14 +2,16 @@
 
 ``start`` claims the user's one export slot (a clear refusal while one is being prepared, and a
 cooldown after); ``prepare`` streams the zip (images one at a time, records page by page) into a
-file sealed in chunks as it is written (``sealedstream``), so memory stays bounded whatever the
-library size and no plaintext touches the disk. The key comes from the download token, which is
+object sealed in chunks as it is written (``sealedstream``) and streamed into the blob
+store (a file, or a multipart upload), so memory stays bounded whatever the library size and
+no plaintext leaves the process. The key comes from the download token, which is
 handed to the user and never stored (the database keeps a selector and a SHA-256 of the verifier,
 as for links), so the file and the database together do not open it.
 
-``take`` spends the download: exactly one request gets it, and the file is deleted once it has
-been streamed (or the stream broke). Expired, taken and abandoned exports are swept, and deleting
-any of the person's images (or forgetting them) drops a waiting export at once (guarantee 5).
+``take`` spends the download: exactly one request gets it, and the object is deleted once
+it has been streamed (or the stream broke). Expired, taken and abandoned exports are swept,
+and deleting any of the person's images (or forgetting them) drops a waiting export at once
+(guarantee 5).
 """
 
 from __future__ import annotations
@@ -18,19 +20,19 @@ import asyncio
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import zipfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
-from typing import IO, TYPE_CHECKING, BinaryIO
+from typing import IO, TYPE_CHECKING
 
+from bot.core.blobs import EXPORTS, BlobMissing, BlobWriter, export_key
 from bot.core.context import IMAGE_COLUMNS, Context, image_from_row
 from bot.core.durations import format_duration
 from bot.core.errors import NotFound, RateLimited
 from bot.core.images import ImageService
 from bot.core.models import ImageRecord, Viewer
-from bot.core.sealedstream import SealedWriter, read_sealed
+from bot.core.sealedstream import SealedWriter, aread_sealed
 from bot.core.sharing import SharingService
 from db import Row
 
@@ -118,16 +120,15 @@ class ExportService:
                 "INSERT INTO exports (user_id, state, file_name, created_at)"
                 " VALUES (?, 'preparing', ?, ?)", (user_id, file_name, now))
             await self.ctx.audit(tx, "export.start", actor_id=user_id)
-        await self.ctx.blobs.delete_exports(stale)
+        await self._delete(stale)
         return ExportJob(export_id, user_id, file_name)
 
     async def prepare(self, job: ExportJob) -> NewExport:
         """Write the archive for ``job`` and make it ready for one download. On any failure,
         the slot and the partial file are gone (the user may ask again at once)."""
         token = secrets.token_urlsafe(TOKEN_BYTES)
-        path = self.ctx.blobs.export_path(job.file_name)
         try:
-            plain_size, count = await self._write(job.user_id, path, token.encode())
+            plain_size, count = await self._write(job.user_id, job.file_name, token.encode())
             now = self.ctx.now()
             async with self.ctx.db.transaction() as tx:
                 ready = await tx.execute(
@@ -143,19 +144,18 @@ class ExportService:
             async with self.ctx.db.transaction() as tx:
                 await tx.execute("DELETE FROM exports WHERE id = ? AND state = 'preparing'",
                                  (job.id,))
-            await self.ctx.blobs.delete_exports([job.file_name])
+            await self._delete([job.file_name])
             raise
         return NewExport(token, now + LIFETIME, count, plain_size)
 
     # Writing ---------------------------------------------------------------------------------
 
-    async def _write(self, user_id: int, path: os.PathLike[str] | str,
-                     secret: bytes) -> tuple[int, int]:
-        """Stream the zip into a sealed file; returns (zip size, images written)."""
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        out = os.fdopen(fd, "wb")
+    async def _write(self, user_id: int, file_name: str, secret: bytes) -> tuple[int, int]:
+        """Stream the zip, sealed, into the export's object; returns (zip size, images)."""
+        writer = await self.ctx.blobs.open_writer(export_key(file_name))
+        sink = _Sink(writer)
         try:
-            sealed = SealedWriter(out, secret)
+            sealed = SealedWriter(sink, secret)
             # An unseekable target: zipfile writes each entry with a data descriptor and never
             # looks back, so nothing but the current chunk stays in memory.
             archive = zipfile.ZipFile(sealed, "w", zipfile.ZIP_STORED)
@@ -168,21 +168,25 @@ class ExportService:
                         continue  # deleted meanwhile; the deletion also drops this export
                     await asyncio.to_thread(_add, archive, f"images/{content.filename}",
                                             content.data)
+                    await sink.drain()
                     count += 1
                     del content
                 entry = await asyncio.to_thread(archive.open, RECORDS_FILE, "w",
                                                 force_zip64=True)
-                records = _TextEntry(entry)
+                records = _TextEntry(entry, sink)
                 await self._records(user_id, records)
                 await records.close()
-                await asyncio.to_thread(_finish, archive, sealed, out)
+                await asyncio.to_thread(_finish, archive, sealed)
+                await sink.drain(everything=True)
             except BaseException:
                 sealed.abandon()
                 archive.close()  # into the void: only to release it quietly
                 raise
-            return sealed.plain_size, count
-        finally:
-            out.close()
+            await writer.close()
+        except BaseException:
+            await asyncio.shield(writer.abort())
+            raise
+        return sealed.plain_size, count
 
     async def _images_of(self, user_id: int) -> AsyncIterator[ImageRecord]:
         after = 0
@@ -258,34 +262,35 @@ class ExportService:
                 await self.ctx.audit(tx, "export.download", actor_id=row[1])
         if taken != 1:
             return None
-        path = self.ctx.blobs.export_path(row[2])
-        return Download(row[5], self._stream(path, token.encode(), row[2]))
+        return Download(row[5], self._stream(token.encode(), row[2]))
 
-    async def _stream(self, path: os.PathLike[str] | str, secret: bytes,
-                      file_name: str) -> AsyncIterator[bytes]:
+    async def _stream(self, secret: bytes, file_name: str) -> AsyncIterator[bytes]:
         try:
-            source = await asyncio.to_thread(open, path, "rb")
-        except FileNotFoundError:
+            source = await self.ctx.blobs.open_reader(export_key(file_name))
+        except BlobMissing:
             return
         deleted = False
         try:
-            size = os.fstat(source.fileno()).st_size
-            chunks: Iterator[bytes] = read_sealed(source, size, secret)
-            chunk = await asyncio.to_thread(next, chunks, None)
+            chunks = aread_sealed(source.read, source.size, secret)
+            chunk = await anext(chunks, None)
             while chunk is not None:
-                following = await asyncio.to_thread(next, chunks, None)
+                following = await anext(chunks, None)
                 if following is None:
-                    # Everything is read (and authenticated): the file goes before the last
-                    # bytes leave, so a finished download never finds it still on disk.
-                    source.close()
-                    await self.ctx.blobs.delete_exports([file_name])
+                    # Everything is read (and authenticated): the object goes before the last
+                    # bytes leave, so a finished download never finds it still stored.
+                    await source.close()
+                    await self._delete([file_name])
                     deleted = True
                 yield chunk
                 chunk = following
         finally:
-            source.close()
+            await source.close()
             if not deleted:
-                await self.ctx.blobs.delete_exports([file_name])
+                await asyncio.shield(self._delete([file_name]))
+
+    async def _delete(self, file_names: list[str]) -> None:
+        if file_names:
+            await self.ctx.blobs.delete([export_key(n) for n in file_names])
 
     async def _find(self, token: str) -> Row | None:
         if len(token) != TOKEN_CHARS or not _TOKEN_ALPHABET.issuperset(token):
@@ -303,13 +308,14 @@ class ExportService:
     # Housekeeping ----------------------------------------------------------------------------
 
     async def sweep(self) -> int:
-        """Drop expired and abandoned exports, the cooldown records that ran out, and any file
-        without a row; returns how many files were deleted."""
+        """Drop expired and abandoned exports, the cooldown records that ran out, and any
+        object without a row; returns how many objects were deleted."""
         now = self.ctx.now()
-        # Files listed before the rows are read: an export's row is committed before its file
-        # is written, so every file listed here that has a row is seen to have one. Listed
-        # after, an export another process starts in between would look like an orphan.
-        on_disk = self.ctx.blobs.export_names()
+        # Objects listed before the rows are read: an export's row is committed before its
+        # object is written, so every object listed here that has a row is seen to have one.
+        # Listed after, an export another process starts in between would look like an orphan.
+        on_disk = {b.key[len(EXPORTS):] async for batch in self.ctx.blobs.scan(EXPORTS)
+                   for b in batch}
         async with self.ctx.db.transaction() as tx:
             gone = [r[0] for r in await tx.fetchall(
                 "SELECT file_name FROM exports WHERE (state = 'ready' AND expires_at <= :now)"
@@ -319,17 +325,42 @@ class ExportService:
             if gone:
                 marks = ",".join("?" * len(gone))
                 await tx.execute(f"DELETE FROM exports WHERE file_name IN ({marks})", gone)
-            # 'taken' rows only wait out the cooldown: their file went with the download.
+            # 'taken' rows only wait out the cooldown: their object went with the download.
             known = {r[0] for r in await tx.fetchall("SELECT file_name FROM exports")}
-        orphans = on_disk - known
-        files = [n for n in set(gone) | orphans
-                 if self.ctx.blobs.export_path(n).exists()]
-        await self.ctx.blobs.delete_exports(sorted(set(gone) | orphans))
-        return len(files)
+        doomed = sorted(set(gone) | (on_disk - known))
+        await self._delete(doomed)
+        return len(on_disk.intersection(doomed))
 
 
 def _hash(verifier: str) -> bytes:
     return hashlib.sha256(verifier.encode()).digest()
+
+
+class _Sink:
+    """The file object the sealed writer writes to (from worker threads, as zipfile runs
+    there): it only gathers ciphertext; the event loop hands it on to the blob store between
+    thread hops (``drain``), so no thread ever waits on the loop."""
+
+    DRAIN_BYTES = 1024 * 1024
+
+    def __init__(self, writer: BlobWriter) -> None:
+        self._writer = writer
+        self._pending: list[bytes] = []
+        self._size = 0
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        self._pending.append(bytes(data))
+        self._size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        return None
+
+    async def drain(self, *, everything: bool = False) -> None:
+        if self._size >= self.DRAIN_BYTES or (everything and self._size):
+            data, self._pending, self._size = b"".join(self._pending), [], 0
+            await self._writer.write(data)
 
 
 class _TextEntry:
@@ -338,8 +369,9 @@ class _TextEntry:
 
     FLUSH_BYTES = 256 * 1024
 
-    def __init__(self, entry: IO[bytes]) -> None:
+    def __init__(self, entry: IO[bytes], sink: _Sink) -> None:
         self._entry = entry
+        self._sink = sink
         self._pending: list[bytes] = []
         self._size = 0
 
@@ -353,10 +385,12 @@ class _TextEntry:
     async def _flush(self) -> None:
         data, self._pending, self._size = b"".join(self._pending), [], 0
         await asyncio.to_thread(self._entry.write, data)
+        await self._sink.drain()
 
     async def close(self) -> None:
         await self._flush()
         await asyncio.to_thread(self._entry.close)
+        await self._sink.drain()
 
 
 def _add(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
@@ -364,9 +398,7 @@ def _add(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
         entry.write(data)
 
 
-def _finish(archive: zipfile.ZipFile, sealed: SealedWriter, out: BinaryIO) -> None:
+def _finish(archive: zipfile.ZipFile, sealed: SealedWriter) -> None:
     archive.close()
     sealed.close()
-    out.flush()
-    os.fsync(out.fileno())
 

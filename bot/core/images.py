@@ -16,7 +16,15 @@ from dataclasses import asdict, replace
 
 from bot.core import failpoints
 from bot.core.access import Decision, can_manage, can_remove, can_view, effective_visibility
-from bot.core.blobs import new_blob_name
+from bot.core.blobs import (
+    BlobMissing,
+    export_key,
+    image_key,
+    image_names,
+    new_blob_name,
+    put_image,
+    read_image_part,
+)
 from bot.core.context import IMAGE_COLUMNS, Context, image_from_row, new_public_id, roles_json
 from bot.core.crypto import image_aad as aad
 from bot.core.crypto import new_key, seal, unseal
@@ -52,9 +60,13 @@ SEED_LIMIT = 2**32
 # Variations keep the picture and move its details.
 VARIATION_STRENGTH = 0.25
 NOT_GENERATED = "Image `{}` was uploaded, not generated: it has no prompt or seed to show or reuse."
-# An upload stages, encrypts nothing more and commits within seconds; one whose intent is
-# older than this was abandoned by a crashed or hung process.
+# An upload writes its object and commits within seconds; one whose intent is older than this
+# was abandoned by a crashed or hung process. Also the grace period of the orphan sweep: an
+# object younger than this may be another process's upload in flight.
 STAGING_BOUND_S = 600.0
+# Below this a sealed part is opened on the event loop (a thumbnail: microseconds of AES-GCM);
+# above, in a thread, so a large picture never holds the loop.
+_INLINE_UNSEAL_BYTES = 128 * 1024
 
 # Own images, and images shared with the viewer one by one or through an all-images grant.
 # The page is chosen on ids alone: each branch is cut to the page's end first (so a large
@@ -158,20 +170,21 @@ class ImageService:
         full, thumb, prompt_ct, generation_ct = await asyncio.to_thread(
             _seal_parts, data_key, public_id, clean.data, clean.thumbnail, prompt, generation)
         # The intent is committed before any byte is written, so a repair in another process
-        # can tell this live upload from the leftovers of a crash.
+        # can tell this live upload from the leftovers of a crash. Then the object (one, both
+        # parts in it), then the row: no rename, so an object exists before any row names it.
         async with self.ctx.db.transaction() as tx:
             await tx.execute("INSERT INTO staged_blobs (blob_name, staged_at) VALUES (?, ?)",
                              (blob_name, self.ctx.now()))
         now = self.ctx.now()
         try:
-            await self.ctx.blobs.stage(blob_name, {"full": full, "thumb": thumb})
+            await put_image(self.ctx.blobs, blob_name, full, thumb)
             failpoints.reach("create:staged")
             failpoints.pause("create:staged")
             async with self.ctx.db.transaction() as tx:
                 if not await tx.execute("DELETE FROM staged_blobs WHERE blob_name = ?",
                                         (blob_name,)):
                     # A repair judged this upload abandoned (it outlived STAGING_BOUND_S) and
-                    # removed its files: committing now would make a row without a blob.
+                    # removed its object: committing now would make a row without a blob.
                     raise TryAgain("Storing the image took too long and was abandoned; "
                                    "please try again.")
                 if await tx.fetchval(
@@ -203,14 +216,13 @@ class ImageService:
             await asyncio.shield(self._abandon(blob_name))
             raise
         failpoints.reach("create:committed")
-        await self.ctx.blobs.publish(blob_name)
         return ImageRecord(row_id, public_id, owner_id, guild_id, visibility, source, now,
                            None if expires_in is None else now + expires_in, len(clean.data),
                            clean.format, clean.width, clean.height, blob_name)
 
     async def _abandon(self, blob_name: str) -> None:
-        """Files first, then the intent: an intent never outlives a file silently."""
-        await self.ctx.blobs.discard_staged(blob_name)
+        """The object first, then the intent: an intent never outlives an object silently."""
+        await self.ctx.blobs.delete([image_key(blob_name)])
         async with self.ctx.db.transaction() as tx:
             await tx.execute("DELETE FROM staged_blobs WHERE blob_name = ?", (blob_name,))
 
@@ -251,14 +263,14 @@ class ImageService:
         access themselves (``open``, a link, an export). Everything else uses ``open``."""
         part = "thumb" if thumbnail else "full"
         data_key = await self._data_key(image)
-        def read_and_open() -> bytes:
-            sealed = self.ctx.blobs.read_sync(image.blob_name, part)
-            return unseal(data_key, sealed, aad(image.public_id, part))
-
         try:
-            data = await asyncio.to_thread(read_and_open)
-        except FileNotFoundError:
+            sealed = await read_image_part(self.ctx.blobs, image.blob_name, part)
+        except BlobMissing:
             raise NotFound(NOT_VISIBLE.format(image.public_id)) from None
+        if len(sealed) <= _INLINE_UNSEAL_BYTES:
+            data = unseal(data_key, sealed, aad(image.public_id, part))
+        else:
+            data = await asyncio.to_thread(unseal, data_key, sealed, aad(image.public_id, part))
         # A deletion that committed while we read must win: serve nothing after it.
         if await self.ctx.image(image.public_id) is None:
             raise NotFound(NOT_VISIBLE.format(image.public_id))
@@ -431,54 +443,57 @@ class ImageService:
                     await self.ctx.audit(tx, action, actor_id=actor_id, guild_id=guild_id,
                                          target_user=image.owner_id, image_ref=image.public_id)
         failpoints.reach("delete:committed")
-        await self.ctx.blobs.delete_exports(exports)
+        await self.ctx.blobs.delete([export_key(n) for n in exports])
         await self.finish_blob_deletions()
         await self.ctx.db.checkpoint()
         return Removal(tuple(i.public_id for i in removed), len(queued), ephemeral,
                        tuple(queued))
 
     async def finish_blob_deletions(self) -> int:
-        """Unlink blobs whose rows are gone (also run at start-up to finish a crashed delete)."""
+        """Delete blobs whose rows are gone (also run at start-up to finish a crashed delete)."""
         names = [r[0] for r in await self.ctx.db.fetchall("SELECT blob_name FROM blob_deletions")]
         if names:
-            await self.ctx.blobs.delete(names)
+            await self.ctx.blobs.delete([image_key(n) for n in names])
             async with self.ctx.db.transaction() as tx:
                 await tx.executemany("DELETE FROM blob_deletions WHERE blob_name = ?",
                                      [(n,) for n in names])
         return len(names)
 
     async def repair(self) -> dict[str, int]:
-        """Repair after a crash, safe while other processes write: publish staged blobs whose
-        row committed, drop those whose upload was abandoned, finish interrupted deletions.
+        """Repair after a crash, safe while other processes write: drop the objects of
+        abandoned uploads and any object no row names, finish interrupted deletions.
 
         An upload is abandoned when its intent is older than STAGING_BOUND_S (its intent is
-        removed first, so that writer, should it still live, refuses to commit) or gone with no
-        row (the writer gave up). A younger intent is a live upload and is left alone.
+        removed first, so that writer, should it still live, refuses to commit). An object
+        that neither a row nor an intent names, and that is older than the same bound, is an
+        orphan (a crash between removing an intent and its object, a restored older database)
+        and is deleted; a younger one may be an upload in flight and is left alone.
         """
-        published = dropped = 0
         cutoff = self.ctx.now() - STAGING_BOUND_S
         async with self.ctx.db.transaction() as tx:
             stale = [r[0] for r in await tx.fetchall(
                 "SELECT blob_name FROM staged_blobs WHERE staged_at <= ?", (cutoff,))]
             await tx.execute("DELETE FROM staged_blobs WHERE staged_at <= ?", (cutoff,))
-        for name in stale:
-            await self.ctx.blobs.discard_staged(name)
-        for name in self.ctx.blobs.staged_names():
-            # One query, one snapshot: the commit that inserts the row removes the intent.
-            row = await self.ctx.db.fetchone(
-                "SELECT EXISTS (SELECT 1 FROM images WHERE blob_name = :n),"
-                " EXISTS (SELECT 1 FROM staged_blobs WHERE blob_name = :n)", {"n": name})
-            assert row is not None  # SELECT without FROM: always one row
-            if row[0]:
-                await self.ctx.blobs.publish(name)
-                published += 1
-            elif not row[1]:
-                await self.ctx.blobs.discard_staged(name)
-                dropped += 1
+        if stale:
+            await self.ctx.blobs.delete([image_key(n) for n in stale])
+        orphans = 0
+        async for names in image_names(self.ctx.blobs, older_than=cutoff):
+            for start in range(0, len(names), _CHUNK):
+                chunk = names[start:start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                # One query, one snapshot: the commit that inserts a row removes its intent.
+                named = {r[0] for r in await self.ctx.db.fetchall(
+                    f"SELECT blob_name FROM images WHERE blob_name IN ({marks})"
+                    f" UNION ALL SELECT blob_name FROM staged_blobs WHERE blob_name IN ({marks})",
+                    [*chunk, *chunk])}
+                unnamed = [n for n in chunk if n not in named]
+                if unnamed:
+                    await self.ctx.blobs.delete([image_key(n) for n in unnamed])
+                    orphans += len(unnamed)
         finished = await self.finish_blob_deletions()
         if finished:
             await self.ctx.db.checkpoint()
-        return {"published": published, "dropped": dropped + len(stale), "deleted": finished}
+        return {"dropped": len(stale), "orphans": orphans, "deleted": finished}
 
     # Lists ---------------------------------------------------------------------------------
 

@@ -12,8 +12,8 @@ boundary without the read failing.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
-from typing import BinaryIO
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import BinaryIO, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -45,12 +45,22 @@ def sealed_size(plain_size: int) -> int:
     return HEADER_BYTES + plain_size + chunks * TAG_BYTES
 
 
+class Output(Protocol):
+    """Where a SealedWriter puts its ciphertext: a file, or anything that takes bytes."""
+
+    closed: bool
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 class SealedWriter:
     """A write-only, unseekable file object (what ``zipfile`` needs) that seals as it goes.
     Holds at most one chunk of plaintext. ``close()`` writes the final chunk; a writer never
     closed leaves a file that does not open (no final chunk)."""
 
-    def __init__(self, out: BinaryIO, secret: bytes) -> None:
+    def __init__(self, out: Output | BinaryIO, secret: bytes) -> None:
         salt = secrets.token_bytes(SALT_BYTES)
         self._out = out
         self._aead = _key(secret, salt)
@@ -110,6 +120,43 @@ def read_sealed(source: BinaryIO, size: int, secret: bytes) -> Iterator[bytes]:
         remaining = size - position
         final = remaining <= CHUNK_BYTES + TAG_BYTES
         sealed = source.read(remaining if final else CHUNK_BYTES + TAG_BYTES)
+        if len(sealed) < TAG_BYTES:
+            raise CryptoError("sealed stream cut short")
+        nonce, aad = _nonce_and_aad(index, final)
+        try:
+            yield aead.decrypt(nonce, sealed, aad)
+        except InvalidTag as exc:
+            raise CryptoError("sealed stream does not open with this key") from exc
+        position += len(sealed)
+        index += 1
+        if final:
+            return
+
+
+async def aread_sealed(read: Callable[[int], Awaitable[bytes]], size: int,
+                       secret: bytes) -> AsyncIterator[bytes]:
+    """``read_sealed`` over an asynchronous source (a blob store's reader): ``read(n)`` gives
+    up to ``n`` bytes. The same checks, chunk by chunk."""
+
+    async def exactly(n: int) -> bytes:
+        parts, got = [], 0
+        while got < n:
+            piece = await read(n - got)
+            if not piece:
+                break
+            parts.append(piece)
+            got += len(piece)
+        return b"".join(parts)
+
+    header = await exactly(HEADER_BYTES)
+    if len(header) != HEADER_BYTES or not header.startswith(MAGIC):
+        raise CryptoError("not a sealed stream")
+    aead = _key(secret, header[len(MAGIC):])
+    position, index = HEADER_BYTES, 0
+    while True:
+        remaining = size - position
+        final = remaining <= CHUNK_BYTES + TAG_BYTES
+        sealed = await exactly(remaining if final else CHUNK_BYTES + TAG_BYTES)
         if len(sealed) < TAG_BYTES:
             raise CryptoError("sealed stream cut short")
         nonce, aad = _nonce_and_aad(index, final)

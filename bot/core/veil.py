@@ -14,7 +14,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from bot.core.blobs import LocalBlobStore
+from bot.core.blobs import BlobStore, S3Settings, open_blob_store
 from bot.core.context import Clock, Context
 from bot.core.erasure import ErasureService
 from bot.core.exports import ExportService
@@ -55,7 +55,11 @@ class Veil:
 
     @classmethod
     async def open(cls, data_dir: str | Path, *, master_key: bytes | list[bytes] | None = None,
-                   clock: Clock = time.time, limits: ImageLimits | None = None) -> Veil:
+                   clock: Clock = time.time, limits: ImageLimits | None = None,
+                   blob_url: str | None = None, s3: S3Settings | None = None) -> Veil:
+        """``blob_url``: ``s3://bucket/prefix`` (reached with ``s3``) for the encrypted
+        bytes; None keeps them in the data folder. A store that cannot be used raises
+        BlobStoreError with a one-line message."""
         data_dir = Path(data_dir)
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
@@ -71,10 +75,12 @@ class Veil:
             raise DataFolderError(
                 f"Veil cannot start: the data folder {data_dir} cannot be used ({reason}): "
                 "point VEIL_DATA_DIR at a folder Veil may create and write to.") from exc
+        blobs: BlobStore | None = None
         try:
+            blobs = open_blob_store(data_dir, blob_url, s3)
+            await blobs.check()
             loaded: LoadedKey = await load_master_key(db, data_dir, master_key)
-            ctx = Context(db, LocalBlobStore(data_dir), loaded.keyring, clock,
-                          limits or ImageLimits())
+            ctx = Context(db, blobs, loaded.keyring, clock, limits or ImageLimits())
             veil = cls(ctx, data_dir, key_from_env=master_key is not None)
             veil.key_file_created = loaded.created_file
             repaired = await veil.images.repair()
@@ -82,6 +88,8 @@ class Veil:
                 ctx, veil.leases, data_dir, key_in_file=master_key is None)
             repaired["erasures"] = await veil.erasures.resume()
         except BaseException:
+            if blobs is not None:
+                await blobs.close()
             await db.close()
             raise
         if loaded.created_file is not None:
@@ -104,6 +112,7 @@ class Veil:
                                        key_in_file=not self._key_from_env)
 
     async def close(self) -> None:
+        await self.ctx.blobs.close()
         await self.ctx.db.close()
 
     async def __aenter__(self) -> Veil:
