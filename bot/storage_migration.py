@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.core import failpoints
+from bot.core.blobs import image_key
 from bot.core.context import IMAGE_COLUMNS, image_from_row
 from bot.core.veil import Veil
 
 BATCH = 500
-BLOB_PARTS = ("full", "thumb")
 _PARALLEL_BLOBS = 8  # object stores answer one request at a time per connection: overlap them
 
 
@@ -159,20 +159,16 @@ async def _copy_blobs(source: Veil, target: Veil, names: Sequence[str]) -> int:
         async with gate:
             if await _blob_exists(target, name):
                 return 0
-            parts = {part: await source.ctx.blobs.read(name, part) for part in BLOB_PARTS}
-            await _blob_write(target, name, parts)
+            # One object per image (both sealed parts): its bytes, as they are.
+            key = image_key(name)
+            await target.ctx.blobs.put(key, await source.ctx.blobs.get(key))
             return 1
 
     return sum(await asyncio.gather(*(one(n) for n in names)))
 
 
 async def _blob_exists(veil: Veil, name: str) -> bool:
-    return veil.ctx.blobs.exists(name)
-
-
-async def _blob_write(veil: Veil, name: str, parts: dict[str, bytes]) -> None:
-    await veil.ctx.blobs.stage(name, parts)
-    await veil.ctx.blobs.publish(name)
+    return await veil.ctx.blobs.exists(image_key(name))
 
 
 async def _carry_id_counters(source: Veil, target: Veil) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from bot.core.blobs import image_key, pack_image, unpack_image
 from bot.core.errors import NotFound
 from bot.core.ledger import OWNER, Basis
 from bot.core.veil import Veil
@@ -129,8 +130,9 @@ async def test_an_image_whose_blob_is_missing_is_named_and_the_copy_is_not_calle
     broken = made[BOB][0]
     blob = await source.ctx.db.fetchval("SELECT blob_name FROM images WHERE public_id = ?",
                                         (broken,))
-    for path in source.ctx.blobs.final_dir.rglob(f"{blob}.full"):
-        path.write_bytes(b"not what was written")
+    key = image_key(blob)
+    container = unpack_image(await source.ctx.blobs.get(key))
+    await source.ctx.blobs.put(key, pack_image(b"not what was written", container["thumb"]))
     with pytest.raises(MigrationError, match=f"1 of 3 images do not open.*{broken}"):
         await copy_store(source, target)
 
