@@ -47,6 +47,7 @@ async def _open_veil(settings: Settings, *, also: bytes | None = None) -> Veil:
     keys = settings.master_keys()
     return await Veil.open(settings.data_dir,
                            master_key=None if keys is None else keys + [k for k in [also] if k],
+                           blob_url=settings.blob_url, s3=settings.s3,
                            limits=ImageLimits(max_bytes=settings.max_upload_bytes,
                                               max_pixels=settings.max_pixels))
 
@@ -137,6 +138,7 @@ async def check(settings: Settings) -> None:
         images = await veil.ctx.db.fetchval("SELECT count(*) FROM images")
         print(f"Settings are valid. Data folder {settings.data_dir}: {images} images, "
               f"schema version {await veil.ctx.db.schema_version()}.")
+        print(f"Blobs: {veil.ctx.blobs.description}.")
         if settings.discord_token is None:
             print("DISCORD_TOKEN is not set: the link server can run, the bot cannot.")
     from bot.generate import startup_warnings
@@ -247,14 +249,17 @@ def main(argv: list[str] | None = None) -> int:
         _say(str(error))
         return EXIT_STARTUP
     setup_logging(settings.log_level)
+    # Whatever the command: a store's error text or a library's debug line may quote them.
+    REDACTOR.add_secrets(*settings.secrets())
     debug = settings.log_level == "DEBUG"
+    from bot.core.blobs import BlobStoreError
     from bot.core.keys import MasterKeyError
     from bot.core.leases import LeaseHeld
     from bot.core.veil import DataFolderError
 
     try:
         asyncio.run(ACTIONS[command](settings))
-    except (StartupError, MasterKeyError, DataFolderError, LeaseHeld) as error:
+    except (StartupError, MasterKeyError, DataFolderError, LeaseHeld, BlobStoreError) as error:
         if debug:
             log.debug("Start-up failed", exc_info=error)
         _say(str(error))

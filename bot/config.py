@@ -16,6 +16,7 @@ from pathlib import Path
 
 from dotenv import load_dotenv
 
+from bot.core.blobs import S3Settings, parse_blob_url
 from bot.generate import GENERATOR_KINDS
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -73,6 +74,16 @@ class Settings:
     # The privileged Server Members intent: lets Veil retract role-share copies the moment a
     # role is taken away, instead of at the member's next interaction.
     members_intent: bool = False
+
+    # Where encrypted image bytes and exports live: None, the data folder; or s3://bucket/prefix,
+    # reached with ``s3`` (whose keys never show in a repr).
+    blob_url: str | None = None
+    s3: S3Settings = field(default_factory=S3Settings)
+
+    def secrets(self) -> tuple[str, ...]:
+        """The text secrets among the settings, for the log redactor: none may ever print."""
+        return tuple(s for s in (self.discord_token, self.s3.access_key_id,
+                                 self.s3.secret_access_key) if s)
 
     def master_keys(self) -> list[bytes] | None:
         """The keys given in the environment (None: the data folder's master.key)."""
@@ -221,6 +232,7 @@ def load_settings(env: dict[str, str] | None = None, *, require_token: bool = Tr
         log_level = "INFO"
 
     shard_count, shard_ids = _shards(env, errors)
+    blob_url, s3 = _blob_store(env, errors)
     settings = Settings(
         discord_token=token,
         data_dir=data_dir,
@@ -249,10 +261,35 @@ def load_settings(env: dict[str, str] | None = None, *, require_token: bool = Tr
         sync_commands=_flag(env, "VEIL_SYNC_COMMANDS", shard_ids is None or 0 in shard_ids,
                             errors),
         members_intent=_flag(env, "VEIL_MEMBERS_INTENT", False, errors),
+        blob_url=blob_url,
+        s3=s3,
     )
     if errors:
         raise ConfigError(*errors)
     return settings
+
+
+def _blob_store(env: dict[str, str], errors: list[str]) -> tuple[str | None, S3Settings]:
+    """VEIL_BLOB_URL and the VEIL_S3_ settings that reach it."""
+    blob_url = env.get("VEIL_BLOB_URL", "").strip() or None
+    if blob_url is not None:
+        try:
+            parse_blob_url(blob_url)
+        except ValueError as exc:
+            errors.append(str(exc))
+    endpoint = env.get("VEIL_S3_ENDPOINT_URL", "").strip().rstrip("/") or None
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        errors.append(f"VEIL_S3_ENDPOINT_URL must start with http:// or https://, "
+                      f"got {endpoint!r}.")
+    key_id = env.get("VEIL_S3_ACCESS_KEY_ID", "").strip() or None
+    secret = env.get("VEIL_S3_SECRET_ACCESS_KEY", "").strip() or None
+    if (key_id is None) != (secret is None):
+        # Never quote either: both are credentials.
+        errors.append("VEIL_S3_ACCESS_KEY_ID and VEIL_S3_SECRET_ACCESS_KEY go together: set "
+                      "both, or neither to use the usual AWS sources (environment, instance "
+                      "role).")
+    return blob_url, S3Settings(endpoint, key_id, secret,
+                                env.get("VEIL_S3_REGION", "").strip() or None)
 
 
 def _shards(env: dict[str, str], errors: list[str]) -> tuple[int | None, tuple[int, ...] | None]:

@@ -85,3 +85,23 @@ def test_links_from_the_example_env_follow_a_changed_port():
 def test_an_unknown_log_level_is_named_with_the_levels_there_are():
     with pytest.raises(ConfigError, match="VEIL_LOG_LEVEL must be one of DEBUG, INFO"):
         load_settings({"DISCORD_TOKEN": "x", "VEIL_LOG_LEVEL": "loud"})
+
+
+def test_the_blob_store_is_the_data_folder_unless_an_s3_url_is_given():
+    assert load_settings({}, require_token=False).blob_url is None
+    settings = load_settings({"VEIL_BLOB_URL": "s3://veil/prod", "VEIL_S3_REGION": "eu-west-1",
+                              "VEIL_S3_ENDPOINT_URL": "https://s3.example/"},
+                             require_token=False)
+    assert settings.blob_url == "s3://veil/prod"
+    assert settings.s3.endpoint_url == "https://s3.example" and settings.s3.region == "eu-west-1"
+
+
+def test_a_wrong_blob_url_endpoint_or_half_a_key_pair_is_named_without_echoing_a_key():
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"VEIL_BLOB_URL": "/srv/blobs", "VEIL_S3_ENDPOINT_URL": "s3.example",
+                       "VEIL_S3_SECRET_ACCESS_KEY": "only-the-secret-9931"}, require_token=False)
+    message = str(caught.value)
+    assert "VEIL_BLOB_URL must look like s3://bucket/prefix" in message
+    assert "VEIL_S3_ENDPOINT_URL must start with http:// or https://" in message
+    assert "VEIL_S3_ACCESS_KEY_ID and VEIL_S3_SECRET_ACCESS_KEY go together" in message
+    assert "only-the-secret-9931" not in message

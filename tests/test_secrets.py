@@ -33,6 +33,26 @@ def test_settings_never_show_the_bot_token_or_the_master_key():
     assert MASTER_HEX not in text and repr(bytes.fromhex(MASTER_HEX)) not in text
 
 
+S3_KEY_ID = "AKIAVEILTESTKEY00042"
+S3_SECRET = "s3-secret/part+0042xyz"
+
+
+def test_settings_never_show_the_s3_keys_and_hand_them_to_the_redactor(veil_log):
+    stream, _ = veil_log
+    settings = load_settings({"VEIL_BLOB_URL": "s3://bucket/veil",
+                              "VEIL_S3_ENDPOINT_URL": "http://127.0.0.1:9000",
+                              "VEIL_S3_ACCESS_KEY_ID": S3_KEY_ID,
+                              "VEIL_S3_SECRET_ACCESS_KEY": S3_SECRET}, require_token=False)
+    text = shown(settings) + shown(settings.s3)
+    assert "http://127.0.0.1:9000" in text and "s3://bucket/veil" in text
+    assert S3_KEY_ID not in text and S3_SECRET not in text
+    REDACTOR.add_secrets(*settings.secrets())  # as `python -m bot` does for every command
+    logging.getLogger("obstore").warning("signing with %s / %s", S3_KEY_ID, S3_SECRET)
+    logged = stream.getvalue()
+    assert "signing with" in logged
+    assert S3_KEY_ID not in logged and S3_SECRET not in logged
+
+
 def test_a_generation_request_never_shows_its_prompt():
     request = GenerationRequest(PROMPT, count=2)
     assert "count=2" in shown(request)

@@ -153,7 +153,8 @@ async def serve(settings: Settings) -> None:
     """Run the link server from ``settings`` until cancelled or sent SIGTERM."""
     from bot.core.veil import Veil  # the core loads only when a server really starts
 
-    veil = await Veil.open(settings.data_dir, master_key=settings.master_keys())
+    veil = await Veil.open(settings.data_dir, master_key=settings.master_keys(),
+                           blob_url=settings.blob_url, s3=settings.s3)
     async with veil:
         app = create_app(veil, public_url=settings.public_url,
                          trusted_proxies=settings.trusted_proxies,
