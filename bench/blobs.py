@@ -29,6 +29,7 @@ from bot.core.blobs import (
     read_image_part,
 )
 
+ROOT = Path(__file__).resolve().parent.parent
 FULL_BYTES = 150_000  # a sealed 1-megapixel WebP-ish picture
 THUMB_BYTES = 12_000
 
@@ -82,14 +83,14 @@ async def measure(store: BlobStore, label: str, count: int) -> None:
 async def main(quick: bool) -> None:
     count = 20 if quick else 100
     # Beside the project, not in /tmp: /tmp may be a tmpfs, where fsync costs nothing.
-    with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parent.parent) as folder:
+    with tempfile.TemporaryDirectory(dir=ROOT) as folder:
         await measure(LocalBlobStore(Path(folder)), f"data folder ({folder}, fsync each)", count)
-
-    from bot.core.s3blobs import S3BlobStore
-    from tests.s3server import BUCKET, REGION, _free_port
 
     import boto3
     from moto.server import ThreadedMotoServer
+
+    from bot.core.s3blobs import S3BlobStore
+    from tests.s3server import BUCKET, REGION, _free_port
 
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)

@@ -7,6 +7,7 @@ what an image is: the services hand over ciphertext and random names only.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -63,7 +64,8 @@ class S3BlobStore:
 
     async def check(self) -> None:
         """Read and write a probe object, naming what is wrong in one line."""
-        probe = f"probe/{obstore.__name__}-start-up"
+        # Its own name: processes starting at once must not delete each other's probe.
+        probe = f"probe/{secrets.token_hex(8)}"
         try:
             await obstore.put_async(self._store, probe, b"veil")
             await obstore.get_range_async(self._store, probe, start=0, end=4)
