@@ -264,29 +264,39 @@ class LocalBlobStore:
         await asyncio.to_thread(_unlink, paths)
 
     async def scan(self, prefix: str) -> AsyncIterator[list[BlobInfo]]:
-        batch = await asyncio.to_thread(self._list_sync, prefix)
-        for start in range(0, len(batch), 1000):
-            yield batch[start:start + 1000]
-
-    def _list_sync(self, prefix: str) -> list[BlobInfo]:
+        # One folder per batch (a 2-hex shard of the images, the exports, the legacy staging
+        # folder): a million images are listed a few thousand names at a time.
         if prefix == IMAGES:
-            files = [*self.final_dir.glob("*/*.*"), *self._legacy_tmp.glob("*.*")]
+            folders = [*sorted(await asyncio.to_thread(_subfolders, self.final_dir)),
+                       self._legacy_tmp]
+            pattern = "*.*"
         elif prefix == EXPORTS:
-            files = list(self.export_dir.glob("*.sealed"))
+            folders, pattern = [self.export_dir], "*.sealed"
         else:
             raise ValueError(f"unknown blob namespace {prefix!r}")
-        found: dict[str, BlobInfo] = {}
-        for path in files:
-            with contextlib.suppress(FileNotFoundError):  # deleted while we look
-                stat = path.stat()
-                key = prefix + path.name.split(".")[0]
-                seen = found.get(key)
-                if seen is None or stat.st_mtime > seen.modified_at:
-                    found[key] = BlobInfo(key, stat.st_size, stat.st_mtime)
-        return list(found.values())
+        for folder in folders:
+            batch = await asyncio.to_thread(_list_folder, folder, pattern, prefix)
+            if batch:
+                yield batch
 
     async def close(self) -> None:
         return None
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.is_dir()]
+
+
+def _list_folder(folder: Path, pattern: str, prefix: str) -> list[BlobInfo]:
+    found: dict[str, BlobInfo] = {}
+    for path in folder.glob(pattern):
+        with contextlib.suppress(FileNotFoundError):  # deleted while we look
+            stat = path.stat()
+            key = prefix + path.name.split(".")[0]
+            seen = found.get(key)  # an earlier version's pair is one object
+            if seen is None or stat.st_mtime > seen.modified_at:
+                found[key] = BlobInfo(key, stat.st_size, stat.st_mtime)
+    return list(found.values())
 
 
 def _plain_name(name: str) -> str:
