@@ -37,9 +37,9 @@ EXPORTS = "exports/"
 # full picture. The thumbnail comes first so a gallery reads it with one short ranged read.
 _CONTAINER_MAGIC = b"VEILIMG1"
 _HEADER = struct.Struct(">8sI")
-# Thumbnails are a few KiB to a few tens of KiB: one ranged read of this size almost always
-# holds the whole sealed thumbnail; a bigger one costs a second read.
-_THUMB_READ = 64 * 1024
+# A 512-pixel thumbnail is 20 to 80 KiB as JPEG or WebP, more as a lossless PNG: one ranged
+# read of this size holds most whole; a bigger one costs a second read of the rest.
+_THUMB_READ = 128 * 1024
 
 
 class BlobStoreError(Exception):
