@@ -5,6 +5,7 @@ what is wrong with the store, never shown its keys."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from bot.core.blobs import (
     S3Settings,
     image_key,
     open_blob_store,
+    put_image,
     read_image_part,
     unpack_image,
 )
@@ -109,6 +111,15 @@ async def test_an_aborted_stream_leaves_no_object(store):
     assert await keys(store, EXPORTS) == set()
     with pytest.raises(BlobMissing):
         await store.open_reader("exports/ab12")
+
+
+@both_stores
+async def test_each_part_of_an_image_object_reads_back_whatever_the_thumbnails_size(store):
+    for thumb_size in (0, 1, 100_000, 300_000):  # the last needs a second ranged read
+        full, thumb = os.urandom(200_000), os.urandom(thumb_size)
+        await put_image(store, f"ab{thumb_size}", full, thumb)
+        assert await read_image_part(store, f"ab{thumb_size}", "thumb") == thumb
+        assert await read_image_part(store, f"ab{thumb_size}", "full") == full
 
 
 # What is stored ------------------------------------------------------------------------------
