@@ -90,9 +90,10 @@ async def main(quick: bool) -> None:
     from moto.server import ThreadedMotoServer
 
     from bot.core.s3blobs import S3BlobStore
-    from tests.s3server import BUCKET, REGION, _free_port
+    from tests.loopback import free_port
+    from tests.s3server import BUCKET, REGION
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:

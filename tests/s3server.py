@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import secrets
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
 from bot.core.blobs import S3Settings
+from tests.loopback import free_port
 
 BUCKET = "veil-test"
 REGION = "us-east-1"
@@ -45,12 +45,6 @@ class S3Server:
                 "VEIL_S3_SECRET_ACCESS_KEY": self.secret_access_key, "VEIL_S3_REGION": REGION}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
     import boto3
@@ -58,7 +52,7 @@ def s3_server() -> Iterator[S3Server]:
     from moto.core.authorization import ActionAuthenticatorMixin
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
