@@ -1,0 +1,116 @@
+"""The SQLite adapter under load a user would notice: another process writing, a long listing,
+and link fetches that each wait for their own view to be committed (issue 12)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bot.core.veil import Veil
+from db import Database
+from tests.conftest import ALICE, GUILD, png, viewer
+
+
+class LoopWatch:
+    """How often a 1 ms ticker got to run on the event loop. Counted, not timed: on a shared
+    machine a thread may wait tens of milliseconds for a core whatever the loop does, but a
+    statement that holds the loop lets no tick through at all while it runs."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(0.001)
+            self.ticks += 1
+
+    async def __aenter__(self) -> LoopWatch:
+        self._task = asyncio.create_task(self._tick())
+        await asyncio.sleep(0.01)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+
+HOLD_WRITE_LOCK = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+conn.execute("INSERT INTO meta (key, value) VALUES ('other-process', 'x')")
+print("holding", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("COMMIT")
+"""
+
+
+@pytest.fixture
+async def shared(data_dir: Path) -> AsyncIterator[Veil]:
+    veil = await Veil.open(data_dir)
+    try:
+        yield veil
+    finally:
+        await veil.close()
+
+
+async def test_another_process_holding_the_write_lock_stalls_neither_link_pages_nor_the_loop(
+        shared, data_dir):
+    image = await shared.images.create(ALICE, png(), guild_id=GUILD, source="upload")
+    new = await shared.links.create(image.public_id, viewer(ALICE))
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", HOLD_WRITE_LOCK, str(data_dir / "veil.db"), "1.0",
+        stdout=asyncio.subprocess.PIPE)
+    try:
+        assert holder.stdout is not None
+        assert await holder.stdout.readline() == b"holding\n"
+        async with LoopWatch() as watch:
+            # The image fetch needs the write lock (its view count): it waits, off the loop.
+            fetching = asyncio.create_task(shared.links.fetch(new.token))
+            ticks = watch.ticks
+            pages = []
+            for _ in range(20):  # meanwhile the link's page (reads only) answers at once
+                started = time.perf_counter()
+                assert await shared.links.resolve(new.token) is not None
+                pages.append(time.perf_counter() - started)
+                await asyncio.sleep(0.02)
+            assert not fetching.done()  # still waiting for the other process's commit
+            ticks = watch.ticks - ticks
+            served = await fetching
+        assert served is not None and served[1].public_id == new.link.public_id
+        assert max(pages) < 0.05
+        assert ticks >= 20, "the event loop stalled while the fetch waited"
+    finally:
+        await asyncio.wait_for(holder.wait(), 10)
+    assert await shared.ctx.db.fetchval("SELECT views FROM links") == 1
+
+
+async def test_a_long_listing_runs_without_blocking_the_event_loop(tmp_path):
+    db = await Database.open(tmp_path / "veil.db")
+    try:
+        async with db.transaction() as tx:
+            await tx.execute("CREATE TABLE big (n INTEGER)")
+            await tx.executemany("INSERT INTO big (n) VALUES (?)",
+                                 [(n,) for n in range(200_000)])
+        async with LoopWatch() as watch:
+            started, ticks = time.perf_counter(), watch.ticks
+            rows = await db.fetchall("SELECT a.n FROM big a WHERE a.n % 7 = 0"
+                                     " AND a.n NOT IN (SELECT n FROM big WHERE n < 500)")
+            took, ticks = time.perf_counter() - started, watch.ticks - ticks
+            async with db.transaction() as tx:  # the same inside a transaction
+                ticks_inside = watch.ticks
+                inside = await tx.fetchval("SELECT count(*) FROM big a, big b"
+                                           " WHERE a.n % 7 = 0 AND b.n = 3")
+                ticks_inside = watch.ticks - ticks_inside
+        sevens = len(range(0, 200_000, 7))
+        assert (len(rows), inside) == (sevens - len(range(0, 500, 7)), sevens)
+        assert took > 0.05  # long enough for many ticks, had the loop been free
+        assert ticks >= 5 and ticks_inside >= 5, "the listing held the event loop"
+    finally:
+        await db.close()
