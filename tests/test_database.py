@@ -4,6 +4,7 @@ and link fetches that each wait for their own view to be committed (issue 12).""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -114,3 +115,59 @@ async def test_a_long_listing_runs_without_blocking_the_event_loop(tmp_path):
         assert ticks >= 5 and ticks_inside >= 5, "the listing held the event loop"
     finally:
         await db.close()
+
+
+async def test_every_link_response_waits_for_its_own_view_to_be_committed(shared, data_dir):
+    image = await shared.images.create(ALICE, png(), guild_id=GUILD, source="upload")
+    new = await shared.links.create(image.public_id, viewer(ALICE), max_views=30)
+    outside = sqlite3.connect(data_dir / "veil.db")  # what another process would read
+    seen: list[tuple[int, int]] = []
+
+    async def fetch() -> bool:
+        served = await shared.links.fetch(new.token, agent="firefox")
+        # The moment the response could go out: the view is already on disk for everyone.
+        views = outside.execute("SELECT views FROM links").fetchone()[0]
+        logged = outside.execute("SELECT count(*) FROM view_log WHERE via = 'link'").fetchone()
+        seen.append((views, logged[0]))
+        return served is not None
+
+    try:
+        results = await asyncio.gather(*(fetch() for _ in range(40)))
+    finally:
+        outside.close()
+    assert results.count(True) == 30
+    for answered, (views, logged) in enumerate(seen, start=1):
+        assert views == logged >= min(answered, 30)
+
+
+async def _fetch_while(veil: Veil, token: str, action) -> object:
+    """A fetch during which ``action`` commits, after its token lookup and before its count."""
+    real = veil.images.decrypt_for_link
+
+    async def decrypt_then_act(image, keys):
+        content = await real(image, keys)
+        await action()
+        return content
+
+    veil.images.decrypt_for_link = decrypt_then_act  # type: ignore[method-assign]
+    try:
+        return await veil.links.fetch(token)
+    finally:
+        veil.images.decrypt_for_link = real  # type: ignore[method-assign]
+
+
+async def test_a_revoke_or_deletion_committed_during_a_fetch_is_honoured_by_that_fetch(
+        data_dir):
+    async with await Veil.open(data_dir) as web, await Veil.open(data_dir) as bot:
+        image = await bot.images.create(ALICE, png(), guild_id=GUILD, source="upload")
+        revoked = await bot.links.create(image.public_id, viewer(ALICE))
+        locked = await bot.links.create(image.public_id, viewer(ALICE))
+        deleted = await bot.links.create(image.public_id, viewer(ALICE))
+        assert await _fetch_while(web, revoked.token, lambda: bot.links.revoke(
+            revoked.link.public_id, viewer(ALICE))) is None
+        assert await _fetch_while(web, locked.token, lambda: bot.links.set_password(
+            locked.link.public_id, viewer(ALICE), "correct horse battery")) is None
+        assert await _fetch_while(web, deleted.token, lambda: bot.images.delete(
+            image.public_id, viewer(ALICE))) is None
+        assert await web.ctx.db.fetchval("SELECT count(*) FROM view_log") == 0
+        assert await web.ctx.db.fetchval("SELECT coalesce(sum(views), 0) FROM links") == 0

@@ -34,7 +34,7 @@ def seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
     return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
 
 
-def unseal(key: bytes, sealed: bytes, aad: bytes) -> bytes:
+def unseal(key: bytes, sealed: bytes | memoryview, aad: bytes) -> bytes:
     try:
         return AESGCM(key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], aad)
     except (InvalidTag, ValueError) as exc:

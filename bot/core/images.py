@@ -18,11 +18,13 @@ from bot.core import failpoints
 from bot.core.access import Decision, can_manage, can_remove, can_view, effective_visibility
 from bot.core.blobs import (
     BlobMissing,
+    LocalBlobStore,
     export_key,
     image_key,
     image_names,
     new_blob_name,
     put_image,
+    read_full_part_sync,
     read_image_part,
 )
 from bot.core.context import IMAGE_COLUMNS, Context, image_from_row, new_public_id, roles_json
@@ -47,6 +49,7 @@ from bot.core.models import (
     ViewEntry,
     Viewer,
     Visibility,
+    WrappedKeys,
 )
 from bot.images import sanitize_image_async
 from db import Transaction
@@ -67,6 +70,10 @@ STAGING_BOUND_S = 600.0
 # Below this a sealed part is opened on the event loop (a thumbnail: microseconds of AES-GCM);
 # above, in a thread, so a large picture never holds the loop.
 _INLINE_UNSEAL_BYTES = 128 * 1024
+# Up to this size a link's image is read and decrypted on the event loop when the store is the
+# local folder: a page-cached read and AES-GCM of 241 KB cost about 45 µs of CPU there, less
+# than a trip to a worker thread and back (docs/PERFORMANCE.md, issue 12).
+INLINE_READ_MAX = 1 << 20
 
 # Own images, and images shared with the viewer one by one or through an all-images grant.
 # The page is chosen on ids alone: each branch is cut to the page's end first (so a large
@@ -275,6 +282,29 @@ class ImageService:
         if await self.ctx.image(image.public_id) is None:
             raise NotFound(NOT_VISIBLE.format(image.public_id))
         return ImageContent(image, data, thumbnail)
+
+    async def decrypt_for_link(self, image: ImageRecord, keys: WrappedKeys) -> ImageContent:
+        """The full image with NO access check and NO re-check that it still exists: only for
+        a link fetch, which found ``keys`` in its token lookup and whose view-count transaction,
+        committed before anything is served, is the check (see ``LinkService.fetch``).
+
+        A small image is read and decrypted right here on the event loop: from the page cache
+        that costs less than the trip to a worker thread and back (``INLINE_READ_MAX``)."""
+        owner_key = self.ctx.keys.unwrap_owner_key(image.owner_id, keys.owner_key,
+                                                   keys.master_key_id)
+        data_key = unseal(owner_key, keys.image_key, aad(image.public_id, "key"))
+        blobs = self.ctx.blobs
+        full = aad(image.public_id, "full")
+        try:
+            if image.byte_size <= INLINE_READ_MAX and isinstance(blobs, LocalBlobStore):
+                return ImageContent(image, unseal(data_key, read_full_part_sync(
+                    blobs, image.blob_name), full), False)
+            sealed = await read_image_part(blobs, image.blob_name, "full")
+        except BlobMissing:
+            raise NotFound(NOT_VISIBLE.format(image.public_id)) from None
+        if len(sealed) <= _INLINE_UNSEAL_BYTES:
+            return ImageContent(image, unseal(data_key, sealed, full), False)
+        return ImageContent(image, await asyncio.to_thread(unseal, data_key, sealed, full), False)
 
     async def prompt(self, public_id: str, viewer: Viewer) -> str | None:
         """The prompt of a generated image; only its owner may read it."""

@@ -14,22 +14,31 @@ drops the link's sessions; revoking drops them too; a session never outlives its
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 from bot.core.context import IMAGE_COLUMNS, Context, new_public_id
 from bot.core.durations import format_duration
 from bot.core.errors import InvalidInput, NotFound, PolicyViolation
 from bot.core.images import ImageService
-from bot.core.models import ImageContent, ImageRecord, LinkSession, NewLink, ShareLink, Viewer
+from bot.core.models import (
+    ImageContent,
+    ImageRecord,
+    LinkSession,
+    NewLink,
+    ShareLink,
+    Viewer,
+    WrappedKeys,
+)
 from bot.core.passwords import DEFAULT_COST, ScryptCost, hash_password, verify_password
 from db import Row
 
 if TYPE_CHECKING:
-    from db import Row
+    from db import Row, Transaction
 
 TOKEN_BYTES = 32
 TOKEN_CHARS = 43
@@ -59,6 +68,7 @@ class LinkTarget:
     row_id: int
     locked: bool = False
     password_epoch: int = 0
+    keys: WrappedKeys | None = field(default=None, repr=False)
 
 
 LoginOutcome = Literal["accepted", "wrong", "dead"]
@@ -75,6 +85,9 @@ class LinkService:
         self.ctx = ctx
         self.images = images
         self.password_cost: ScryptCost = DEFAULT_COST
+        # Group commit: view counts waiting for the next transaction, and the task running it.
+        self._views: list[_PendingView] = []
+        self._counter: asyncio.Task[None] | None = None
 
     async def create(self, public_id: str, owner: Viewer, *, expires_in: float | None = None,
                      max_views: int | None = None, allow_download: bool = False,
@@ -127,8 +140,9 @@ class LinkService:
             token = secrets.token_urlsafe(TOKEN_BYTES)
         row = await self.ctx.db.fetchone(
             f"SELECT {_LINK_COLUMNS}, {', '.join('i.' + c for c in IMAGE_COLUMNS.split(', '))},"
-            " p.links_enabled"
+            " p.links_enabled, i.wrapped_key, u.wrapped_key, u.master_key_id"
             " FROM links l JOIN images i ON i.id = l.image_id"
+            " JOIN users u ON u.user_id = i.owner_id"
             " LEFT JOIN guild_policy p ON p.guild_id = i.guild_id WHERE l.selector = ?",
             (token[:SELECTOR_CHARS],))
         expected = _DUMMY_HASH if row is None else row[10]
@@ -145,7 +159,8 @@ class LinkService:
         epoch = row[13]
         locked = link.has_password and not await self._session_holds(row[0], epoch, session,
                                                                      now)
-        return LinkTarget(link, image, row[0], locked, epoch)
+        keys = WrappedKeys(row[_IMAGE_AT + 14], row[_IMAGE_AT + 15], row[_IMAGE_AT + 16])
+        return LinkTarget(link, image, row[0], locked, epoch, keys)
 
     async def _session_holds(self, link_row: int, epoch: int, session: str | None,
                              now: float) -> bool:
@@ -229,26 +244,72 @@ class LinkService:
         has a password and ``session`` is not a live session for it (nothing is spent then).
 
         Decrypts before counting, so a failure to read the image spends no view; the count and
-        the owner's view log are written in one transaction."""
+        the owner's view log are written in one transaction, committed before this returns.
+
+        Why no re-check after the decrypt (``decrypt_unchecked`` re-reads the image row): here
+        the count is that check. Its UPDATE is a write, so it runs after every transaction
+        committed before it, and it only counts a link that is still unrevoked, unexpired,
+        under its view limit, under the same password (epoch), whose image still exists (a
+        deleted image takes its links with it, ON DELETE CASCADE) and whose server still allows
+        links. Nothing is served unless that UPDATE counted, and the response waits for its
+        COMMIT: a revoke or a deletion that committed before it is honoured; one that commits
+        after it comes after this fetch in every order a witness can observe."""
         target = await self.resolve(token, session=session)
-        if target is None or target.locked:
+        if target is None or target.locked or target.keys is None:
             return None
         try:
-            content = await self.images.decrypt_unchecked(target.image)
+            content = await self.images.decrypt_for_link(target.image, target.keys)
         except NotFound:
             return None
-        async with self.ctx.db.transaction() as tx:
-            now = self.ctx.now()
-            counted = await tx.execute(
-                "UPDATE links SET views = views + 1 WHERE id = ? AND revoked_at IS NULL"
-                " AND ? < ? AND (max_views IS NULL OR views < max_views)",
-                (target.row_id, now, target.link.expires_at))
-            if counted == 1:
-                await self.images.log_view_in(tx, target.image, viewer_id=None, via="link",
-                                              link_id=target.link.public_id, agent=agent)
-        if counted != 1:
+        if not await self._count_view(target, agent):
             return None
         return content, target.link
+
+    async def _count_view(self, target: LinkTarget, agent: str | None) -> bool:
+        """Count one view in the next group commit and wait until it is committed. Fetches that
+        arrive while one transaction runs share the next: one BEGIN and one COMMIT (one WAL
+        write) for all of them, each still answered only after its own row is committed."""
+        pending = _PendingView(target, agent, asyncio.get_running_loop().create_future())
+        self._views.append(pending)
+        if self._counter is None or self._counter.done():
+            self._counter = asyncio.create_task(self._count_views())
+        return await asyncio.shield(pending.done)
+
+    async def _count_views(self) -> None:
+        while self._views:
+            batch, self._views = self._views, []
+            try:
+                async with self.ctx.db.transaction() as tx:
+                    now = self.ctx.now()
+                    counted = [await self._count_in(tx, p, now) for p in batch]
+            except Exception as exc:  # each waiting fetch fails as its own transaction would
+                for p in batch:
+                    if not p.done.done():
+                        p.done.set_exception(exc)
+                continue
+            except BaseException:  # cancelled (shutting down): nobody is served uncounted
+                for p in batch + self._views:
+                    p.done.cancel()
+                self._views = []
+                raise
+            for p, ok in zip(batch, counted, strict=True):
+                if not p.done.done():
+                    p.done.set_result(ok)
+
+    async def _count_in(self, tx: Transaction, view: _PendingView, now: float) -> bool:
+        target = view.target
+        counted = await tx.execute(
+            "UPDATE links SET views = views + 1 WHERE id = ? AND revoked_at IS NULL"
+            " AND ? < expires_at AND password_epoch = ?"
+            " AND (max_views IS NULL OR views < max_views)"
+            " AND NOT EXISTS (SELECT 1 FROM images i JOIN guild_policy p"
+            " ON p.guild_id = i.guild_id WHERE i.id = links.image_id AND p.links_enabled = 0)",
+            (target.row_id, now, target.password_epoch))
+        if counted != 1:
+            return False
+        await self.images.log_view_in(tx, target.image, viewer_id=None, via="link",
+                                      link_id=target.link.public_id, agent=view.agent)
+        return True
 
     async def revoke(self, link_public_id: str, owner: Viewer) -> ShareLink:
         row = await self._owned_row(link_public_id, owner)
@@ -273,6 +334,13 @@ class LinkService:
             params.append(image.id)
         rows = await self.ctx.db.fetchall(sql + " ORDER BY l.id DESC LIMIT 50", params)
         return [_link_from_row(r) for r in rows]
+
+
+@dataclass
+class _PendingView:
+    target: LinkTarget
+    agent: str | None
+    done: asyncio.Future[bool]
 
 
 def _hash(verifier: str) -> bytes:

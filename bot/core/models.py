@@ -50,6 +50,16 @@ class ImageRecord:
 
 
 @dataclass(frozen=True)
+class WrappedKeys:
+    """An image's data key and its owner's key as stored (each sealed under the next), read
+    together with a link's token so a fetch needs no second lookup."""
+
+    image_key: bytes = field(repr=False)
+    owner_key: bytes = field(repr=False)
+    master_key_id: str | None = None
+
+
+@dataclass(frozen=True)
 class ImageContent:
     """Decrypted, sanitized bytes of one image, held in memory only."""
 
