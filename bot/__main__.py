@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -232,7 +233,14 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", title="commands (default: run)",
                                      metavar="command")
     for name, summary in COMMANDS.items():
-        commands.add_parser(name, help=summary, description=summary[0].upper() + summary[1:])
+        command = commands.add_parser(name, help=summary,
+                                      description=summary[0].upper() + summary[1:])
+        if name == "web":
+            command.add_argument("--workers", type=int, metavar="N", choices=range(1, 65),
+                                 help="serve from N processes sharing the port (SO_REUSEPORT; "
+                                      "default: VEIL_WEB_WORKERS or 1)")
+            # Set by the first process on the ones it starts: bind beside it, start none.
+            command.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -248,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         _say(str(error))
         return EXIT_STARTUP
+    if getattr(args, "workers", None):
+        settings = dataclasses.replace(settings, web_workers=args.workers)
+    if getattr(args, "worker", False):
+        settings = dataclasses.replace(settings, web_workers=1, web_reuse_port=True)
     setup_logging(settings.log_level)
     # Whatever the command: a store's error text or a library's debug line may quote them.
     REDACTOR.add_secrets(*settings.secrets())

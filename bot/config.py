@@ -67,6 +67,9 @@ class Settings:
     other_master_keys: tuple[bytes, ...] = field(default=(), repr=False)
     # Several processes (README: 'Several processes on one data folder').
     shared_limits: bool = False
+    # Link-server processes sharing one port (SO_REUSEPORT): `python -m bot web` only.
+    web_workers: int = 1
+    web_reuse_port: bool = False  # a worker started by another: bind beside it
     shard_count: int | None = None
     shard_ids: tuple[int, ...] | None = None
     sync_commands: bool = True
@@ -256,6 +259,7 @@ def load_settings(env: dict[str, str] | None = None, *, require_token: bool = Tr
                             or "v1-5-pruned-emaonly.safetensors"),
         other_master_keys=older_keys,
         shared_limits=_flag(env, "VEIL_SHARED_LIMITS", False, errors),
+        web_workers=_int(env, "VEIL_WEB_WORKERS", 1, errors, lo=1, hi=64),
         shard_count=shard_count,
         shard_ids=shard_ids,
         sync_commands=_flag(env, "VEIL_SYNC_COMMANDS", shard_ids is None or 0 in shard_ids,

@@ -738,6 +738,55 @@ def test_serve_runs_from_settings_and_stops_cleanly_on_sigterm(tmp_path):
     assert "Link server stopped" in output and "serve returned" in output
 
 
+@pytest.mark.slow
+def test_web_workers_serve_one_port_from_several_processes_and_stop_together(tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VEIL_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bot", "web", "--workers", "3"], cwd=Path(__file__).parents[1],
+        env={**env, "VEIL_DATA_DIR": str(tmp_path / "data"), "VEIL_WEB_PORT": str(port)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    try:
+        listening: set[int] = set()
+        deadline = time.monotonic() + 30
+        # Every worker binds the one port beside the first; count them by their sockets.
+        while len(listening) < 3:
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            assert time.monotonic() < deadline, f"{len(listening)} of 3 processes listen"
+            pids = [process.pid] + [int(p) for p in children.read_text().split()]
+            listening = {pid for pid in pids if _listens(pid, port)}
+            time.sleep(0.1)
+        for _ in range(20):  # new connections, spread by the kernel: each one is answered
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+                conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                assert conn.recv(4096).startswith(b"HTTP/1.1 200")
+        workers = [int(p) for p in children.read_text().split()]
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, output
+    assert "(3 processes)" in output
+    assert len(workers) == 2 and not any(Path(f"/proc/{pid}").exists() for pid in workers)
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds a listening TCP socket on ``port`` (Linux /proc)."""
+    try:
+        inodes = {os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1] for fd in os.listdir(f"/proc/{pid}/fd")
+                  if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:[")}
+    except OSError:
+        return False
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "0A" and fields[9] in inodes:
+            return True
+    return False
+
+
 def test_png_chunk_helper_sees_text_chunks():
     """Guards the helper the image tests rely on: it does find a text chunk when one is there."""
     assert b"tEXt" in png_chunks(png_with_secrets())

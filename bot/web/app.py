@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -116,13 +117,15 @@ class WebServer:
 
 
 async def start_web(app: web.Application, host: str, port: int, *,
-                    shutdown_timeout: float = 5.0) -> WebServer:
+                    shutdown_timeout: float = 5.0, reuse_port: bool = False) -> WebServer:
     """Bind ``app`` to ``host:port`` (port 0: any free port; see ``WebServer.port``). The
-    access log goes through RedactingAccessLogger, which never writes a token."""
+    access log goes through RedactingAccessLogger, which never writes a token.
+    ``reuse_port``: SO_REUSEPORT, so other processes can bind the same port and the kernel
+    spreads connections over them."""
     runner = web.AppRunner(app, access_log_class=RedactingAccessLogger,
                            shutdown_timeout=shutdown_timeout, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
     try:
         await site.start()
     except OSError as exc:
@@ -150,23 +153,44 @@ def _bind_error(host: str, port: int, exc: OSError) -> ConfigError:
 
 
 async def serve(settings: Settings) -> None:
-    """Run the link server from ``settings`` until cancelled or sent SIGTERM."""
+    """Run the link server from ``settings`` until cancelled or sent SIGTERM. With
+    ``web_workers`` N > 1, this process binds the port with SO_REUSEPORT and starts N - 1
+    more (``python -m bot web --worker``) that bind beside it; the kernel spreads connections
+    over the N, and a SIGTERM here stops them all. Their failure throttle is then kept in the
+    database (as with VEIL_SHARED_LIMITS=on), or every process would give a guesser its own
+    budget."""
     from bot.core.veil import Veil  # the core loads only when a server really starts
 
+    several = settings.web_workers > 1 or settings.web_reuse_port
     veil = await Veil.open(settings.data_dir, master_key=settings.master_keys(),
                            blob_url=settings.blob_url, s3=settings.s3)
     async with veil:
         app = create_app(veil, public_url=settings.public_url,
                          trusted_proxies=settings.trusted_proxies,
-                         shared_limits=settings.shared_limits)
-        server = await start_web(app, settings.web_host, settings.web_port)
-        log.info("Link server listening on %s; links point at %s", server.url,
+                         shared_limits=settings.shared_limits or several)
+        server = await start_web(app, settings.web_host, settings.web_port,
+                                 reuse_port=several)
+        workers = [await _start_worker(server.port) for _ in range(settings.web_workers - 1)]
+        log.info("Link server listening on %s%s; links point at %s", server.url,
+                 f" ({settings.web_workers} processes)" if workers else "",
                  settings.public_url)
         try:
             await _until_terminated()
         finally:
+            for worker in workers:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.terminate()
             await server.stop()
+            for worker in workers:
+                await worker.wait()
             log.info("Link server stopped")
+
+
+async def _start_worker(port: int) -> asyncio.subprocess.Process:
+    # Same settings (the environment and .env), the port this process really bound.
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "web", "--worker",
+        env={**os.environ, "VEIL_WEB_PORT": str(port), "VEIL_WEB_WORKERS": "1"})
 
 
 async def _until_terminated() -> None:
