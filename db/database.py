@@ -55,6 +55,7 @@ PACE_S = 0.005
 # Waiting for another process's write lock: the same five seconds the old busy_timeout gave.
 BUSY_TIMEOUT_S = 5.0
 CHECKPOINT_EVERY = 100
+LONG_AFTER = 3
 # Marks a statement known to be long (one that may scan a large table): it runs on the
 # writer's thread. A comment, so the same text is valid on every database.
 OFFLOAD = "/* offload */ "
@@ -180,6 +181,7 @@ class Database:
         # it is done (a cancelled await leaves the job running there).
         self._writer_job: Future[Any] | None = None
         self._long: set[str] = set()  # write statements seen to run past the budget
+        self._slow_runs: dict[str, int] = {}  # how many times in a row they did
         self._pace = _Pace()
         self._commits = 0
         self._checkpointing = False
@@ -376,15 +378,20 @@ class Transaction:
                 db._writer_budget.disarm()
             return await db._on_writer_thread(run, self._conn, sql, params)
         # A write cannot be interrupted without losing the whole transaction: it runs to the
-        # end here, and if it took long, its next runs go to the thread. Long in CPU time of
-        # this thread: on a busy machine any statement can lose the core for a while, and
-        # that says nothing about the statement (and would send every write to the thread).
-        started = time.thread_time()
+        # end here, and if it took long LONG_AFTER times in a row, its next runs go to the
+        # thread. In a row: on a busy machine any statement can lose the core for a while,
+        # which says nothing about the statement (measured: once was enough to send every
+        # write there). The clock, not this thread's CPU time: reading that is a system call.
+        started = time.perf_counter()
         try:
             return run(self._conn, sql, params)
         finally:
-            if time.thread_time() - started > LOOP_BUDGET_S:
-                db._long.add(sql)
+            if time.perf_counter() - started > LOOP_BUDGET_S:
+                seen = db._slow_runs[sql] = db._slow_runs.get(sql, 0) + 1
+                if seen >= LONG_AFTER:
+                    db._long.add(sql)
+            elif sql in db._slow_runs:
+                del db._slow_runs[sql]
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         return await self._run(_rows, sql, params)

@@ -273,7 +273,7 @@ class LinkService:
         self._views.append(pending)
         if self._counter is None or self._counter.done():
             self._counter = asyncio.create_task(self._count_views())
-        return await asyncio.shield(pending.done)
+        return await pending.done
 
     async def _count_views(self) -> None:
         while self._views:
