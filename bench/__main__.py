@@ -14,7 +14,8 @@ import time
 from bench._common import RESULTS, ROOT, header
 
 # Cheapest first; access builds the cached million-image database that memory reuses.
-BENCHMARKS = ("ingest", "uploads", "access", "memory", "link", "interaction", "export")
+BENCHMARKS = ("ingest", "uploads", "access", "queries", "memory", "link", "interaction",
+              "export")
 
 
 def main() -> int:
