@@ -17,7 +17,7 @@ from pathlib import Path
 from dotenv import load_dotenv
 
 from bot.core.blobs import S3Settings, parse_blob_url
-from bot.generate import GENERATOR_KINDS
+from bot.generate import DEFAULT_SIDE, GENERATOR_KINDS, MAX_SIDE, MIN_SIDE
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 ENV_EXAMPLE_HINT = "copy .env.example to .env and put the bot token in DISCORD_TOKEN"
@@ -61,6 +61,7 @@ class Settings:
     max_pixels: int
     per_user_queue_limit: int
     log_level: str = "INFO"
+    image_size: int = DEFAULT_SIDE  # /imagine's width and height, in pixels
     comfyui_url: str | None = None
     comfyui_workflow: str | None = None  # a workflow file; None: the one shipped with Veil
     comfyui_checkpoint: str = "v1-5-pruned-emaonly.safetensors"
@@ -234,6 +235,12 @@ def load_settings(env: dict[str, str] | None = None, *, require_token: bool = Tr
                       f"got {log_level!r}.")
         log_level = "INFO"
 
+    image_size = _int(env, "VEIL_IMAGE_SIZE", DEFAULT_SIDE, errors, lo=MIN_SIDE, hi=MAX_SIDE)
+    if image_size % 8:
+        errors.append(f"VEIL_IMAGE_SIZE must be a multiple of 8 (generators draw in blocks of "
+                      f"8 pixels), got {image_size}.")
+        image_size = DEFAULT_SIDE
+
     shard_count, shard_ids = _shards(env, errors)
     blob_url, s3 = _blob_store(env, errors)
     settings = Settings(
@@ -253,6 +260,7 @@ def load_settings(env: dict[str, str] | None = None, *, require_token: bool = Tr
         max_pixels=_int(env, "VEIL_MAX_MEGAPIXELS", 40, errors, lo=1, hi=400) * 1_000_000,
         per_user_queue_limit=_int(env, "VEIL_QUEUE_PER_USER", 2, errors, lo=1, hi=20),
         log_level=log_level,
+        image_size=image_size,
         comfyui_url=comfyui_url,
         comfyui_workflow=comfyui_workflow,
         comfyui_checkpoint=(env.get("VEIL_COMFYUI_CHECKPOINT", "").strip()

@@ -111,7 +111,8 @@ class Imagine(commands.Cog):
                       private: bool | None = None,
                       count: app_commands.Range[int, 1, 4] = 1) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        request = GenerationRequest(prompt=prompt, count=count)
+        size = self.bot.settings.image_size
+        request = GenerationRequest(prompt=prompt, count=count, width=size, height=size)
         await self.run_generation(interaction, request, private)
 
     async def follow_up(self, interaction: Interaction, public_id: str, viewer: Viewer,

@@ -84,6 +84,7 @@ class App:
         await self.veil.moderation.allow_channel(self.world.guild.id, channel.id, 1)
 
 
+E2E_IMAGE_SIZE = 128  # the side of the images /imagine draws in these tests (VEIL_IMAGE_SIZE)
 PUBLIC_LINK = "https://veil.example/l/"  # how every Veil link the bot hands out begins
 
 
@@ -218,10 +219,11 @@ class GatedGenerator:
 
 def app_settings(double: DiscordDouble, data_dir: Path, **env: str) -> Settings:
     """The settings every end-to-end bot runs with (no link server; links on veil.example),
-    with ``env`` added or changed."""
+    with ``env`` added or changed. /imagine draws small images: encoding and sanitizing a
+    768-pixel PNG is most of the CPU a bot test would spend otherwise."""
     return load_settings({"DISCORD_TOKEN": double.token, "VEIL_DATA_DIR": str(data_dir),
                           "VEIL_WEB_ENABLED": "off", "VEIL_PUBLIC_URL": "https://veil.example",
-                          **env})
+                          "VEIL_IMAGE_SIZE": str(E2E_IMAGE_SIZE), **env})
 
 
 @contextlib.asynccontextmanager

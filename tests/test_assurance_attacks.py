@@ -199,6 +199,7 @@ async def test_after_a_crash_while_creating_no_plaintext_or_prompt_is_on_disk(da
     assert b"crash prompt" not in raw
 
 
+@pytest.mark.slow  # a subprocess killed at a failpoint
 async def test_a_deleted_image_is_unrecoverable_from_the_raw_data_folder(data_dir):
     async with await Veil.open(data_dir) as veil:
         image = await veil.images.create(ALICE, png((4, 5, 6)), guild_id=GUILD,

@@ -51,7 +51,8 @@ async def test_details_show_the_owner_the_prompt_seed_size_and_generator_only_ep
     shown = embed_text(handle)
     assert SECRET in shown
     details = await app.veil.images.details(image, Viewer(app.world.alice.id))
-    assert str(details.params.seed) in shown and "768×768" in shown
+    size = app.bot.settings.image_size
+    assert str(details.params.seed) in shown and f"{size}×{size}" in shown
     assert "Veil's built-in generator" in shown
     assert SECRET not in caplog.text, "the prompt reached a log line"
     for message in app.double.all_guild_channel_messages(include_deleted=True):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 from collections.abc import AsyncIterator
 
 import pytest
+from PIL import Image
 
 from bot.core.errors import GeneratorUnavailable
 from bot.generate import MAX_PROMPT_CHARS, GenerationQueue, ProceduralGenerator, Progress
@@ -58,6 +60,16 @@ async def test_a_public_image_in_a_channel_that_is_not_permitted_goes_to_dms(vei
     await app.run("imagine", user=app.world.alice, options={"prompt": "x", "private": False})
     assert image_attachments(app.double.all_guild_channel_messages()) == []
     assert len(app.double.dm_messages(app.world.alice)) == 1
+
+
+async def test_imagine_draws_images_of_the_configured_size(veil_app):
+    app = veil_app
+    size = app.bot.settings.image_size
+    assert size != 768, "the tests' size should differ from the default to tell them apart"
+    await app.run("imagine", user=app.world.alice, options={"prompt": "a small sketch"})
+    [dm] = app.double.dm_messages(app.world.alice)
+    with Image.open(io.BytesIO(dm.attachments[0].data)) as image:
+        assert image.size == (size, size)
 
 
 async def test_closed_dms_get_an_ephemeral_copy_and_a_warning(veil_app):

@@ -179,6 +179,7 @@ def _rc_err(result: subprocess.CompletedProcess) -> tuple[int, str]:
     return result.returncode, result.stderr
 
 
+@pytest.mark.slow  # two or three processes, each importing Veil
 def test_check_validates_the_data_folder_and_creates_the_key_once(tmp_path):
     first = cli("check", tmp_path=tmp_path)
     assert first.returncode == 0, first.stderr
@@ -190,6 +191,7 @@ def test_check_validates_the_data_folder_and_creates_the_key_once(tmp_path):
     assert "Generated a new master key" not in second.stderr
 
 
+@pytest.mark.slow  # two or three processes, each importing Veil
 def test_rotate_key_replaces_the_key_file_and_never_prints_a_key(tmp_path):
     cli("check", tmp_path=tmp_path)
     before = (tmp_path / "data" / "master.key").read_text()
@@ -201,6 +203,7 @@ def test_rotate_key_replaces_the_key_file_and_never_prints_a_key(tmp_path):
     assert cli("check", tmp_path=tmp_path).returncode == 0
 
 
+@pytest.mark.slow  # two or three processes, each importing Veil
 def test_a_wrong_master_key_is_refused_with_advice(tmp_path):
     cli("check", tmp_path=tmp_path, VEIL_MASTER_KEY="11" * 32)
     result = cli("check", tmp_path=tmp_path, VEIL_MASTER_KEY="22" * 32)

@@ -105,3 +105,12 @@ def test_a_wrong_blob_url_endpoint_or_half_a_key_pair_is_named_without_echoing_a
     assert "VEIL_S3_ENDPOINT_URL must start with http:// or https://" in message
     assert "VEIL_S3_ACCESS_KEY_ID and VEIL_S3_SECRET_ACCESS_KEY go together" in message
     assert "only-the-secret-9931" not in message
+
+
+def test_the_image_size_is_768_unless_set_and_must_be_a_multiple_of_8_in_range():
+    assert load_settings({"DISCORD_TOKEN": "x"}).image_size == 768
+    assert load_settings({"DISCORD_TOKEN": "x", "VEIL_IMAGE_SIZE": "512"}).image_size == 512
+    with pytest.raises(ConfigError, match="VEIL_IMAGE_SIZE must be a multiple of 8"):
+        load_settings({"DISCORD_TOKEN": "x", "VEIL_IMAGE_SIZE": "500"})
+    with pytest.raises(ConfigError, match="VEIL_IMAGE_SIZE must be between 64 and 2048"):
+        load_settings({"DISCORD_TOKEN": "x", "VEIL_IMAGE_SIZE": "4096"})

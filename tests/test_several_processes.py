@@ -158,6 +158,7 @@ async def test_a_process_given_its_key_in_the_environment_refuses_clearly_after_
         await veil.images.open(image.public_id, viewer(ALICE))
 
 
+@pytest.mark.slow  # a subprocess killed at a failpoint
 async def test_a_rotation_interrupted_after_the_switch_is_finished_by_the_next_start(data_dir):
     async with await Veil.open(data_dir) as veil:
         image = await veil.images.create(ALICE, png(), guild_id=GUILD, source="upload")
@@ -443,6 +444,7 @@ async def test_an_export_another_process_starts_during_a_sweep_is_not_taken_for_
         assert await bot.ctx.blobs.exists(export_key("fresh"))
 
 
+@pytest.mark.slow  # a subprocess killed at a failpoint
 async def test_a_rotation_with_keys_in_the_environment_killed_half_way_is_run_again_as_it_was(
         data_dir):
     old, new = "11" * 32, "22" * 32

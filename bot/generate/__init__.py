@@ -11,7 +11,10 @@ import ipaddress
 from urllib.parse import urlsplit
 
 from bot.generate.base import (
+    DEFAULT_SIDE,
     MAX_PROMPT_CHARS,
+    MAX_SIDE,
+    MIN_SIDE,
     GenerationRequest,
     Generator,
     Progress,
@@ -32,7 +35,10 @@ GENERATOR_KINDS = ("procedural", "sdwebui", "comfyui")
 
 __all__ = [
     "GENERATOR_KINDS",
+    "DEFAULT_SIDE",
     "MAX_PROMPT_CHARS",
+    "MAX_SIDE",
+    "MIN_SIDE",
     "ComfyUIGenerator",
     "Workflow",
     "WorkflowError",

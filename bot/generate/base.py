@@ -18,6 +18,7 @@ MIN_COUNT = 1
 MAX_COUNT = 4
 MIN_SIDE = 64
 MAX_SIDE = 2048
+DEFAULT_SIDE = 768  # /imagine's width and height unless VEIL_IMAGE_SIZE says otherwise
 MAX_PROMPT_CHARS = 2000
 # Seeds stay in the unsigned 32-bit range that Stable Diffusion WebUI and most samplers accept.
 SEED_LIMIT = 2**32
@@ -39,8 +40,8 @@ class GenerationRequest:
     prompt: str = field(repr=False)
     count: int = 1
     seed: int | None = None
-    width: int = 768
-    height: int = 768
+    width: int = DEFAULT_SIDE
+    height: int = DEFAULT_SIDE
     variation_seed: int | None = None
     variation_strength: float = 0.0
 
