@@ -1,4 +1,4 @@
-"""Schema, migrations (plain numbered .sql files) and the aiosqlite access layer."""
+"""Schema, migrations (plain numbered .sql files) and the SQLite adapter (stdlib sqlite3)."""
 
 from db.database import Database, Row, Transaction
 

@@ -232,10 +232,10 @@ async def test_a_task_cancelled_while_waiting_for_the_write_lock_never_wedges_th
                 await tx.execute("INSERT INTO meta (key, value) VALUES ('a', 'b')")
 
         waiting = asyncio.create_task(write())
-        await asyncio.sleep(0.3)  # inside BEGIN IMMEDIATE, waiting on the busy timeout
+        await asyncio.sleep(0.3)  # waiting for the write lock (retrying BEGIN IMMEDIATE)
         waiting.cancel()
         await asyncio.sleep(0.1)
-        other.execute("COMMIT")  # the BEGIN still running in aiosqlite's thread goes through
+        other.execute("COMMIT")  # a BEGIN still pending anywhere would now go through
         with pytest.raises(asyncio.CancelledError):
             await waiting
         async with db.transaction() as tx:
