@@ -25,7 +25,7 @@ from bot.core.blobs import (
     read_image_part,
     unpack_image,
 )
-from bot.core.images import STAGING_BOUND_S
+from bot.core.images import ORPHAN_SWEEP_EVERY_S, STAGING_BOUND_S
 from bot.core.veil import Veil
 from tests.blobstores import both_stores, store_env, store_of, stored_images
 from tests.conftest import ALICE, GUILD, png, viewer
@@ -150,7 +150,11 @@ async def test_repair_deletes_an_object_no_row_names_once_past_the_grace_period(
     # Just written: it may be another process's upload in flight.
     async with await Veil.open(data_dir, clock=time.time, **blob_options) as veil:
         assert await stored_images(veil) == {kept.blob_name, "0rphan"}
-    later = time.time() + STAGING_BOUND_S + 5
+    soon = time.time() + STAGING_BOUND_S + 5
+    async with await Veil.open(data_dir, clock=lambda: soon, **blob_options) as veil:
+        # Past the grace period, but the store was listed a moment ago: no second listing.
+        assert await stored_images(veil) == {kept.blob_name, "0rphan"}
+    later = time.time() + ORPHAN_SWEEP_EVERY_S + 5
     async with await Veil.open(data_dir, clock=lambda: later, **blob_options) as veil:
         assert await stored_images(veil) == {kept.blob_name}
         await veil.images.open(kept.public_id, viewer(ALICE))
@@ -163,9 +167,9 @@ async def test_repair_leaves_an_old_object_alone_while_its_upload_intent_is_live
     async with await Veil.open(data_dir, clock=lambda: start, **blob_options) as veil:
         async with veil.ctx.db.transaction() as tx:
             await tx.execute("INSERT INTO staged_blobs (blob_name, staged_at) VALUES (?, ?)",
-                             ("1nflight", start + STAGING_BOUND_S))  # a slow upload's intent
+                             ("1nflight", start + ORPHAN_SWEEP_EVERY_S))  # a live intent
         await veil.ctx.blobs.put(image_key("1nflight"), b"sealed")
-    later = start + STAGING_BOUND_S + 5
+    later = start + ORPHAN_SWEEP_EVERY_S + 5  # the object is old and the store is listed
     async with await Veil.open(data_dir, clock=lambda: later, **blob_options) as veil:
         assert await stored_images(veil) == {"1nflight"}
 

@@ -74,6 +74,8 @@ _INLINE_UNSEAL_BYTES = 128 * 1024
 # local folder: a page-cached read and AES-GCM of 241 KB cost about 45 µs of CPU there, less
 # than a trip to a worker thread and back (docs/PERFORMANCE.md, issue 12).
 INLINE_READ_MAX = 1 << 20
+# The orphan sweep lists every image object: at most this often, whatever the process starts.
+ORPHAN_SWEEP_EVERY_S = 3600.0
 
 # Own images, and images shared with the viewer one by one or through an all-images grant.
 # The page is chosen on ids alone: each branch is cut to the page's end first (so a large
@@ -506,6 +508,27 @@ class ImageService:
             await tx.execute("DELETE FROM staged_blobs WHERE staged_at <= ?", (cutoff,))
         if stale:
             await self.ctx.blobs.delete([image_key(n) for n in stale])
+        orphans = await self.sweep_orphans(cutoff)
+        finished = await self.finish_blob_deletions()
+        if finished:
+            await self.ctx.db.checkpoint()
+        return {"dropped": len(stale), "orphans": orphans, "deleted": finished}
+
+    async def sweep_orphans(self, cutoff: float, *, force: bool = False) -> int:
+        """Delete image objects written before ``cutoff`` that no row and no intent names.
+        It lists the whole store, so it runs at most once per ORPHAN_SWEEP_EVERY_S across all
+        processes (unless forced): every process start would otherwise list a million objects."""
+        now = self.ctx.now()
+        if not force:
+            last = await self.ctx.db.fetchval(
+                "SELECT value FROM meta WHERE key = 'orphan_sweep_at'")
+            # A clock that went back (a restored host) is no reason to skip.
+            if last is not None and now - ORPHAN_SWEEP_EVERY_S < float(last) <= now:
+                return 0
+        async with self.ctx.db.transaction() as tx:
+            await tx.execute("INSERT INTO meta (key, value) VALUES ('orphan_sweep_at', :now)"
+                             " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                             {"now": repr(now)})
         orphans = 0
         async for names in image_names(self.ctx.blobs, older_than=cutoff):
             for start in range(0, len(names), _CHUNK):
@@ -520,10 +543,7 @@ class ImageService:
                 if unnamed:
                     await self.ctx.blobs.delete([image_key(n) for n in unnamed])
                     orphans += len(unnamed)
-        finished = await self.finish_blob_deletions()
-        if finished:
-            await self.ctx.db.checkpoint()
-        return {"dropped": len(stale), "orphans": orphans, "deleted": finished}
+        return orphans
 
     # Lists ---------------------------------------------------------------------------------
 
