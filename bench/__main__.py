@@ -15,7 +15,7 @@ from bench._common import RESULTS, ROOT, header
 
 # Cheapest first; access builds the cached million-image database that memory reuses.
 BENCHMARKS = ("ingest", "uploads", "access", "queries", "memory", "link", "interaction",
-              "export")
+              "export", "pg")
 
 
 def main() -> int:

@@ -109,8 +109,8 @@ def probes(data: Path, scale: float, count: int, seed: int = 7):
 
 def explain(data: Path, report: Report, check_sample, gallery_sample) -> None:
     """EXPLAIN QUERY PLAN of the three queries behind the figures, on the big database."""
-    from bot.core.context import IMAGE_COLUMNS, LIVE_GRANT_SQL, roles_json
-    from bot.core.images import GALLERY_SQL
+    from bot.core.context import IMAGE_COLUMNS, live_grant_sql, roles_json
+    from bot.core.images import gallery_sql
 
     con = sqlite3.connect(f"file:{data / 'veil.db'}?mode=ro", uri=True)
     _, pid, viewer = check_sample
@@ -119,10 +119,10 @@ def explain(data: Path, report: Report, check_sample, gallery_sample) -> None:
     queries = [
         ("image by public id", f"SELECT {IMAGE_COLUMNS} FROM images WHERE public_id = ?",
          (pid,)),
-        ("live grant", LIVE_GRANT_SQL, {"owner": owner, "image": image_id, "now": time.time(),
-                                        "user": viewer.user_id,
-                                        "roles": roles_json(viewer.role_ids)}),
-        ("gallery", GALLERY_SQL, {"user": gallery_sample[1].user_id,
+        ("live grant", live_grant_sql("sqlite"), {
+            "owner": owner, "image": image_id, "now": time.time(), "user": viewer.user_id,
+            "roles": roles_json(viewer.role_ids)}),
+        ("gallery", gallery_sql("sqlite"), {"user": gallery_sample[1].user_id,
                                   "roles": roles_json(gallery_sample[1].role_ids),
                                   "now": time.time(), "upto": 26, "limit": 26, "offset": 0}),
     ]

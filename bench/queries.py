@@ -76,7 +76,7 @@ def _connect(data: Path) -> sqlite3.Connection:
 def gallery(report: Report, quick: bool) -> None:
     from bench.access import probes
     from bot.core.context import roles_json
-    from bot.core.images import GALLERY_SQL
+    from bot.core.images import gallery_sql
 
     count = 500 if quick else 1500
     cpu: dict[tuple[str, str], list[float]] = {}
@@ -89,7 +89,7 @@ def gallery(report: Report, quick: bool) -> None:
             for _, viewer in viewers:
                 params = {"user": viewer.user_id, "roles": roles_json(viewer.role_ids),
                           "now": now, "upto": 26, "limit": 26, "offset": 0}
-                texts = [("before", _OLD_GALLERY), ("now", GALLERY_SQL)]
+                texts = [("before", _OLD_GALLERY), ("now", gallery_sql("sqlite"))]
                 ids = {}
                 for name, sql in (texts if rnd % 2 else texts[::-1]):
                     start = time.thread_time()

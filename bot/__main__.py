@@ -50,7 +50,9 @@ async def _open_veil(settings: Settings, *, also: bytes | None = None) -> Veil:
                            master_key=None if keys is None else keys + [k for k in [also] if k],
                            blob_url=settings.blob_url, s3=settings.s3,
                            limits=ImageLimits(max_bytes=settings.max_upload_bytes,
-                                              max_pixels=settings.max_pixels))
+                                              max_pixels=settings.max_pixels),
+                           database_url=settings.database_url,
+                           db_pool_min=settings.db_pool_min, db_pool_max=settings.db_pool_max)
 
 
 def _make_generator(settings: Settings):
@@ -140,6 +142,7 @@ async def check(settings: Settings) -> None:
         print(f"Settings are valid. Data folder {settings.data_dir}: {images} images, "
               f"schema version {await veil.ctx.db.schema_version()}.")
         print(f"Blobs: {veil.ctx.blobs.description}.")
+        print(f"Database: {settings.database_label}.")
         if settings.discord_token is None:
             print("DISCORD_TOKEN is not set: the link server can run, the bot cannot.")
     from bot.generate import startup_warnings

@@ -78,6 +78,20 @@ class Settings:
     # The privileged Server Members intent: lets Veil retract role-share copies the moment a
     # role is taken away, instead of at the member's next interaction.
     members_intent: bool = False
+    # PostgreSQL instead of the SQLite file in data_dir (None). The URL may hold a password:
+    # out of repr; show ``database_label`` instead.
+    database_url: str | None = field(default=None, repr=False)
+    db_pool_min: int = 1
+    db_pool_max: int = 10
+
+    @property
+    def database_label(self) -> str:
+        """The database in use, for people: its password never shown."""
+        if self.database_url is None:
+            return f"SQLite file {self.data_dir / 'veil.db'}"
+        from db.postgres import redact_url
+
+        return f"PostgreSQL at {redact_url(self.database_url)}"
 
     # Where encrypted image bytes and exports live: None, the data folder; or s3://bucket/prefix,
     # reached with ``s3`` (whose keys never show in a repr).
@@ -240,6 +254,17 @@ def load_settings(env: dict[str, str] | None = None, *, require_token: bool = Tr
         errors.append(f"VEIL_IMAGE_SIZE must be a multiple of 8 (generators draw in blocks of "
                       f"8 pixels), got {image_size}.")
         image_size = DEFAULT_SIDE
+    database_url = env.get("VEIL_DATABASE_URL", "").strip() or None
+    if database_url is not None and not database_url.startswith(("postgresql://",
+                                                                 "postgres://")):
+        errors.append("VEIL_DATABASE_URL must be a postgresql:// URL (e.g. "
+                      "postgresql://veil:PASSWORD@db.internal:5432/veil), or empty for the "
+                      "SQLite file in the data folder.")
+    db_pool_min = _int(env, "VEIL_DB_POOL_MIN", 1, errors, lo=0, hi=1000)
+    db_pool_max = _int(env, "VEIL_DB_POOL_MAX", 10, errors, lo=1, hi=1000)
+    if db_pool_max < db_pool_min:
+        errors.append(f"VEIL_DB_POOL_MAX ({db_pool_max}) must be at least VEIL_DB_POOL_MIN "
+                      f"({db_pool_min}).")
 
     shard_count, shard_ids = _shards(env, errors)
     blob_url, s3 = _blob_store(env, errors)
@@ -275,6 +300,9 @@ def load_settings(env: dict[str, str] | None = None, *, require_token: bool = Tr
         members_intent=_flag(env, "VEIL_MEMBERS_INTENT", False, errors),
         blob_url=blob_url,
         s3=s3,
+        database_url=database_url,
+        db_pool_min=db_pool_min,
+        db_pool_max=db_pool_max,
     )
     if errors:
         raise ConfigError(*errors)

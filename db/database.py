@@ -40,6 +40,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
+from db.port import Dialect
+
 Row = sqlite3.Row
 Params = Sequence[Any] | dict[str, Any]
 T = TypeVar("T")
@@ -162,7 +164,7 @@ class _Pace:
 class Database:
     """One SQLite file. Open with ``await Database.open(path)``; close with ``await db.close()``."""
 
-    dialect = "sqlite"
+    dialect: Dialect = "sqlite"
 
     def __init__(self, path: Path, writer: sqlite3.Connection, reader: sqlite3.Connection,
                  far_reader: sqlite3.Connection) -> None:

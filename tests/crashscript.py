@@ -21,7 +21,8 @@ async def main(data_dir: str, operation: str, image_id: str | None) -> None:
     env = os.environ
     s3 = S3Settings(env.get("VEIL_S3_ENDPOINT_URL"), env.get("VEIL_S3_ACCESS_KEY_ID"),
                     env.get("VEIL_S3_SECRET_ACCESS_KEY"), env.get("VEIL_S3_REGION"))
-    veil = await Veil.open(data_dir, blob_url=env.get("VEIL_BLOB_URL"), s3=s3)
+    veil = await Veil.open(data_dir, blob_url=env.get("VEIL_BLOB_URL"), s3=s3,
+                           database_url=env.get("VEIL_DATABASE_URL") or None)
     if operation == "create":
         await veil.images.create(ALICE, png((1, 2, 3)), guild_id=GUILD, source="generated",
                                  prompt="crash prompt")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 
 import aiohttp
@@ -20,7 +21,7 @@ from bot.core.veil import Veil
 
 
 async def main(data_dir: str, api: str, token: str, user_id: str, public_id: str) -> None:
-    veil = await Veil.open(data_dir)
+    veil = await Veil.open(data_dir, database_url=os.environ.get("VEIL_DATABASE_URL") or None)
     try:
         await send_and_die(veil, api, token, user_id, public_id)
     finally:

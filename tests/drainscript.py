@@ -8,6 +8,7 @@ Usage: python -m tests.drainscript DATA_DIR BASE_URL
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 import aiohttp
@@ -16,7 +17,7 @@ from bot.core.veil import Veil
 
 
 async def main(data_dir: str, base_url: str) -> None:
-    veil = await Veil.open(data_dir)
+    veil = await Veil.open(data_dir, database_url=os.environ.get("VEIL_DATABASE_URL") or None)
     try:
         async with aiohttp.ClientSession() as session:
             idle = 0

@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -614,9 +614,16 @@ def _distinctive_windows(data: bytes, size: int = 24, most: int = 200) -> list[b
     return varied[::step]
 
 
-async def assert_no_plaintext_on_disk(veil: Veil, *plaintexts: bytes) -> None:
+async def assert_no_plaintext_on_disk(veil: Veil, *plaintexts: bytes,
+                                      at_rest: Callable[[], Awaitable[bytes]] | None = None
+                                      ) -> None:
+    """at_rest: the conftest fixture (which also reads PostgreSQL's files); default the data
+    folder alone."""
     await veil.ctx.db.checkpoint()
-    on_disk = b"".join(path.read_bytes() for path in _files(veil.data_dir))
+    if at_rest is not None:
+        on_disk = await at_rest()
+    else:
+        on_disk = b"".join(path.read_bytes() for path in _files(veil.data_dir))
     assert factory.SECRET not in on_disk
     for plaintext in plaintexts:
         leaked = [window for window in _distinctive_windows(plaintext) if window in on_disk]
@@ -627,6 +634,9 @@ async def _table_counts(veil: Veil) -> dict[str, int]:
     # Leases are the bot's own bookkeeping (its periodic jobs take them as they come round),
     # not something a user's input left behind.
     tables = await veil.ctx.db.fetchall(
+        "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+        " AND tablename != 'leases'"
+        if veil.ctx.db.dialect == "postgresql" else
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
         " AND name != 'leases'"
     )
@@ -650,12 +660,13 @@ async def footprint(veil: Veil) -> Footprint:
     )
 
 
-async def assert_nothing_left(veil: Veil, before: Footprint, source: bytes) -> None:
+async def assert_nothing_left(veil: Veil, before: Footprint, source: bytes,
+                              at_rest: Callable[[], Awaitable[bytes]] | None = None) -> None:
     after = await footprint(veil)
     assert after.rows["images"] == 0
     assert after.blobs == [] and after.staged == []
     assert after == before
-    await assert_no_plaintext_on_disk(veil, source)
+    await assert_no_plaintext_on_disk(veil, source, at_rest=at_rest)
 
 
 async def assert_stored_clean(veil: Veil, public_id: str) -> bytes:
@@ -691,8 +702,26 @@ def assert_nothing_hidden(case: Case, *outputs: bytes) -> None:
 # ---------------------------------------------------------------- path 1: the core
 
 
+@pytest.mark.sqlite_only("the corpus is about the image pipeline: on PostgreSQL a sample runs")
 @pytest.mark.parametrize("case", CORPUS)
-async def test_hostile_file_in_the_core_is_refused_or_cleaned(case: Case, veil: Veil) -> None:
+async def test_hostile_file_in_the_core_is_refused_or_cleaned(case: Case, veil: Veil,
+                                                             at_rest) -> None:
+    await _refused_or_cleaned_in_the_core(case, veil, at_rest)
+
+
+# Refusals and clean-ups of each kind: what they leave in PostgreSQL's files and WAL.
+PG_SAMPLE = ("png-truncated", "png-decompression-bomb", "svg", "png-parameters-itxt",
+             "png-stealth-pnginfo", "jpeg-exif-gps-xmp-iptc-icc-jumbf")
+
+
+@pytest.mark.postgresql_only("a sample of the corpus above")
+@pytest.mark.parametrize("case", [p for p in CORPUS if p.id in PG_SAMPLE])
+async def test_hostile_file_in_the_core_leaves_nothing_in_postgresql(case: Case, veil: Veil,
+                                                                     at_rest) -> None:
+    await _refused_or_cleaned_in_the_core(case, veil, at_rest)
+
+
+async def _refused_or_cleaned_in_the_core(case: Case, veil: Veil, at_rest) -> None:
     source = _precondition(case)
     before = await footprint(veil)
 
@@ -700,14 +729,14 @@ async def test_hostile_file_in_the_core_is_refused_or_cleaned(case: Case, veil: 
         with pytest.raises(BadImage) as refused:
             await veil.images.create(ALICE, source, guild_id=GUILD, source="upload")
         assert refused.value.message == case.refusal
-        await assert_nothing_left(veil, before, source)
+        await assert_nothing_left(veil, before, source, at_rest)
         return
 
     record = await veil.images.create(ALICE, source, guild_id=GUILD, source="upload")
 
     full = await assert_stored_clean(veil, record.public_id)
     assert_nothing_hidden(case, full)
-    await assert_no_plaintext_on_disk(veil, source, full)
+    await assert_no_plaintext_on_disk(veil, source, full, at_rest=at_rest)
 
 
 # ---------------------------------------------------------------- path 2: /upload on Discord

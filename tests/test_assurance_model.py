@@ -66,6 +66,7 @@ from bot.core.moderation import is_moderator
 from bot.core.veil import Veil
 from tests.accessmodel import CORE_QUIRKS, DAY, AccessModel, Refused, group_key
 from tests.conftest import FakeClock, png
+from tests.pgserver import PgServer
 
 # A small universe with real-sized snowflakes (they go through JSON and SQLite integers).
 USERS = tuple(2_000_000_000_000_000_101 + i for i in range(4))
@@ -110,6 +111,7 @@ grantees = st.one_of(
 MAX_EXAMPLES = int(os.environ.get("VEIL_MODEL_EXAMPLES", "200"))
 STEPS_PER_EXAMPLE = int(os.environ.get("VEIL_MODEL_STEPS", "60"))
 MIN_TOTAL_STEPS = int(os.environ.get("VEIL_MODEL_MIN_STEPS", "2000"))
+PG_MAX_EXAMPLES = int(os.environ.get("VEIL_MODEL_PG_EXAMPLES", "30"))
 
 SETTINGS = settings(
     max_examples=MAX_EXAMPLES,
@@ -163,6 +165,8 @@ def step(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class VeilMachine(RuleBasedStateMachine):
+    # The PostgreSQL server to run on (a fresh database per run), or None for a SQLite file.
+    pg: PgServer | None = None
     images = Bundle("images")
     groups = Bundle("groups")
     # Links and reports are kept in lists (picked by index) rather than bundles, so that the
@@ -179,9 +183,12 @@ class VeilMachine(RuleBasedStateMachine):
         self.model = AccessModel(now=START, managers=MANAGERS,
                                  quirks=CORE_QUIRKS if quirks is None else quirks)
         self.veil: Veil | None = None
+        self.database_url: str | None = None
         try:
+            if self.pg is not None:
+                self.database_url = self.run(self.pg.create_database())
             self.veil = self.run(Veil.open(Path(self.dir) / "data", master_key=os.urandom(32),
-                                           clock=self.clock))
+                                           clock=self.clock, database_url=self.database_url))
         except BaseException:
             self.teardown()
             raise
@@ -202,6 +209,8 @@ class VeilMachine(RuleBasedStateMachine):
         try:
             if self.veil is not None:
                 self.run(self.veil.close())
+            if self.pg is not None and self.database_url is not None:
+                self.run(self.pg.drop_database(self.database_url))
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
             self.loop.run_until_complete(self.loop.shutdown_default_executor())
         finally:
@@ -978,11 +987,24 @@ def _g(guild: int | None) -> str:
     return "DM" if guild is None else f"G{GUILDS.index(guild)}"
 
 
+@pytest.fixture
+def machine_class(backend: str, request: pytest.FixtureRequest) -> type[VeilMachine]:
+    """VeilMachine on a SQLite file, or on a fresh PostgreSQL database per run."""
+    if backend == "sqlite":
+        return VeilMachine
+    return type("PostgresVeilMachine", (VeilMachine,),
+                {"pg": request.getfixturevalue("pg_server")})
+
+
 @pytest.mark.slow
-def test_the_core_agrees_with_the_reference_model(record_property: Any, capsys: Any) -> None:
+def test_the_core_agrees_with_the_reference_model(record_property: Any, capsys: Any,
+                                                  backend: str,
+                                                  machine_class: type[VeilMachine]) -> None:
     before = dict(STATS)
     started = time.monotonic()
-    run_state_machine_as_test(VeilMachine, settings=SETTINGS)
+    # PostgreSQL: a shorter run (the same rules; each step costs a few network round trips).
+    examples = MAX_EXAMPLES if backend == "sqlite" else PG_MAX_EXAMPLES
+    run_state_machine_as_test(machine_class, settings=settings(SETTINGS, max_examples=examples))
     took = time.monotonic() - started
     steps = STATS["steps"] - before["steps"]
     summary = (f"{STATS['examples'] - before['examples']} runs, {steps} steps, "
@@ -996,15 +1018,16 @@ def test_the_core_agrees_with_the_reference_model(record_property: Any, capsys: 
     print("model: operations:", ", ".join(f"{k} x{v}" for k, v in sorted(OUTCOMES.items())))
     record_property("model_steps", steps)
     record_property("model_summary", summary)
-    assert steps > MIN_TOTAL_STEPS, f"too few steps for an assurance run: {summary}"
+    assert steps > MIN_TOTAL_STEPS * examples // MAX_EXAMPLES, (
+        f"too few steps for an assurance run: {summary}")
 
 
 # Sequences that once showed the core and the model disagreeing, kept as plain tests (the
 # core has been fixed since; each replays in well under a second).
 
-def test_a_group_is_found_by_the_name_it_was_created_with() -> None:
+def test_a_group_is_found_by_the_name_it_was_created_with(machine_class: Any) -> None:
     # The lookup used to keep the inner spaces that create_group collapses.
-    machine = VeilMachine()
+    machine = machine_class()
     try:
         machine.create_group(USERS[0], "close  friends")
         machine.add_member((USERS[0], "close  friends"), OWNER, None, USERS[1])
@@ -1013,11 +1036,11 @@ def test_a_group_is_found_by_the_name_it_was_created_with() -> None:
         machine.teardown()
 
 
-def test_every_shared_image_appears_when_the_gallery_is_paged() -> None:
+def test_every_shared_image_appears_when_the_gallery_is_paged(machine_class: Any) -> None:
     # Each branch of the gallery query used to be cut to the page's end before an image that
     # is shared two ways was counted once: the newest image took two of the rows, the page
     # after it came out empty and has_more was False, so the oldest was never shown.
-    machine = VeilMachine()
+    machine = machine_class()
     try:
         machine.first_roles([frozenset(), frozenset(ROLES[:1]), frozenset(), frozenset()])
         made = [machine.make_image(USERS[0], GUILDS[0], True, None) for _ in range(3)]
@@ -1029,10 +1052,11 @@ def test_every_shared_image_appears_when_the_gallery_is_paged() -> None:
         machine.teardown()
 
 
-def test_a_link_cut_short_by_the_server_maximum_stays_expired_when_it_is_raised() -> None:
+def test_a_link_cut_short_by_the_server_maximum_stays_expired_when_it_is_raised(
+        machine_class: Any) -> None:
     # The cut used to be applied on each request from the maximum in force, so raising the
     # maximum again brought an expired link back.
-    machine = VeilMachine()
+    machine = machine_class()
     try:
         machine.first_roles([frozenset()] * len(USERS))
         image = machine.make_image(USERS[0], GUILDS[0], True, None)
@@ -1047,9 +1071,9 @@ def test_a_link_cut_short_by_the_server_maximum_stays_expired_when_it_is_raised(
         machine.teardown()
 
 
-def test_a_public_image_goes_to_a_channel_only_in_its_own_server() -> None:
+def test_a_public_image_goes_to_a_channel_only_in_its_own_server(machine_class: Any) -> None:
     # Regression: place_for used to answer "channel" here (found by this machine).
-    machine = VeilMachine()
+    machine = machine_class()
     try:
         machine.first_roles([frozenset()] * len(USERS))
         image = machine.make_image(USERS[0], GUILDS[0], False, None)  # public in G0
@@ -1062,10 +1086,11 @@ def test_a_public_image_goes_to_a_channel_only_in_its_own_server() -> None:
         machine.teardown()
 
 
-def test_a_report_stops_letting_moderators_see_once_the_reporters_access_ends() -> None:
+def test_a_report_stops_letting_moderators_see_once_the_reporters_access_ends(
+        machine_class: Any) -> None:
     # Regression (found in review): a report used to keep a private image open to moderators
     # after the image went private or the reporter's share was revoked (guarantee 6).
-    machine = VeilMachine()
+    machine = machine_class()
     try:
         machine.first_roles([frozenset()] * len(USERS))
         shared = machine.make_image(USERS[0], GUILDS[0], True, None)
@@ -1088,10 +1113,10 @@ def test_a_report_stops_letting_moderators_see_once_the_reporters_access_ends() 
 # Mutants of the access code that once survived the whole suite: each sequence below fails on
 # its mutant (checked by breaking the code on purpose) and passes on the real core.
 
-def test_a_group_share_reaches_the_groups_members_and_nobody_else() -> None:
+def test_a_group_share_reaches_the_groups_members_and_nobody_else(machine_class: Any) -> None:
     # Mutant: the gallery counting every group as the viewer's (GALLERY_SQL's group_members
     # branch without its user filter).
-    machine = VeilMachine()
+    machine = machine_class()
     try:
         machine.first_roles([frozenset()] * len(USERS))
         image = machine.make_image(USERS[0], GUILDS[0], True, None)
@@ -1106,9 +1131,10 @@ def test_a_group_share_reaches_the_groups_members_and_nobody_else() -> None:
         machine.teardown()
 
 
-def test_an_expired_share_of_one_image_leaves_the_gallery_before_it_is_swept() -> None:
+def test_an_expired_share_of_one_image_leaves_the_gallery_before_it_is_swept(
+        machine_class: Any) -> None:
     # Mutant: the gallery's per-image branch ignoring a share's expiry.
-    machine = VeilMachine()
+    machine = machine_class()
     try:
         machine.first_roles([frozenset()] * len(USERS))
         image = machine.make_image(USERS[0], GUILDS[0], True, None)
@@ -1121,10 +1147,10 @@ def test_an_expired_share_of_one_image_leaves_the_gallery_before_it_is_swept() -
         machine.teardown()
 
 
-def test_a_report_made_through_a_share_ends_when_the_share_expires() -> None:
+def test_a_report_made_through_a_share_ends_when_the_share_expires(machine_class: Any) -> None:
     # Mutant: REPORT_IN_FORCE_SQL without its expiry term (a report outliving the reporter's
     # expired share); the moderator's copy must go with it once the share is swept.
-    machine = VeilMachine()
+    machine = machine_class()
     try:
         machine.first_roles([frozenset()] * len(USERS))
         image = machine.make_image(USERS[0], GUILDS[0], True, None)
@@ -1143,9 +1169,9 @@ def test_a_report_made_through_a_share_ends_when_the_share_expires() -> None:
         machine.teardown()
 
 
-def test_an_open_report_lets_moderators_see_and_no_other_member() -> None:
+def test_an_open_report_lets_moderators_see_and_no_other_member(machine_class: Any) -> None:
     # Mutant: the report flag counted for people who are not moderators.
-    machine = VeilMachine()
+    machine = machine_class()
     try:
         machine.first_roles([frozenset()] * len(USERS))
         image = machine.make_image(USERS[0], GUILDS[0], True, None)
@@ -1157,8 +1183,9 @@ def test_an_open_report_lets_moderators_see_and_no_other_member() -> None:
         machine.teardown()
 
 
-def test_a_copy_in_flight_when_its_share_is_revoked_is_retracted_on_arrival() -> None:
-    machine = VeilMachine()
+def test_a_copy_in_flight_when_its_share_is_revoked_is_retracted_on_arrival(
+        machine_class: Any) -> None:
+    machine = machine_class()
     try:
         machine.first_roles([frozenset()] * len(USERS))
         image = machine.make_image(USERS[0], GUILDS[0], True, None)

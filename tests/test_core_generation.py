@@ -36,10 +36,10 @@ async def test_nobody_else_gets_details_not_even_a_moderator_or_a_grantee(veil):
             await veil.images.follow_up(image.public_id, other, "reroll")
 
 
-async def test_generation_details_are_sealed_at_rest(veil, data_dir):
+async def test_generation_details_are_sealed_at_rest(veil, at_rest):
     image = await generated(veil)
     await veil.ctx.db.checkpoint()
-    stored = b"".join(p.read_bytes() for p in data_dir.rglob("*") if p.is_file())
+    stored = await at_rest()
     assert PROMPT.encode() not in stored
     assert b"4242" not in stored and b"comfyui" not in stored
     assert image.public_id.encode() in stored

@@ -347,11 +347,11 @@ async def test_a_retraction_that_keeps_failing_ends_stuck_not_dropped(veil, cloc
 
 
 async def test_a_claimed_retraction_is_not_taken_by_another_worker_until_its_lease_ends(
-        veil, data_dir, clock):
+        veil, data_dir, clock, database_url):
     from bot.core.veil import Veil
 
     await _queued_one(veil)
-    other = await Veil.open(data_dir, clock=clock)
+    other = await Veil.open(data_dir, clock=clock, database_url=database_url)
     try:
         [job] = await veil.ledger.claim()
         assert await other.ledger.claim() == []

@@ -59,7 +59,7 @@ async def test_purge_removes_every_image_a_member_made_in_this_server(veil):
     assert actions.count("admin.purge") == 4  # one per image and one for the purge
 
 
-async def test_forget_me_destroys_the_users_key_and_everything_of_theirs(veil, data_dir):
+async def test_forget_me_destroys_the_users_key_and_everything_of_theirs(veil, at_rest, backend):
     image = await veil.images.create(ALICE, png(), guild_id=GUILD, source="generated",
                                      prompt="forget this prompt")
     await veil.sharing.create_group(ALICE, "friends")
@@ -77,8 +77,12 @@ async def test_forget_me_destroys_the_users_key_and_everything_of_theirs(veil, d
     assert await veil.ctx.db.fetchval(
         "SELECT count(*) FROM grants WHERE grantee_kind = 'user' AND grantee_id = ?",
         (ALICE,)) == 0
-    raw = b"".join(p.read_bytes() for p in data_dir.rglob("*") if p.is_file())
-    assert owner_key not in raw
+    raw = await at_rest()
+    if backend == "sqlite":
+        # secure_delete and the truncating checkpoint. PostgreSQL keeps the dead row in its WAL
+        # until the segment is recycled (docs/STORAGE.md): there the master key, kept outside
+        # the database, is what protects it, and deleting the row ends it for every reader.
+        assert owner_key not in raw
     assert b"forget this prompt" not in raw
 
 

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import pytest
 
 from bot.core.blobs import BlobInfo, export_key
@@ -29,7 +30,7 @@ from bot.core.veil import Veil
 from bot.generate import GenerationQueue
 from bot.generate.base import GenerationRequest
 from bot.web import RateLimit, create_app, start_web
-from db import Database
+from db import Database, open_database
 from tests.blobstores import stored_images
 from tests.conftest import ALICE, BOB, GUILD, OTHER_GUILD, png, viewer
 
@@ -57,19 +58,37 @@ async def wait_for(path: Path, proc: subprocess.Popen) -> None:
         await asyncio.sleep(0.02)
 
 
-def stored_key_ids(data_dir: Path) -> tuple[str, set[str]]:
-    with sqlite3.connect(data_dir / "veil.db") as conn:
-        current = conn.execute("SELECT value FROM meta WHERE key = 'master_key_id'").fetchone()[0]
-        named = {r[0] for r in conn.execute("SELECT DISTINCT master_key_id FROM users")}
-    return current, named
+def on(database_url: str | None) -> dict[str, str]:
+    """The environment that points a subprocess at this test's database (none: SQLite)."""
+    return {} if database_url is None else {"VEIL_DATABASE_URL": database_url}
+
+
+async def on_store(data_dir: Path, database_url: str | None, sql: str) -> list:
+    """Run one statement on the test's database directly (through the adapter, no Veil)."""
+    db = await open_database(database_url or data_dir / "veil.db")
+    try:
+        if sql.lstrip().upper().startswith("SELECT"):
+            return list(await db.fetchall(sql))
+        async with db.transaction() as tx:
+            await tx.execute(sql)
+        return []
+    finally:
+        await db.close()
+
+
+async def stored_key_ids(data_dir: Path, database_url: str | None) -> tuple[str, set[str]]:
+    [(current,)] = await on_store(data_dir, database_url,
+                                  "SELECT value FROM meta WHERE key = 'master_key_id'")
+    named = await on_store(data_dir, database_url, "SELECT DISTINCT master_key_id FROM users")
+    return current, {r[0] for r in named}
 
 
 # Key rotation -----------------------------------------------------------------------------
 
 @pytest.mark.slow
 async def test_rotate_key_while_two_processes_read_and_write_fails_no_read_and_loses_nothing(
-        data_dir, tmp_path):
-    async with await Veil.open(data_dir) as veil:
+        data_dir, tmp_path, database_url):
+    async with await Veil.open(data_dir, database_url=database_url) as veil:
         for owner in (ALICE, BOB):
             await veil.images.create(owner, png(), guild_id=GUILD, source="upload")
     workers = []
@@ -77,13 +96,14 @@ async def test_rotate_key_while_two_processes_read_and_write_fails_no_read_and_l
         folder = tmp_path / f"worker{n}"
         folder.mkdir()
         workers.append((folder, start("-m", "tests.workerscript", str(data_dir), "load",
-                                      str(folder), str(7_000_000 + n * 100_000))))
+                                      str(folder), str(7_000_000 + n * 100_000),
+                                      **on(database_url))))
     try:
         for folder, proc in workers:
             await wait_for(folder / "ready", proc)
         await asyncio.sleep(0.3)
         for _ in range(2):
-            rotated = await asyncio.to_thread(cli, data_dir, "rotate-key")
+            rotated = await asyncio.to_thread(cli, data_dir, "rotate-key", **on(database_url))
             assert rotated.returncode == 0, rotated.stderr
             await asyncio.sleep(0.3)
     finally:
@@ -100,10 +120,10 @@ async def test_rotate_key_while_two_processes_read_and_write_fails_no_read_and_l
 
     # After a restart, with only what is on disk: every image opens, and the key file holds
     # exactly the key every owner key is wrapped under.
-    current, named = stored_key_ids(data_dir)
+    current, named = await stored_key_ids(data_dir, database_url)
     assert named == {current}
     assert [key_id(k) for k in read_key_file_all(data_dir / "master.key")] == [current]
-    async with await Veil.open(data_dir) as veil:
+    async with await Veil.open(data_dir, database_url=database_url) as veil:
         rows = await veil.ctx.db.fetchall("SELECT public_id, owner_id FROM images")
         assert len(rows) == 2 + sum(len(r["created"]) for r in results)
         for public_id, owner in rows:
@@ -113,22 +133,26 @@ async def test_rotate_key_while_two_processes_read_and_write_fails_no_read_and_l
           f"{sum(r['failures'] for r in results)} failed; {len(rows)} images open after restart")
 
 
-async def test_a_process_picks_up_a_key_rotated_by_another_without_a_restart(data_dir):
-    async with await Veil.open(data_dir) as bot, await Veil.open(data_dir) as admin:
+async def test_a_process_picks_up_a_key_rotated_by_another_without_a_restart(
+        data_dir, database_url):
+    async with await Veil.open(data_dir, database_url=database_url) as bot, \
+            await Veil.open(data_dir, database_url=database_url) as admin:
         before = await bot.images.create(ALICE, png(), guild_id=GUILD, source="upload")
         old_id = bot.ctx.keys.current_id
         await admin.rotate_master_key()
         # The bot's very next read and its next new user both use the new key.
         await bot.images.open(before.public_id, viewer(ALICE))
         made = await bot.images.create(BOB, png(), guild_id=GUILD, source="upload")
-        current, named = stored_key_ids(data_dir)
+        current, named = await stored_key_ids(data_dir, database_url)
         assert current != old_id and named == {current}
-    async with await Veil.open(data_dir) as veil:
+    async with await Veil.open(data_dir, database_url=database_url) as veil:
         await veil.images.open(made.public_id, viewer(BOB))
 
 
-async def test_a_user_made_while_a_rotation_runs_is_never_left_under_the_old_key(data_dir):
-    async with await Veil.open(data_dir) as bot, await Veil.open(data_dir) as admin:
+async def test_a_user_made_while_a_rotation_runs_is_never_left_under_the_old_key(
+        data_dir, database_url):
+    async with await Veil.open(data_dir, database_url=database_url) as bot, \
+            await Veil.open(data_dir, database_url=database_url) as admin:
         await bot.images.create(ALICE, png(), guild_id=GUILD, source="upload")
         # The bot creates a user in the middle of the rotation's steps, with the old key
         # still current in its memory: it must follow the database, not its memory.
@@ -136,41 +160,44 @@ async def test_a_user_made_while_a_rotation_runs_is_never_left_under_the_old_key
         await admin.rotate_master_key()
         bot.ctx.keys.current_id = stale
         made = await bot.images.create(BOB, png(), guild_id=GUILD, source="upload")
-        current, named = stored_key_ids(data_dir)
+        current, named = await stored_key_ids(data_dir, database_url)
         assert named == {current} != {stale}
-    async with await Veil.open(data_dir) as veil:
+    async with await Veil.open(data_dir, database_url=database_url) as veil:
         await veil.images.open(made.public_id, viewer(BOB))
 
 
 async def test_a_process_given_its_key_in_the_environment_refuses_clearly_after_a_rotation(
-        data_dir):
+        data_dir, database_url):
     old, new = new_key(), new_key()
-    async with await Veil.open(data_dir, master_key=old) as bot:
+    async with await Veil.open(data_dir, database_url=database_url, master_key=old) as bot:
         image = await bot.images.create(ALICE, png(), guild_id=GUILD, source="upload")
-        async with await Veil.open(data_dir, master_key=old) as admin:
+        async with await Veil.open(data_dir, database_url=database_url, master_key=old) as admin:
             await admin.rotate_master_key(new)
         with pytest.raises(MissingMasterKey, match="Restart this process with the new key"):
             await bot.images.create(BOB, png(), guild_id=GUILD, source="upload")
         with pytest.raises(MissingMasterKey):
             await bot.images.open(image.public_id, viewer(ALICE))
         assert await bot.ctx.db.fetchval("SELECT count(*) FROM users") == 1  # nothing wrapped
-    async with await Veil.open(data_dir, master_key=new) as veil:
+    async with await Veil.open(data_dir, database_url=database_url, master_key=new) as veil:
         await veil.images.open(image.public_id, viewer(ALICE))
 
 
 @pytest.mark.slow  # a subprocess killed at a failpoint
-async def test_a_rotation_interrupted_after_the_switch_is_finished_by_the_next_start(data_dir):
-    async with await Veil.open(data_dir) as veil:
+async def test_a_rotation_interrupted_after_the_switch_is_finished_by_the_next_start(
+        data_dir, database_url):
+    async with await Veil.open(data_dir, database_url=database_url) as veil:
         image = await veil.images.create(ALICE, png(), guild_id=GUILD, source="upload")
     proc = await asyncio.to_thread(subprocess.run, [
         sys.executable, "-m", "tests.crashscript", str(data_dir), "rotate"], cwd=ROOT,
-        env={**os.environ, "VEIL_FAILPOINT": "rotate:committed"}, capture_output=True)
+        env={**os.environ, "VEIL_FAILPOINT": "rotate:committed", **on(database_url)},
+        capture_output=True)
     assert proc.returncode == -9
     assert len(read_key_file_all(data_dir / "master.key")) == 2  # the job is half done
     # The crashed rotation's lease runs out; until then the next start leaves the job alone.
-    async with await Veil.open(data_dir, clock=lambda: time.time() + 300) as veil:
+    async with await Veil.open(data_dir, database_url=database_url,
+                               clock=lambda: time.time() + 300) as veil:
         await veil.images.open(image.public_id, viewer(ALICE))
-    current, named = stored_key_ids(data_dir)
+    current, named = await stored_key_ids(data_dir, database_url)
     assert named == {current}
     assert [key_id(k) for k in read_key_file_all(data_dir / "master.key")] == [current]
 
@@ -178,23 +205,24 @@ async def test_a_rotation_interrupted_after_the_switch_is_finished_by_the_next_s
 # Repair against a live upload ---------------------------------------------------------------
 
 @pytest.mark.slow
-async def test_check_started_during_a_slow_upload_leaves_the_upload_intact(data_dir, tmp_path):
-    async with await Veil.open(data_dir):
+async def test_check_started_during_a_slow_upload_leaves_the_upload_intact(
+        data_dir, tmp_path, database_url):
+    async with await Veil.open(data_dir, database_url=database_url):
         pass
     hold = tmp_path / "hold"
     hold.mkdir()
     upload = start("-m", "tests.crashscript", str(data_dir), "create",
-                   VEIL_PAUSE=f"create:staged@{hold}")
+                   VEIL_PAUSE=f"create:staged@{hold}", **on(database_url))
     try:
         await wait_for(hold / "reached", upload)
         for command in ("check", "sweep"):  # both run start-up repair in their own process
-            result = await asyncio.to_thread(cli, data_dir, command)
+            result = await asyncio.to_thread(cli, data_dir, command, **on(database_url))
             assert result.returncode == 0, result.stderr
     finally:
         (hold / "release").touch()
     _, err = await asyncio.to_thread(upload.communicate, timeout=60)
     assert upload.returncode == 0, err[-3000:]
-    async with await Veil.open(data_dir) as veil:
+    async with await Veil.open(data_dir, database_url=database_url) as veil:
         (public_id,) = [r[0] for r in await veil.ctx.db.fetchall("SELECT public_id FROM images")]
         content, _ = await veil.images.open(public_id, viewer(ALICE))
         assert content.data
@@ -202,9 +230,10 @@ async def test_check_started_during_a_slow_upload_leaves_the_upload_intact(data_
 
 
 async def test_an_upload_that_repair_judged_abandoned_refuses_to_commit_a_row_without_blob(
-        data_dir, clock):
-    async with await Veil.open(data_dir, clock=clock) as bot, \
-            await Veil.open(data_dir, clock=lambda: clock() + STAGING_BOUND_S + 1) as later:
+        data_dir, clock, database_url):
+    async with await Veil.open(data_dir, database_url=database_url, clock=clock) as bot, \
+            await Veil.open(data_dir, database_url=database_url,
+                            clock=lambda: clock() + STAGING_BOUND_S + 1) as later:
         put = bot.ctx.blobs.put
 
         async def slow_put(key: str, data: bytes) -> None:
@@ -249,8 +278,10 @@ async def test_a_task_cancelled_while_waiting_for_the_write_lock_never_wedges_th
 
 # Erasure against create -----------------------------------------------------------------------
 
-async def test_an_image_made_while_forget_me_runs_is_refused_not_cascaded_away(data_dir):
-    async with await Veil.open(data_dir) as bot, await Veil.open(data_dir) as other:
+async def test_an_image_made_while_forget_me_runs_is_refused_not_cascaded_away(
+        data_dir, database_url):
+    async with await Veil.open(data_dir, database_url=database_url) as bot, \
+            await Veil.open(data_dir, database_url=database_url) as other:
         await bot.images.create(ALICE, png(), guild_id=GUILD, source="upload")
         job = await bot.erasures.request("forget", ALICE, None, None)
         # Another process stores an image for Alice between the request and the loop.
@@ -264,18 +295,22 @@ async def test_an_image_made_while_forget_me_runs_is_refused_not_cascaded_away(d
         await other.images.create(ALICE, png(), guild_id=GUILD, source="upload")
 
 
-async def test_a_purge_blocks_new_images_in_its_server_only(data_dir):
-    async with await Veil.open(data_dir) as veil:
+async def test_a_purge_blocks_new_images_in_its_server_only(data_dir, database_url):
+    async with await Veil.open(data_dir, database_url=database_url) as veil:
         await veil.erasures.request("purge", ALICE, GUILD, 1)
         with pytest.raises(TryAgain):
             await veil.images.create(ALICE, png(), guild_id=GUILD, source="upload")
         await veil.images.create(ALICE, png(), guild_id=OTHER_GUILD, source="upload")
 
 
-async def test_a_user_row_is_never_deleted_around_the_deletion_path(data_dir):
-    async with await Veil.open(data_dir) as veil:
+async def test_a_user_row_is_never_deleted_around_the_deletion_path(data_dir, database_url):
+    async with await Veil.open(data_dir, database_url=database_url) as veil:
         await veil.images.create(ALICE, png(), guild_id=GUILD, source="upload")
-        with pytest.raises(sqlite3.IntegrityError, match="remove the images first"):
+        # SQLite: a trigger (its foreign key cannot change in place); PostgreSQL: the foreign
+        # key itself, ON DELETE RESTRICT.
+        refused = ((sqlite3.IntegrityError, "remove the images first") if database_url is None
+                   else (asyncpg.ForeignKeyViolationError, "images_owner_id_fkey"))
+        with pytest.raises(refused[0], match=refused[1]):
             async with veil.ctx.db.transaction() as tx:
                 await tx.execute("DELETE FROM users WHERE user_id = ?", (ALICE,))
         assert await veil.ctx.db.fetchval("SELECT count(*) FROM images") == 1
@@ -283,7 +318,7 @@ async def test_a_user_row_is_never_deleted_around_the_deletion_path(data_dir):
 
 # Leases ---------------------------------------------------------------------------------------
 
-async def test_a_periodic_job_runs_once_per_period_across_processes(data_dir, clock):
+async def test_a_periodic_job_runs_once_per_period_across_processes(data_dir, clock, database_url):
     runs: list[str] = []
 
     def job(name: str):
@@ -292,8 +327,8 @@ async def test_a_periodic_job_runs_once_per_period_across_processes(data_dir, cl
             return name
         return run
 
-    async with await Veil.open(data_dir, clock=clock) as bot, \
-            await Veil.open(data_dir, clock=clock) as web:
+    async with await Veil.open(data_dir, database_url=database_url, clock=clock) as bot, \
+            await Veil.open(data_dir, database_url=database_url, clock=clock) as web:
         assert await bot.leases.once_per("retention", 600, job("bot")) == "bot"
         assert await web.leases.once_per("retention", 600, job("web")) is None
         clock.advance(599)
@@ -304,17 +339,19 @@ async def test_a_periodic_job_runs_once_per_period_across_processes(data_dir, cl
     assert runs == ["bot", "web"]
 
 
-async def test_a_key_rotation_refuses_while_another_process_rotates(data_dir):
-    async with await Veil.open(data_dir) as one, await Veil.open(data_dir) as two:
+async def test_a_key_rotation_refuses_while_another_process_rotates(data_dir, database_url):
+    async with await Veil.open(data_dir, database_url=database_url) as one, \
+            await Veil.open(data_dir, database_url=database_url) as two:
         async with one.leases.holding("rotate-key", 60, busy="busy"):
             with pytest.raises(LeaseHeld, match="Another process is rotating"):
                 await two.rotate_master_key()
         await two.rotate_master_key()
 
 
-async def test_two_sweeps_at_once_remove_and_audit_each_expired_image_once(data_dir, clock):
-    async with await Veil.open(data_dir, clock=clock) as bot, \
-            await Veil.open(data_dir, clock=clock) as cli_sweep:
+async def test_two_sweeps_at_once_remove_and_audit_each_expired_image_once(
+        data_dir, clock, database_url):
+    async with await Veil.open(data_dir, database_url=database_url, clock=clock) as bot, \
+            await Veil.open(data_dir, database_url=database_url, clock=clock) as cli_sweep:
         for n in range(6):
             await bot.images.create(ALICE, png((n, 3, 3)), guild_id=GUILD, source="upload",
                                     expires_in=60)
@@ -366,10 +403,11 @@ async def test_a_backup_from_before_forget_me_opens_only_until_the_key_is_rotate
 # Shared limits --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("shared", [True, False], ids=["shared", "per-server"])
-async def test_two_link_servers_share_one_budget_of_failed_guesses(data_dir, clock, shared):
+async def test_two_link_servers_share_one_budget_of_failed_guesses(
+        data_dir, clock, shared, database_url):
     limit = RateLimit(burst=4, per_second=0.001)
-    async with await Veil.open(data_dir, clock=clock) as one, \
-            await Veil.open(data_dir, clock=clock) as two:
+    async with await Veil.open(data_dir, database_url=database_url, clock=clock) as one, \
+            await Veil.open(data_dir, database_url=database_url, clock=clock) as two:
         servers = [await start_web(create_app(v, public_url="http://127.0.0.1", clock=clock,
                                               rate_limit=limit, shared_limits=shared),
                                    "127.0.0.1", 0) for v in (one, two)]
@@ -406,8 +444,9 @@ class HeldGenerator:
         pass
 
 
-async def test_the_per_user_generation_limit_holds_across_two_bot_processes(data_dir):
-    async with await Veil.open(data_dir) as one, await Veil.open(data_dir) as two:
+async def test_the_per_user_generation_limit_holds_across_two_bot_processes(data_dir, database_url):
+    async with await Veil.open(data_dir, database_url=database_url) as one, \
+            await Veil.open(data_dir, database_url=database_url) as two:
         gate = asyncio.Event()
         slots = [GenerationSlots(v.ctx, per_user_limit=2, lifetime_s=60) for v in (one, two)]
         queues = [GenerationQueue(HeldGenerator(gate), per_user_limit=2, slots=s)
@@ -446,20 +485,25 @@ async def test_an_export_another_process_starts_during_a_sweep_is_not_taken_for_
 
 @pytest.mark.slow  # a subprocess killed at a failpoint
 async def test_a_rotation_with_keys_in_the_environment_killed_half_way_is_run_again_as_it_was(
-        data_dir):
+        data_dir, database_url):
     old, new = "11" * 32, "22" * 32
-    async with await Veil.open(data_dir, master_key=bytes.fromhex(old)) as veil:
+    async with await Veil.open(data_dir, database_url=database_url,
+                               master_key=bytes.fromhex(old)) as veil:
         image = await veil.images.create(ALICE, png(), guild_id=GUILD, source="upload")
-    killed = await asyncio.to_thread(cli, data_dir, "rotate-key", VEIL_MASTER_KEY=old,
+    killed = await asyncio.to_thread(cli, data_dir, "rotate-key", **on(database_url),
+                                     VEIL_MASTER_KEY=old,
                                      VEIL_NEW_MASTER_KEY=new, VEIL_FAILPOINT="rotate:committed")
     assert killed.returncode == -9
-    busy = await asyncio.to_thread(cli, data_dir, "rotate-key", VEIL_MASTER_KEY=old,
+    busy = await asyncio.to_thread(cli, data_dir, "rotate-key", **on(database_url),
+                                   VEIL_MASTER_KEY=old,
                                    VEIL_NEW_MASTER_KEY=new)
     assert busy.returncode == 2 and "stopped while rotating" in busy.stderr
-    with sqlite3.connect(data_dir / "veil.db") as conn:  # the dead process's lease runs out
-        conn.execute("UPDATE leases SET expires_at = 0")
-    again = await asyncio.to_thread(cli, data_dir, "rotate-key", VEIL_MASTER_KEY=old,
+    # The dead process's lease runs out.
+    await on_store(data_dir, database_url, "UPDATE leases SET expires_at = 0")
+    again = await asyncio.to_thread(cli, data_dir, "rotate-key", **on(database_url),
+                                    VEIL_MASTER_KEY=old,
                                     VEIL_NEW_MASTER_KEY=new)
     assert again.returncode == 0, again.stderr
-    async with await Veil.open(data_dir, master_key=bytes.fromhex(new)) as veil:
+    async with await Veil.open(data_dir, database_url=database_url,
+                               master_key=bytes.fromhex(new)) as veil:
         await veil.images.open(image.public_id, viewer(ALICE))

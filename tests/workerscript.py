@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -20,7 +21,7 @@ from tests.conftest import GUILD, png
 
 
 async def load(data_dir: str, folder: Path, first_user: int) -> None:
-    veil = await Veil.open(data_dir)
+    veil = await Veil.open(data_dir, database_url=os.environ.get("VEIL_DATABASE_URL") or None)
     known = [(r[0], r[1]) for r in await veil.ctx.db.fetchall(
         "SELECT public_id, owner_id FROM images")]
     created: list[str] = []

@@ -6,6 +6,7 @@ a live grant on this image", used by every path that hands out image bytes.
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import time
@@ -17,7 +18,9 @@ from bot.core.blobs import BlobStore
 from bot.core.crypto import KeyRing, new_key
 from bot.core.models import ImageRecord, Viewer
 from bot.images import ImageLimits
-from db import Database, Row, Transaction
+from db import Row, Store, Tx
+from db.dialect import ids_in
+from db.port import Dialect
 
 Clock = Callable[[], float]
 
@@ -40,13 +43,13 @@ def image_from_row(row: Row | tuple[Any, ...]) -> ImageRecord:
 # very request, or a group grant for a personal group the viewer is in; on this image or on all
 # of its owner's images. Bounded by the owner's grants on this one image plus their all-images
 # grants (index grants_unique), whatever the size of the library.
-def _live_grant_sql(owner: str, image: str) -> str:
+def _live_grant_sql(owner: str, image: str, dialect: Dialect) -> str:
     return f"""
 SELECT g.id FROM grants g
 WHERE g.owner_id = {owner} AND coalesce(g.image_id, 0) IN (0, {image})
   AND (g.expires_at IS NULL OR g.expires_at > :now)
   AND (   (g.grantee_kind = 'user' AND g.grantee_id = :user)
-       OR (g.grantee_kind = 'role' AND g.grantee_id IN (SELECT value FROM json_each(:roles)))
+       OR (g.grantee_kind = 'role' AND g.grantee_id IN ({ids_in(":roles", dialect)}))
        OR (g.grantee_kind = 'group' AND g.grantee_id IN
               (SELECT group_id FROM group_members WHERE user_id = :user)))
 ORDER BY g.image_id IS NULL, g.id
@@ -54,7 +57,11 @@ LIMIT 1
 """
 
 
-LIVE_GRANT_SQL = _live_grant_sql(":owner", ":image")
+@functools.cache
+def live_grant_sql(dialect: Dialect) -> str:
+    """Params: owner, image, now, user, roles (roles_json)."""
+    return _live_grant_sql(":owner", ":image", dialect)
+
 
 # An open report lets moderators see its image only while the reporter's access still holds
 # (guarantee 6): their own image, a still-public one, or a share with the same target that is
@@ -71,13 +78,16 @@ WHERE r.image_id = i.id AND r.closed_at IS NULL
                 AND (g.expires_at IS NULL OR g.expires_at > :now))))
 """
 
-# Everything a view decision needs, in one query (one trip to the database thread): the image,
-# the viewer's live grant on it, and (for moderators) whether it has an open report.
-VIEW_FACTS_SQL = f"""
+
+# Everything a view decision needs, in one query (one trip to the database): the image, the
+# viewer's live grant on it, and (for moderators) whether it has an open report.
+@functools.cache
+def view_facts_sql(dialect: Dialect) -> str:
+    return f"""
 SELECT {", ".join("i." + c for c in IMAGE_COLUMNS.split(", "))},
        CASE WHEN i.owner_id = :user THEN NULL
-            ELSE ({_live_grant_sql("i.owner_id", "i.id")}) END,
-       CASE WHEN :moderator THEN ({REPORT_IN_FORCE_SQL} ORDER BY r.id LIMIT 1) END
+            ELSE ({_live_grant_sql("i.owner_id", "i.id", dialect)}) END,
+       CASE WHEN :moderator = 1 THEN ({REPORT_IN_FORCE_SQL} ORDER BY r.id LIMIT 1) END
 FROM images i WHERE i.public_id = :public_id
 """
 
@@ -88,7 +98,7 @@ def roles_json(role_ids: frozenset[int]) -> str:
 
 @dataclass
 class Context:
-    db: Database
+    db: Store
     blobs: BlobStore
     keys: KeyRing
     clock: Clock = time.time
@@ -109,7 +119,7 @@ class Context:
             "SELECT wrapped_key, master_key_id FROM users WHERE user_id = ?", (user_id,))
         return None if row is None else self.keys.unwrap_owner_key(user_id, row[0], row[1])
 
-    async def ensure_user(self, tx: Transaction, user_id: int) -> bytes:
+    async def ensure_user(self, tx: Tx, user_id: int) -> bytes:
         """The owner's key, creating the user (private mode on, fresh key) on first use."""
         row = await tx.fetchone(
             "SELECT wrapped_key, master_key_id FROM users WHERE user_id = ?", (user_id,))
@@ -135,7 +145,7 @@ class Context:
                          viewer: Viewer) -> tuple[ImageRecord, int | None, int | None] | None:
         """(image, live grant id, open report's id) for a view decision, or None if no such
         image. The report is looked up for moderators only."""
-        row = await self.db.fetchone(VIEW_FACTS_SQL, {
+        row = await self.db.fetchone(view_facts_sql(self.db.dialect), {
             "public_id": public_id.strip().lower(), "user": viewer.user_id,
             "roles": roles_json(viewer.role_ids), "now": self.now(),
             "moderator": int(viewer.is_moderator)})
@@ -143,7 +153,7 @@ class Context:
             return None
         return image_from_row(row), row[13], row[14]
 
-    async def audit(self, tx: Transaction, action: str, *, actor_id: int | None,
+    async def audit(self, tx: Tx, action: str, *, actor_id: int | None,
                     guild_id: int | None = None, target_user: int | None = None,
                     image_ref: str | None = None, detail: str | None = None) -> None:
         """Record an action by ids only: never a token, key or prompt goes in ``detail``."""

@@ -18,7 +18,7 @@ from bot.core.context import IMAGE_COLUMNS, Context, image_from_row
 from bot.core.images import ImageService, drop_exports_in
 from bot.core.ledger import queue_ended
 from bot.core.models import Removal
-from db import Transaction
+from db import Tx
 
 BATCH = 500
 
@@ -111,7 +111,7 @@ class ErasureService:
         await self.ctx.db.checkpoint()
         return Removal(tuple(ids), queued, ephemeral, tuple(retractions))
 
-    async def _forget_the_rest(self, tx: Transaction,
+    async def _forget_the_rest(self, tx: Tx,
                                user_id: int) -> tuple[list[str], list[int]]:
         """Everything of the person that is not an image: shares to and from them, groups,
         reports, links they made, their id in others' records, and their key (last). Returns

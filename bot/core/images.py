@@ -9,6 +9,7 @@ queues the retraction of every posted message, destroys the data key and unlinks
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import secrets
 from collections.abc import Sequence
@@ -52,7 +53,9 @@ from bot.core.models import (
     WrappedKeys,
 )
 from bot.images import sanitize_image_async
-from db import Transaction
+from db import Tx
+from db.dialect import ids_in
+from db.port import Dialect
 
 NOT_VISIBLE = "There is no image with id `{}` that you can see."
 PAGE_SIZE = 25
@@ -92,11 +95,12 @@ ORPHAN_SWEEP_EVERY_S = 3600.0
 #   the expiry of the images that reach the page is read with the page's rows. An expired image
 #   the sweeper has not removed yet would then take a place on the page: ``dead`` counts them
 #   among the ids up to the page's end, and when there is one the page is chosen again with
-#   GALLERY_EXACT_SQL, which reads every shared row as the query did before.
-_GALLERY_ME = """
+#   gallery_exact_sql, which reads every shared row as the query did before.
+def _gallery_me(dialect: Dialect) -> str:
+    return f"""
 WITH me (kind, gid) AS (
-    SELECT 'user', :user
-    UNION ALL SELECT 'role', value FROM json_each(:roles)
+    SELECT 'user', CAST(:user AS BIGINT)
+    UNION ALL SELECT 'role', value FROM ({ids_in(":roles", dialect)}) AS roles
     UNION ALL SELECT 'group', group_id FROM group_members WHERE user_id = :user
 ),"""
 _GALLERY_OWN_AND_ALL = """
@@ -115,7 +119,10 @@ _GALLERY_OWN_AND_ALL = """
                    ORDER BY i.id DESC LIMIT :upto) AS everything"""
 _PAGE_COLUMNS = ", ".join("i." + c for c in IMAGE_COLUMNS.split(", "))
 
-GALLERY_SQL = f"""{_GALLERY_ME}
+
+@functools.cache
+def gallery_sql(dialect: Dialect) -> str:
+    return f"""{_gallery_me(dialect)}
 candidates (id, mine) AS ({_GALLERY_OWN_AND_ALL}
     UNION ALL
     SELECT * FROM (SELECT DISTINCT g.image_id, 0
@@ -137,7 +144,10 @@ FROM page JOIN images i ON i.id = page.id
 ORDER BY i.id DESC
 """
 
-GALLERY_EXACT_SQL = f"""{_GALLERY_ME}
+
+@functools.cache
+def gallery_exact_sql(dialect: Dialect) -> str:
+    return f"""{_gallery_me(dialect)}
 candidates (id, mine) AS ({_GALLERY_OWN_AND_ALL}
     UNION ALL
     SELECT * FROM (SELECT DISTINCT i.id, 0
@@ -375,7 +385,7 @@ class ImageService:
             return await self.log_view_in(tx, image, viewer_id=viewer_id, via=via,
                                           link_id=link_id, agent=agent)
 
-    async def log_view_in(self, tx: Transaction, image: ImageRecord, *, viewer_id: int | None,
+    async def log_view_in(self, tx: Tx, image: ImageRecord, *, viewer_id: int | None,
                           via: str, link_id: str | None = None,
                           agent: str | None = None) -> bool:
         """Add to the owner's view log: ids, the channel and a browser family; never a token.
@@ -468,7 +478,8 @@ class ImageService:
                 queued += await queue_all(self.ctx, tx, f"d.image_id IN ({scope})",
                                           {f"i{n}": v for n, v in enumerate(ids)},
                                           reason=action)
-                await tx.executemany("INSERT OR IGNORE INTO blob_deletions (blob_name) VALUES (?)",
+                await tx.executemany("INSERT INTO blob_deletions (blob_name) VALUES (?)"
+                                     " ON CONFLICT DO NOTHING",
                                      [(i.blob_name,) for i in chunk])
                 await tx.execute(f"DELETE FROM images WHERE id IN ({marks})", ids)
                 for image in chunk:
@@ -555,9 +566,9 @@ class ImageService:
         params = {"user": viewer.user_id, "roles": roles_json(viewer.role_ids),
                   "now": self.ctx.now(), "upto": offset + per_page + 1, "limit": per_page + 1,
                   "offset": offset}
-        rows = await self.ctx.db.fetchall(GALLERY_SQL, params)
+        rows = await self.ctx.db.fetchall(gallery_sql(self.ctx.db.dialect), params)
         if rows and rows[0][14]:
-            rows = await self.ctx.db.fetchall(GALLERY_EXACT_SQL, params)
+            rows = await self.ctx.db.fetchall(gallery_exact_sql(self.ctx.db.dialect), params)
         items = tuple(GalleryItem(image_from_row(r), bool(r[13])) for r in rows[:per_page])
         return GalleryPage(items, page, len(rows) > per_page)
 
@@ -661,7 +672,7 @@ def _shown(public_id: str) -> str:
     return "".join(c for c in public_id if c.isalnum())[:16] or "?"
 
 
-async def drop_exports_in(tx: Transaction, user_ids: set[int]) -> list[str]:
+async def drop_exports_in(tx: Tx, user_ids: set[int]) -> list[str]:
     """Delete the export rows of these users (in any state) inside ``tx``; returns their file
     names, to unlink once ``tx`` has committed (a file without a row opens for nobody: its key
     comes from a token that is not stored, and the sweep removes such files)."""

@@ -36,7 +36,7 @@ from bot.core.crypto import (
     write_key_file,
 )
 from bot.core.leases import Leases
-from db import Database
+from db import Store
 
 KEY_FILE = "master.key"
 NEXT_KEY_FILE = "master.key.next"  # written by versions before online rotation
@@ -58,7 +58,7 @@ class LoadedKey:
     created_file: Path | None  # set when a new key file was made on this start
 
 
-async def _stored_key_id(db: Database) -> str | None:
+async def _stored_key_id(db: Store) -> str | None:
     return await db.fetchval("SELECT value FROM meta WHERE key = 'master_key_id'")
 
 
@@ -73,7 +73,7 @@ def _finish_old_style_rotation(data_dir: Path, stored: str | None) -> None:
             next_file.unlink()
 
 
-async def load_master_key(db: Database, data_dir: Path,
+async def load_master_key(db: Store, data_dir: Path,
                           env_keys: bytes | list[bytes] | None) -> LoadedKey:
     if isinstance(env_keys, bytes):
         env_keys = [env_keys]

@@ -31,7 +31,7 @@ from bot.core.access import Decision
 from bot.core.context import IMAGE_COLUMNS, REPORT_IN_FORCE_SQL, Context, image_from_row
 from bot.core.errors import NotFound
 from bot.core.models import DeliveryKind, ImageRecord, Retraction
-from db import Transaction
+from db import Tx
 
 BasisKind = Literal["owner", "grant", "public", "report", "export"]
 
@@ -54,7 +54,7 @@ EXISTS (SELECT 1 FROM images i WHERE i.id = d.image_id
         AND (i.expires_at IS NULL OR i.expires_at > :now)
         AND CASE d.basis
             WHEN 'owner' THEN d.recipient_id IS NULL OR d.recipient_id = i.owner_id
-            WHEN 'export' THEN 1
+            WHEN 'export' THEN 1 = 1
             WHEN 'public' THEN i.visibility = 'public'
             WHEN 'grant' THEN EXISTS (
                 SELECT 1 FROM grants g WHERE g.id = d.grant_id
@@ -65,16 +65,17 @@ EXISTS (SELECT 1 FROM images i WHERE i.id = d.image_id
                               SELECT 1 FROM group_members m
                               WHERE m.group_id = g.grantee_id AND m.user_id = d.recipient_id))))
             WHEN 'report' THEN EXISTS ({REPORT_IN_FORCE_SQL} AND r.id = d.report_id)
-            ELSE 0 END)
+            ELSE 1 = 0 END)
 """
 
 _QUEUE_SQL = """
-INSERT OR IGNORE INTO retractions (channel_id, message_id, next_attempt_at, owner_id, image_ref,
-                                   recipient_id, reason, queued_at)
+INSERT INTO retractions (channel_id, message_id, next_attempt_at, owner_id, image_ref,
+                         recipient_id, reason, queued_at)
 SELECT d.channel_id, d.message_id, :now, i.owner_id, i.public_id, d.recipient_id, :reason, :now
 FROM deliveries d LEFT JOIN images i ON i.id = d.image_id
 WHERE ({where}) AND d.state = 'sent' AND d.unretractable IS NULL AND d.message_id IS NOT NULL
   {ended}
+ON CONFLICT DO NOTHING
 RETURNING id
 """
 
@@ -148,21 +149,21 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
-async def queue_all(ctx: Context, tx: Transaction, where: str,
+async def queue_all(ctx: Context, tx: Tx, where: str,
                     params: Mapping[str, object], *, reason: str) -> list[int]:
     """Queue the retraction of every sent copy matching ``where`` (over deliveries ``d``), and
     forget them. For the image's own deletion, where no basis can hold any more."""
     return await _queue(ctx, tx, where, params, reason=reason, ended_only=False)
 
 
-async def queue_ended(ctx: Context, tx: Transaction, where: str,
+async def queue_ended(ctx: Context, tx: Tx, where: str,
                       params: Mapping[str, object], *, reason: str) -> list[int]:
     """Queue the retraction of every sent copy matching ``where`` whose basis no longer holds
     (as of this transaction), and forget them. Call it after the change that ended access."""
     return await _queue(ctx, tx, where, params, reason=reason, ended_only=True)
 
 
-async def _queue(ctx: Context, tx: Transaction, where: str, params: Mapping[str, object], *,
+async def _queue(ctx: Context, tx: Tx, where: str, params: Mapping[str, object], *,
                  reason: str, ended_only: bool) -> list[int]:
     ended = f"AND NOT {BASIS_HOLDS_SQL}" if ended_only else ""
     values = {**params, "now": ctx.now(), "reason": reason}
@@ -250,15 +251,18 @@ class DeliveryLedger:
                 # Rows gone: the image was deleted while the message was on its way.
                 image = pending.images[0]
                 queued += [r[0] for r in await tx.fetchall(
-                    "INSERT OR IGNORE INTO retractions (channel_id, message_id, next_attempt_at,"
+                    "INSERT INTO retractions (channel_id, message_id, next_attempt_at,"
                     " owner_id, image_ref, reason, queued_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
-                    " RETURNING id", (channel_id, message_id, now, image.owner_id,
-                                      image.public_id, "image deleted in flight", now))]
+                    " ON CONFLICT DO NOTHING RETURNING id",
+                    (channel_id, message_id, now, image.owner_id, image.public_id,
+                     "image deleted in flight", now))]
                 self.ctx.retractions_queued()
         return Recorded(not queued and not missing, tuple(queued))
 
     async def abandon(self, pending: PendingDelivery) -> None:
         """The send failed: nothing went out, so nothing is recorded."""
+        if not pending.ids:
+            return
         async with self.ctx.db.transaction() as tx:
             await tx.execute(
                 f"DELETE FROM deliveries WHERE id IN ({','.join('?' * len(pending.ids))})"
@@ -410,6 +414,8 @@ class DeliveryLedger:
 def _id_list(column: str, ids: Sequence[int]) -> tuple[str, dict[str, object]]:
     """``column IN (:k0, :k1, ...)`` with its named parameters."""
     params: dict[str, object] = {f"k{n}": v for n, v in enumerate(ids)}
+    if not params:
+        return "1 = 0", params  # PostgreSQL has no empty IN ()
     return f"{column} IN ({', '.join(':' + k for k in params)})", params
 
 

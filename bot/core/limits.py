@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from bot.core.context import Context
 from bot.core.errors import QueueFull
-from db import Transaction
+from db import Tx
 
 
 class SharedFailureBudget:
@@ -52,7 +52,7 @@ class SharedFailureBudget:
                 await self._store(tx, key, units, now)
         # A hit that was not charged, or a miss already charged: nothing to settle.
 
-    async def _store(self, tx: Transaction, key: str, units: float, now: float) -> None:
+    async def _store(self, tx: Tx, key: str, units: float, now: float) -> None:
         if units >= self.burst:
             await tx.execute("DELETE FROM throttle WHERE key = ?", (key,))
         else:

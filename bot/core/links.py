@@ -38,7 +38,7 @@ from bot.core.passwords import DEFAULT_COST, ScryptCost, hash_password, verify_p
 from db import Row
 
 if TYPE_CHECKING:
-    from db import Row, Transaction
+    from db import Row, Tx
 
 TOKEN_BYTES = 32
 TOKEN_CHARS = 43
@@ -298,7 +298,7 @@ class LinkService:
                 if not p.done.done():
                     p.done.set_result(ok)
 
-    async def _count_in(self, tx: Transaction, view: _PendingView, now: float) -> bool:
+    async def _count_in(self, tx: Tx, view: _PendingView, now: float) -> bool:
         target = view.target
         counted = await tx.execute(
             "UPDATE links SET views = views + 1 WHERE id = ? AND revoked_at IS NULL"

@@ -56,8 +56,8 @@ class ModerationService:
         if lifetime is None or not 60 <= float(lifetime) <= 366 * 86400:
             raise InvalidInput("The longest link lifetime is between 1 minute and a year.")
         async with self.ctx.db.transaction() as tx:
-            await tx.execute("INSERT OR IGNORE INTO guild_policy (guild_id, updated_at)"
-                             " VALUES (?, ?)", (guild_id, self.ctx.now()))
+            await tx.execute("INSERT INTO guild_policy (guild_id, updated_at)"
+                             " VALUES (?, ?) ON CONFLICT DO NOTHING", (guild_id, self.ctx.now()))
             for name, value in changes.items():
                 stored = int(value) if isinstance(value, bool) else value
                 await tx.execute(f"UPDATE guild_policy SET {name} = ?, updated_at = ?"
@@ -75,8 +75,8 @@ class ModerationService:
 
     async def allow_channel(self, guild_id: int, channel_id: int, actor_id: int) -> None:
         async with self.ctx.db.transaction() as tx:
-            await tx.execute("INSERT OR IGNORE INTO permitted_channels (guild_id, channel_id)"
-                             " VALUES (?, ?)", (guild_id, channel_id))
+            await tx.execute("INSERT INTO permitted_channels (guild_id, channel_id)"
+                             " VALUES (?, ?) ON CONFLICT DO NOTHING", (guild_id, channel_id))
             await self.ctx.audit(tx, "admin.channel-allow", actor_id=actor_id, guild_id=guild_id,
                                  detail=f"channel:{channel_id}")
 

@@ -16,9 +16,10 @@ from bot.core.errors import InvalidInput, NotFound
 from bot.core.images import ImageService
 from bot.core.ledger import owner_reports_scope, queue_all, queue_ended
 from bot.core.models import Grant, GranteeKind, Group, Viewer
+from db.dialect import ids_in
 
 if TYPE_CHECKING:
-    from db import Row, Transaction
+    from db import Row, Tx
 
 MAX_GROUPS = 25
 MAX_GROUP_MEMBERS = 100
@@ -107,7 +108,7 @@ class SharingService:
                                      detail=f"{kind}:{grantee_id}")
         return len(ids), queued
 
-    async def _retract_ended(self, tx: Transaction, owner_id: int, grant_ids: list[int],
+    async def _retract_ended(self, tx: Tx, owner_id: int, grant_ids: list[int],
                              reason: str) -> tuple[int, ...]:
         """After a change to an owner's shares, in its transaction: queue every copy sent
         through these grants whose basis no longer holds, and moderators' copies of the owner's
@@ -123,7 +124,7 @@ class SharingService:
             return ()
         scope = ("d.recipient_id = :user AND d.guild_id = :guild AND d.basis = 'grant'"
                  " AND d.grant_id IN (SELECT g.id FROM grants g WHERE g.grantee_kind = 'role'"
-                 " AND g.grantee_id NOT IN (SELECT value FROM json_each(:roles)))")
+                 f" AND g.grantee_id NOT IN ({ids_in(':roles', self.ctx.db.dialect)}))")
         params = {"user": user_id, "guild": guild_id, "roles": roles_json(role_ids)}
         if not await self.ctx.db.fetchval(
                 f"SELECT 1 FROM deliveries d WHERE {scope} AND d.state = 'sent'"
@@ -191,8 +192,8 @@ class SharingService:
         if len(group.member_ids) >= MAX_GROUP_MEMBERS:
             raise InvalidInput(f"A group holds at most {MAX_GROUP_MEMBERS} members.")
         async with self.ctx.db.transaction() as tx:
-            await tx.execute("INSERT OR IGNORE INTO group_members (group_id, user_id)"
-                             " VALUES (?, ?)", (group.id, user_id))
+            await tx.execute("INSERT INTO group_members (group_id, user_id)"
+                             " VALUES (?, ?) ON CONFLICT DO NOTHING", (group.id, user_id))
             await self.ctx.audit(tx, "group.add", actor_id=owner_id, target_user=user_id,
                                  detail=f"group:{group.id}")
         return await self.group(owner_id, name)
@@ -228,14 +229,14 @@ class SharingService:
         return queued
 
 
-async def grant_copies_ended(ctx: Context, tx: Transaction, owner_id: int,
+async def grant_copies_ended(ctx: Context, tx: Tx, owner_id: int,
                              grant_ids: list[int], reason: str) -> list[int]:
     """Queue (in ``tx``) the copies sent through ``grant_ids`` whose basis ended, and the
     moderators' copies of ``owner_id``'s reported images whose report lost force."""
     params: dict[str, object] = {"owner": owner_id}
     params.update({f"g{n}": v for n, v in enumerate(grant_ids)})
     marks = ",".join(f":g{n}" for n in range(len(grant_ids)))
-    through = f"(d.basis = 'grant' AND d.grant_id IN ({marks}))" if grant_ids else "0"
+    through = f"(d.basis = 'grant' AND d.grant_id IN ({marks}))" if grant_ids else "1 = 0"
     return await queue_ended(ctx, tx, f"{through} OR ({owner_reports_scope()})", params,
                              reason=reason)
 

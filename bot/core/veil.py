@@ -27,7 +27,8 @@ from bot.core.retention import RetentionSweeper
 from bot.core.sharing import SharingService
 from bot.core.users import PrivacyService
 from bot.images import ImageLimits
-from db import Database
+from db import Database, Store, open_database
+from db.postgres import OPEN_ERRORS, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -56,25 +57,41 @@ class Veil:
     @classmethod
     async def open(cls, data_dir: str | Path, *, master_key: bytes | list[bytes] | None = None,
                    clock: Clock = time.time, limits: ImageLimits | None = None,
-                   blob_url: str | None = None, s3: S3Settings | None = None) -> Veil:
+                   blob_url: str | None = None, s3: S3Settings | None = None,
+                   database_url: str | None = None, db_pool_min: int | None = None,
+                   db_pool_max: int | None = None) -> Veil:
         """``blob_url``: ``s3://bucket/prefix`` (reached with ``s3``) for the encrypted
         bytes; None keeps them in the data folder. A store that cannot be used raises
-        BlobStoreError with a one-line message."""
+        BlobStoreError with a one-line message. ``database_url``: a ``postgresql://`` URL, or
+        None for the SQLite file in data_dir."""
         data_dir = Path(data_dir)
-        try:
-            data_dir.mkdir(parents=True, exist_ok=True)
-            os.chmod(data_dir, 0o700)
-            db = await Database.open(data_dir / "veil.db")
-        except (OSError, sqlite3.Error) as exc:
-            if data_dir.exists() and not data_dir.is_dir():
-                reason = "it is a file, not a folder"
-            elif isinstance(exc, OSError) and exc.strerror:
-                reason = exc.strerror.lower()
-            else:
-                reason = str(exc)
-            raise DataFolderError(
-                f"Veil cannot start: the data folder {data_dir} cannot be used ({reason}): "
-                "point VEIL_DATA_DIR at a folder Veil may create and write to.") from exc
+        db: Store
+        if database_url is not None:
+            try:
+                data_dir.mkdir(parents=True, exist_ok=True)
+                os.chmod(data_dir, 0o700)
+                db = await open_database(database_url, pool_min=db_pool_min,
+                                         pool_max=db_pool_max)
+            except OPEN_ERRORS as exc:
+                raise DataFolderError(
+                    f"Veil cannot start: the database at {redact_url(database_url)} cannot be "
+                    f"used ({type(exc).__name__}: {redact_url(str(exc))}): check "
+                    "VEIL_DATABASE_URL and that the server is reachable.") from exc
+        else:
+            try:
+                data_dir.mkdir(parents=True, exist_ok=True)
+                os.chmod(data_dir, 0o700)
+                db = await Database.open(data_dir / "veil.db")
+            except (OSError, sqlite3.Error) as exc:
+                if data_dir.exists() and not data_dir.is_dir():
+                    reason = "it is a file, not a folder"
+                elif isinstance(exc, OSError) and exc.strerror:
+                    reason = exc.strerror.lower()
+                else:
+                    reason = str(exc)
+                raise DataFolderError(
+                    f"Veil cannot start: the data folder {data_dir} cannot be used ({reason}): "
+                    "point VEIL_DATA_DIR at a folder Veil may create and write to.") from exc
         blobs: BlobStore | None = None
         try:
             blobs = open_blob_store(data_dir, blob_url, s3)

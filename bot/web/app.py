@@ -163,7 +163,9 @@ async def serve(settings: Settings) -> None:
 
     several = settings.web_workers > 1 or settings.web_reuse_port
     veil = await Veil.open(settings.data_dir, master_key=settings.master_keys(),
-                           blob_url=settings.blob_url, s3=settings.s3)
+                           blob_url=settings.blob_url, s3=settings.s3,
+                           database_url=settings.database_url,
+                           db_pool_min=settings.db_pool_min, db_pool_max=settings.db_pool_max)
     async with veil:
         app = create_app(veil, public_url=settings.public_url,
                          trusted_proxies=settings.trusted_proxies,

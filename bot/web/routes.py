@@ -33,7 +33,7 @@ from bot.web.ratelimit import FailureLimiter, IPNetwork, client_address, retry_a
 from bot.web.security import ALLOWS_FORM, not_found, too_many_requests
 from bot.web.useragent import agent_family, is_unfurler
 from bot.web.watermark import apply_watermark, watermark_text
-from db import Database
+from db import Store
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ SESSION_COOKIE = "veil_session"
 class LinkRoutes:
     """Handlers over one LinkService; built by ``create_app``."""
 
-    def __init__(self, links: LinkService, db: Database, pages: Pages, *,
+    def __init__(self, links: LinkService, db: Store, pages: Pages, *,
                  limiter: FailureLimiter | SharedFailureBudget | None,
                  trusted_proxies: tuple[IPNetwork, ...],
                  clock: Callable[[], float] = time.time,
