@@ -2,9 +2,10 @@
 
 Veil's side, two figures:
   * sanitize: ``bot.images.sanitize_image`` (limits, sniff, decode, upright, plain mode, low-bit
-    scrub for PNG, encode without metadata, thumbnail), synchronous, in this thread;
-  * create: ``veil.images.create`` (sanitize in the executor, AES-GCM seal of image and
-    thumbnail, staged blob files with fsync, one SQLite transaction, publish), awaited.
+    scrub for PNG, encode without metadata, thumbnail on a second thread), synchronous;
+  * create: ``veil.images.create`` (sanitize on the image workers, the thumbnail made on a
+    second thread while the full size encodes, AES-GCM seal of image and thumbnail, staged
+    blob files with fsync, SQLite transactions, publish), awaited.
 Bare Pillow: ``Image.open`` + ``load`` + ``save`` to memory in the same format, with the
 settings our pipeline uses (JPEG quality 90, optimize off; PNG compress_level 4, the level set
 in bot/images/pipeline.py) and nothing else: no thumbnail, no scrub, no encryption, no disk.
@@ -31,6 +32,8 @@ from bench._common import CACHE, Figure, Report, header, interleaved, median, ru
 from bench._images import jpeg_with_exif, png_photo
 
 BAR = 1.10
+# Issue 12's bars for veil.images.create: JPEG within 10% of bare Pillow, PNG no slower.
+CREATE_BAR = {"JPEG": 1.10, "PNG": 1.00}
 BASELINE_OPTIONS = {"JPEG": {"quality": 90, "optimize": False}, "PNG": {"compress_level": 4}}
 
 
@@ -92,7 +95,7 @@ def main(args) -> Report:
                 report.add(Figure(f"ingest {label}: sanitize_image", median(times["sanitize"]) /
                                   base, BAR, "<=", detail="bare Pillow"))
                 report.add(Figure(f"ingest {label}: veil.images.create", median(times["create"]) /
-                                  base, BAR, "<=", detail="bare Pillow"))
+                                  base, CREATE_BAR[fmt], "<=", detail="bare Pillow"))
         finally:
             loop.run_until_complete(veil.close())
     finally:

@@ -14,6 +14,7 @@ import threading
 import warnings
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -46,7 +47,7 @@ from bot.images.pixels import (
     shrink_for_thumbnail,
     upright,
 )
-from bot.images.work import IMAGE_WORK, ImageWork
+from bot.images.work import IMAGE_WORK, THUMBNAIL_WORK, ImageWork
 
 # The decoders for the four accepted formats, registered at import rather than by Pillow on the
 # first Image.open, which would import them on a worker thread while holding the GIL (a 176 ms
@@ -131,16 +132,20 @@ def sanitize_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> CleanIm
     clean = _decode(data, source_format, limits)
     output_format = OUTPUT_FORMAT[source_format]
     _scrub(clean, output_format)
-    full = _encode(clean, output_format)
-
-    small = shrink_for_thumbnail(clean)
-    if small is None:
+    # The thumbnail is made on a second thread while this one encodes the full size: both only
+    # read ``clean``, and both release the GIL while they work on pixels. Made after the full
+    # size, it added 10-20% to a 12-megapixel JPEG's ingest (bench/ingest.py, issue 12).
+    thumbnail_job = THUMBNAIL_WORK.submit(_thumbnail, clean, output_format)
+    try:
+        full = _encode(clean, output_format)
+    except BaseException:
+        # The thumbnail must be done with ``clean`` before the failure goes up.
+        wait([thumbnail_job])
+        raise
+    thumbnail = thumbnail_job.result()
+    if thumbnail is None:
         # Already thumbnail-sized: the thumbnail is the image itself, no second encode.
         thumbnail = full
-    else:
-        # Resampling mixes neighbours into new values, so the thumbnail is scrubbed on its own.
-        _scrub(small, output_format)
-        thumbnail = _encode(small, output_format)
 
     return CleanImage(
         data=full,
@@ -150,6 +155,16 @@ def sanitize_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> CleanIm
         height=clean.height,
         thumbnail=thumbnail,
     )
+
+
+def _thumbnail(clean: Image.Image, output_format: str) -> bytes | None:
+    """The encoded thumbnail, or None if the image is already thumbnail-sized."""
+    small = shrink_for_thumbnail(clean)
+    if small is None:
+        return None
+    # Resampling mixes neighbours into new values, so the thumbnail is scrubbed on its own.
+    _scrub(small, output_format)
+    return _encode(small, output_format)
 
 
 def _check_before_decoding(data: bytes, limits: ImageLimits) -> str:

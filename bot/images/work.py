@@ -155,3 +155,7 @@ class ImageWork:
 return_image_memory_when_freed()
 keep_freed_pixel_blocks()
 IMAGE_WORK: Final = ImageWork(default_workers())
+# Each image job makes its thumbnail here while it encodes the full size (pipeline.py): one
+# thread per image worker, so a thumbnail never waits for another image's.
+THUMBNAIL_WORK: Final = ThreadPoolExecutor(max_workers=IMAGE_WORK.workers,
+                                           thread_name_prefix="veil-thumbnail")
