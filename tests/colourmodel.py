@@ -147,6 +147,12 @@ def press_linear(cmyk: Sequence[float]) -> Colour:
     return (reflected[0] / PAPER[0], reflected[1] / PAPER[1], reflected[2] / PAPER[2])
 
 
+def grey_to_srgb(level: int, decode: Callable[[float], float]) -> tuple[int, int, int]:
+    """An 8-bit grey of a grey space (D50-relative, so white is white) as an sRGB grey."""
+    value = round(srgb_encode(decode(level / 255)) * 255)
+    return (value, value, value)
+
+
 def cmyk_to_srgb(pixel: Sequence[int]) -> tuple[int, int, int]:
     linear = press_linear([channel / 255 for channel in pixel])
     return tuple(round(srgb_encode(channel) * 255) for channel in linear)  # type: ignore[return-value]
@@ -253,6 +259,16 @@ def display_p3_profile() -> bytes:
 
 def adobe_rgb_profile() -> bytes:
     return rgb_profile("Adobe RGB 1998 (test)", ADOBE_RGB_PRIMARIES, _gamma_curve(ADOBE_RGB_GAMMA))
+
+
+def grey_profile(name: str, gamma: float) -> bytes:
+    """A grey display profile: one tone curve (kTRC) of this gamma, white at D50."""
+    return _profile(b"mntr", b"GRAY", b"XYZ ", [
+        (b"desc", _desc_tag(name)),
+        (b"cprt", _text_tag("No copyright, use freely")),
+        (b"wtpt", _xyz_tag(D50_XYZ)),
+        (b"kTRC", _gamma_curve(gamma)),
+    ])
 
 
 def press_cmyk_profile(grid: int = 11) -> bytes:

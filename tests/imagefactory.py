@@ -817,6 +817,46 @@ def profiled_patches(profile: bytes, fmt: str) -> bytes:
     return encode(patches(RGB_PATCHES, "RGB"), fmt, **options)
 
 
+GREY_PATCHES: Final = [(level,) for level in range(0, 256, 15)]
+
+
+def grey_patches(profile: bytes, fmt: str, *, alpha: int | None = None) -> bytes:
+    """Grey patches tagged with a grey profile (as a scanner or a print workflow saves them);
+    with ``alpha``, as grey and alpha (LA) at that opacity."""
+    image = patches(GREY_PATCHES, "L")
+    if alpha is not None:
+        image.putalpha(alpha)
+    options: dict[str, object] = {"icc_profile": profile}
+    if fmt == "JPEG":
+        options["quality"] = 95
+    return encode(image, fmt, **options)
+
+
+def png_with_gamma(gamma: float, chromaticities: list[tuple[float, float]] | None = None) -> bytes:
+    """RGB patches in a PNG that says what its numbers mean with gAMA (and cHRM), no profile."""
+    data = encode(patches(RGB_PATCHES, "RGB"), "PNG")
+    chunks = png_chunk(b"gAMA", round(gamma * 100_000).to_bytes(4, "big"))
+    if chromaticities is not None:
+        chunks += png_chunk(b"cHRM", b"".join(round(v * 100_000).to_bytes(4, "big")
+                                             for xy in chromaticities for v in xy))
+    after_header = len(PNG_SIGNATURE) + 25  # IHDR: length, type, 13 bytes, CRC
+    return data[:after_header] + chunks + data[after_header:]
+
+
+def png_with_xmp_orientation(orientation: int, *, compressed: bool = False) -> bytes:
+    """The four quadrants as a PNG whose only orientation is in an XMP packet (iTXt), as
+    Lightroom and some phones' editors export."""
+    packet = (
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf='
+        '"http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description rdf:about="" '
+        f'xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="{orientation}" '
+        f'tiff:Artist="{_SECRET_TEXT}"/></rdf:RDF></x:xmpmeta>'
+    ).encode()
+    text = zlib.compress(packet) if compressed else packet
+    payload = b"XML:com.adobe.xmp\x00" + bytes([int(compressed), 0]) + b"\x00\x00" + text
+    return insert_png_chunk(encode(quadrants(), "PNG"), b"iTXt", payload)
+
+
 def cmyk_press_jpeg(profile: bytes | None) -> bytes:
     """CMYK patches in a JPEG, tagged with the press's profile (or with none)."""
     options: dict[str, object] = {"quality": 95}

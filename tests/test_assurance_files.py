@@ -455,6 +455,30 @@ CASES: list[Case] = [
         carries=factory.erased_text_is_legible,
         legible=factory.erased_text_is_legible,
     ),
+    # -- colour and orientation said by chunks and profiles that are dropped once applied
+    Case(
+        "png-xmp-orientation-itxt",
+        functools.partial(factory.png_with_xmp_orientation, 6, compressed=True),
+        "edited.png",
+        carries=lambda source: (_png_chunk(b"iTXt")(source)
+                                and decode(source).getexif().get(0x0112) == 6),
+    ),
+    Case(
+        "png-gama-chrm-without-profile",
+        functools.partial(factory.png_with_gamma, 1.0, [colourmodel.D65,
+                                                        *colourmodel.DISPLAY_P3_PRIMARIES]),
+        "render.png",
+        carries=_png_chunk(b"gAMA", b"cHRM"),
+    ),
+    *(
+        Case(
+            f"{fmt.lower()}-grey-with-grey-profile",
+            functools.partial(factory.grey_patches, colourmodel.grey_profile("scan", 1.8), fmt),
+            f"scan.{fmt.lower()}",
+            carries=_has_profile,
+        )
+        for fmt in ("PNG", "JPEG")
+    ),
     # -- unusual but honest images
     *(
         Case(

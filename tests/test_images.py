@@ -509,6 +509,99 @@ def test_a_cmyk_jpeg_with_a_press_profile_is_converted_through_that_profile() ->
     assert mean_delta_e(clean.data, reference) < MEAN_DELTA_E_BOUND
 
 
+GREY_SPACES = {
+    # A linear scan (what a scanner's raw grey or a renderer's linear output is), and the grey
+    # of older Macs and many print workflows (Generic Gray Gamma 1.8 and the like).
+    "linear-grey": 1.0,
+    "gamma-1.8-grey": 1.8,
+}
+
+
+@pytest.mark.parametrize(
+    ("fmt", "alpha"), [("PNG", None), ("PNG", 200), ("JPEG", None)],
+    ids=["png", "png-grey-and-alpha", "jpeg"],
+)
+@pytest.mark.parametrize("space", GREY_SPACES)
+def test_a_grey_image_is_converted_through_its_grey_profile(
+    space: str, fmt: str, alpha: int | None
+) -> None:
+    gamma = GREY_SPACES[space]
+    source = factory.grey_patches(colourmodel.grey_profile(space, gamma), fmt, alpha=alpha)
+    reference = [colourmodel.grey_to_srgb(level, colourmodel.gamma_decode(gamma))
+                 for (level,) in factory.GREY_PATCHES]
+    # Guard: read as sRGB without its profile, the source is far off.
+    assert mean_delta_e(source, reference) > 4 * MEAN_DELTA_E_BOUND
+
+    clean = sanitize_image(source)
+
+    assert mean_delta_e(clean.data, reference) < MEAN_DELTA_E_BOUND
+    stored = decode(clean.data)
+    assert stored.mode == ("L" if alpha is None else "RGBA")
+    assert "icc_profile" not in stored.info
+
+
+PNG_GAMMA_CASES = {
+    # gAMA 1.0: linear light, as some renderers and scientific tools write; sRGB primaries.
+    "linear": (1.0, None, colourmodel.SRGB_PRIMARIES),
+    # gAMA 1/2.2 with Display P3's primaries in cHRM: a wide-gamut export without a profile.
+    "p3-chromaticities": (1 / 2.2, [colourmodel.D65, *colourmodel.DISPLAY_P3_PRIMARIES],
+                          colourmodel.DISPLAY_P3_PRIMARIES),
+    # gAMA 1/1.8 and Adobe RGB's primaries.
+    "gamma-1.8-adobe": (1 / 1.8, [colourmodel.D65, *colourmodel.ADOBE_RGB_PRIMARIES],
+                        colourmodel.ADOBE_RGB_PRIMARIES),
+}
+
+
+@pytest.mark.parametrize("case", PNG_GAMMA_CASES)
+def test_a_png_that_says_its_gamma_and_primaries_without_a_profile_keeps_its_colours(
+    case: str,
+) -> None:
+    gamma, chromaticities, primaries = PNG_GAMMA_CASES[case]
+    source = factory.png_with_gamma(gamma, chromaticities)
+    reference = [colourmodel.rgb_to_srgb(c, primaries, colourmodel.gamma_decode(1 / gamma))
+                 for c in factory.RGB_PATCHES]
+    assert mean_delta_e(source, reference) > 4 * MEAN_DELTA_E_BOUND
+
+    clean = sanitize_image(source)
+
+    assert mean_delta_e(clean.data, reference) < MEAN_DELTA_E_BOUND
+    assert {b"gAMA", b"cHRM"}.isdisjoint(t for t, _ in factory.png_chunks(clean.data))
+
+
+def test_a_png_whose_gamma_says_srgb_near_enough_is_stored_as_it_is() -> None:
+    # gAMA 0.45455 with sRGB's primaries, what libpng and many tools write by default: a 2.2
+    # curve, a mean delta E of 0.77 from sRGB's own (colour.py), so no conversion is paid.
+    source = factory.png_with_gamma(0.45455, [colourmodel.D65, *colourmodel.SRGB_PRIMARIES])
+
+    stored = factory.patch_colours(decode(sanitize_image(source).data), len(factory.RGB_PATCHES))
+
+    assert stored == [tuple(v & 0xFE for v in c) for c in factory.RGB_PATCHES]
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["itxt", "compressed-itxt"])
+@pytest.mark.parametrize(
+    ("orientation", "size", "expected"),
+    [
+        (3, (64, 32), [WHITE, BLUE, GREEN, RED]),
+        (6, (32, 64), [BLUE, RED, WHITE, GREEN]),
+    ],
+)
+def test_an_xmp_only_orientation_in_a_png_is_applied_before_the_chunk_is_dropped(
+    orientation: int, size: tuple[int, int], expected: list[tuple[int, int, int]],
+    compressed: bool,
+) -> None:
+    source = factory.png_with_xmp_orientation(orientation, compressed=compressed)
+    # Guard: this is what Pillow, and viewers, make of the file as it is.
+    assert decode(source).getexif().get(0x0112) == orientation
+
+    clean = sanitize_image(source)
+
+    image = decode(clean.data)
+    assert image.size == size == (clean.width, clean.height)
+    assert quadrant_colours(image) == expected
+    assert factory.SECRET not in clean.data
+
+
 def test_a_profile_littlecms_cannot_read_leaves_the_pixels_as_they_are() -> None:
     source = factory.encode(factory.patches(factory.RGB_PATCHES, "RGB"), "PNG",
                             icc_profile=b"acsp" + factory.SECRET * 20)

@@ -6,6 +6,9 @@ accepted input format to the format we store, and the names used to tell a user 
 another type was refused.
 """
 
+import re
+import zlib
+from dataclasses import dataclass
 from typing import Final
 
 ACCEPTED_FORMATS_TEXT: Final = "PNG, JPEG, WebP or GIF"
@@ -202,6 +205,87 @@ def png_without_ancillary_chunks(data: bytes) -> bytes:
     else:
         kept.append(view[position:])
     return b"".join(kept)
+
+
+@dataclass(frozen=True)
+class PngHints:
+    """What chunks the filter drops say about the pixels, read before they are dropped.
+
+    ``gamma`` is gAMA's encoding exponent (0.45455 for a 2.2 display); ``chromaticities`` is
+    cHRM's white, red, green and blue as (x, y) pairs; ``has_colour_chunk`` is whether an sRGB
+    or iCCP chunk says more (a decoder then ignores gAMA and cHRM, as the PNG spec asks);
+    ``xmp_orientation`` is the orientation an XMP packet in an iTXt chunk gives (tiff:Orientation),
+    which viewers honour like the EXIF one when the file has no EXIF.
+    """
+
+    gamma: float | None = None
+    chromaticities: tuple[tuple[float, float], ...] | None = None
+    has_colour_chunk: bool = False
+    xmp_orientation: int | None = None
+
+
+# An XMP packet is a few kilobytes; a compressed one is inflated up to this much, no further.
+_MAX_XMP_BYTES: Final = 1024 * 1024
+_XMP_KEYWORD: Final = b"XML:com.adobe.xmp"
+# Attribute (tiff:Orientation="6") or element (<tiff:Orientation>6<...) form, as Pillow reads it.
+_XMP_ORIENTATION: Final = re.compile(rb'tiff:Orientation(?:="|>)\s*([1-8])\b')
+
+
+def png_hints(data: bytes) -> PngHints:
+    """Read gAMA, cHRM, sRGB/iCCP presence and an XMP orientation from a PNG's chunk list.
+
+    Chunks are walked like png_without_ancillary_chunks does; anything malformed here is
+    ignored (the decoder judges the structure), so a hint is either well formed or absent.
+    """
+    gamma: float | None = None
+    chromaticities: tuple[tuple[float, float], ...] | None = None
+    has_colour_chunk = False
+    orientation: int | None = None
+    before_image_data = True
+    position = len(_PNG_SIGNATURE)
+    while position + 8 <= len(data):
+        length = int.from_bytes(data[position : position + 4], "big")
+        chunk_type = bytes(data[position + 4 : position + 8])
+        end = position + 12 + length
+        if end > len(data) or chunk_type == b"IEND":
+            break
+        payload = b"" if chunk_type == b"IDAT" else data[position + 8 : position + 8 + length]
+        # Colour chunks count only before the image data, where the PNG spec puts them.
+        if chunk_type == b"IDAT":
+            before_image_data = False
+        elif chunk_type == b"gAMA" and length == 4 and before_image_data:
+            value = int.from_bytes(payload, "big")
+            gamma = value / 100_000 if value else None
+        elif chunk_type == b"cHRM" and length == 32 and before_image_data:
+            values = [int.from_bytes(payload[i : i + 4], "big") / 100_000 for i in range(0, 32, 4)]
+            chromaticities = tuple(zip(values[0::2], values[1::2], strict=True))
+        elif chunk_type in (b"sRGB", b"iCCP") and before_image_data:
+            has_colour_chunk = True
+        elif chunk_type == b"iTXt" and orientation is None:
+            orientation = _xmp_orientation(payload)
+        position = end
+    return PngHints(gamma, chromaticities, has_colour_chunk, orientation)
+
+
+def _xmp_orientation(itxt: bytes) -> int | None:
+    keyword, separator, rest = itxt.partition(b"\x00")
+    if keyword != _XMP_KEYWORD or not separator or len(rest) < 2:
+        return None
+    compressed, method = rest[0], rest[1]
+    # Then a language tag and a translated keyword, each ending with a zero byte, then the text.
+    parts = rest[2:].split(b"\x00", 2)
+    if len(parts) != 3:
+        return None
+    text = parts[2]
+    if compressed:
+        if method != 0:
+            return None
+        try:
+            text = zlib.decompressobj().decompress(text, _MAX_XMP_BYTES)
+        except zlib.error:
+            return None
+    match = _XMP_ORIENTATION.search(text)
+    return int(match[1]) if match else None
 
 
 def jpeg_unsupported_feature(data: bytes) -> str | None:

@@ -29,14 +29,16 @@ from PIL import (
 )
 
 from bot.core.errors import BadImage
-from bot.images.colour import to_srgb
+from bot.images.colour import grey_to_srgb, png_chunks_profile, to_srgb
 from bot.images.formats import (
     ACCEPTED_FORMATS_TEXT,
     MIME_TYPE,
     OUTPUT_FORMAT,
+    PngHints,
     declared_size,
     jpeg_unsupported_feature,
     name_refused_type,
+    png_hints,
     png_without_ancillary_chunks,
     sniff_format,
 )
@@ -126,10 +128,13 @@ def sanitize_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> CleanIm
     CPU-bound and blocking: from async code use sanitize_image_async.
     """
     source_format = _check_before_decoding(data, limits)
+    hints = PngHints()
     if source_format == "PNG":
+        # What the dropped chunks say about the pixels is read first, and applied in _decode.
+        hints = png_hints(data)
         data = png_without_ancillary_chunks(data)
 
-    clean = _decode(data, source_format, limits)
+    clean = _decode(data, source_format, limits, hints)
     output_format = OUTPUT_FORMAT[source_format]
     _scrub(clean, output_format)
     # The thumbnail is made on a second thread while this one encodes the full size: both only
@@ -185,7 +190,9 @@ def _check_before_decoding(data: bytes, limits: ImageLimits) -> str:
     return source_format
 
 
-def _decode(data: bytes, source_format: str, limits: ImageLimits) -> Image.Image:
+def _decode(
+    data: bytes, source_format: str, limits: ImageLimits, hints: PngHints
+) -> Image.Image:
     """The file's pixels upright, in sRGB and in a plain mode, with an empty info dict.
 
     Its own function so that the decoded image and its intermediates are freed on return,
@@ -199,18 +206,27 @@ def _decode(data: bytes, source_format: str, limits: ImageLimits) -> Image.Image
         profile = image.info.get("icc_profile")
         # Still the file's own structures at work here (EXIF, palette, transparency), so a
         # failure is the file's fault too.
-        pixels = upright(image)
+        pixels = upright(image, hints.xmp_orientation)
+        grey = pixels.mode in _GREY_MODES
         if pixels.mode == "CMYK":
             # Only a CMYK profile can say what the inks look like; without one (or with one
             # littlecms refuses), plain_mode falls back to the textbook formula.
             pixels = to_srgb(pixels, profile)
             profile = None
         clean = plain_mode(pixels)
-    clean = to_srgb(clean, profile)
+    if profile is None and not hints.has_colour_chunk:
+        profile = png_chunks_profile(hints.gamma, hints.chromaticities, grey=grey)
+    # A grey source is converted through its grey profile even when it became RGBA (grey with
+    # transparency); an RGB profile on a grey image, or the reverse, is ignored.
+    clean = grey_to_srgb(clean, profile) if grey else to_srgb(clean, profile)
     # Some encoders fall back to the source's info for icc_profile, transparency or comment
     # when no argument is given, so the info dict goes before anything is encoded.
     clean.info = {}
     return clean
+
+
+# Decoded modes that hold grey, whatever plain_mode stores them as.
+_GREY_MODES: Final = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L"})
 
 
 # Modes whose pixel memory can be made ahead of decoding without changing what is decoded

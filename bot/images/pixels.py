@@ -63,18 +63,21 @@ _FAINT_MASK_LUT: Final = [255 if value <= FAINT_ALPHA else 0 for value in range(
 _FAINT_ONLY_LUT: Final = [255 if 0 < value <= FAINT_ALPHA else 0 for value in range(256)]
 
 
-def upright(im: Image.Image) -> Image.Image:
+def upright(im: Image.Image, xmp_orientation: int | None = None) -> Image.Image:
     """Rotate or flip the pixels as the EXIF orientation asks, so that dropping EXIF is safe.
 
-    Pillow's ImageOps.exif_transpose would also rewrite the EXIF we are about to discard and
-    copy the whole image when there is nothing to do; we only need the transpose.
+    ``xmp_orientation``, read from XMP the decoder no longer sees (a PNG's iTXt), applies when
+    the EXIF gives none, as Pillow and viewers do. Pillow's ImageOps.exif_transpose would also
+    rewrite the EXIF we are about to discard and copy the whole image when there is nothing to
+    do; we only need the transpose.
     """
+    fallback = xmp_orientation or 1
     try:
-        orientation = im.getexif().get(ExifTags.Base.Orientation, 1)
+        orientation = im.getexif().get(ExifTags.Base.Orientation, fallback)
     except Exception:
         # The EXIF is untrusted and is thrown away; a block too broken to parse simply gives no
         # orientation, which is no reason to refuse otherwise good pixels.
-        return im
+        orientation = fallback
     method = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
     return im if method is None else im.transpose(method)
 
