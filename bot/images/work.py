@@ -59,17 +59,19 @@ def return_image_memory_when_freed() -> None:
 
 
 # Pillow frees an image's pixels inside the image object's deallocation, which runs holding the
-# GIL: for a 40-megapixel image that is 160 MB of pages given back to the system, 15-75 ms
+# GIL: for a 40-megapixel image that is 160 MB of pages given back to the system, 15 to 56 ms
 # during which no other thread, the event loop included, can run (measured on this 2-core
-# machine; a munmap costs about 0.4 ms per megabyte here). Instead, Pillow is told to keep freed
+# machine, more when the other core is busy). Instead, Pillow is told to keep freed
 # blocks in its own cache, which makes the free a matter of microseconds; the next image reuses
 # them (no new mapping, no page faults), and once the pool has no job left a worker gives them
 # back one small block at a time (return_pixel_memory), so that the loop can take the GIL
 # between two blocks. Giving them back after every job instead measured worse: an unmap
 # sometimes waits tens of milliseconds for the other core (a TLB flush on a busy virtual
 # machine), holding the GIL, so the fewer unmaps while uploads are in flight the better.
-# 2 MB blocks cost about 1 ms each to give back here (Pillow's default is 16 MB); the cache may
-# hold up to 1024 of them, more than the workers ever have in use at once.
+# 2 MB blocks take under a millisecond each to give back here (Pillow's default is 16 MB); the
+# cache may hold up to 1024 of them, more than the workers ever have in use at once. The cache
+# is Pillow's, for the whole process: images freed elsewhere (a watermark, a generator) wait
+# there too, for the next image to reuse or the next time the workers go idle.
 _PIXEL_BLOCK_BYTES: Final = 2 * 1024 * 1024
 _MOST_CACHED_BLOCKS: Final = 1024
 
@@ -151,6 +153,7 @@ class ImageWork:
                 self._executor.submit(return_pixel_memory)
             except RuntimeError:  # the pool is shutting down with the process
                 return_pixel_memory()
+
 
 return_image_memory_when_freed()
 keep_freed_pixel_blocks()
