@@ -184,6 +184,7 @@ async def test_an_expired_image_shared_one_by_one_leaves_the_gallery_before_it_i
     assert shown == live
 
 
+@pytest.mark.slow  # twenty readers spin for forty write cycles: 5 s of CPU
 async def test_a_revoke_holds_on_the_very_next_read_even_while_other_reads_run(veil):
     """Reads racing on the shared reader connection must not keep an old snapshot alive."""
     import asyncio
