@@ -59,11 +59,12 @@ class Veil:
                    clock: Clock = time.time, limits: ImageLimits | None = None,
                    blob_url: str | None = None, s3: S3Settings | None = None,
                    database_url: str | None = None, db_pool_min: int | None = None,
-                   db_pool_max: int | None = None) -> Veil:
+                   db_pool_max: int | None = None, repair: bool = True) -> Veil:
         """``blob_url``: ``s3://bucket/prefix`` (reached with ``s3``) for the encrypted
         bytes; None keeps them in the data folder. A store that cannot be used raises
         BlobStoreError with a one-line message. ``database_url``: a ``postgresql://`` URL, or
-        None for the SQLite file in data_dir."""
+        None for the SQLite file in data_dir. ``repair=False`` opens without start-up repair:
+        for a store being filled by a copy, whose objects no row names yet."""
         data_dir = Path(data_dir)
         db: Store
         if database_url is not None:
@@ -100,10 +101,12 @@ class Veil:
             ctx = Context(db, blobs, loaded.keyring, clock, limits or ImageLimits())
             veil = cls(ctx, data_dir, key_from_env=master_key is not None)
             veil.key_file_created = loaded.created_file
-            repaired = await veil.images.repair()
-            repaired["rewrapped"] = await resume_rotation(
-                ctx, veil.leases, data_dir, key_in_file=master_key is None)
-            repaired["erasures"] = await veil.erasures.resume()
+            repaired: dict[str, int] = {}
+            if repair:
+                repaired = await veil.images.repair()
+                repaired["rewrapped"] = await resume_rotation(
+                    ctx, veil.leases, data_dir, key_in_file=master_key is None)
+                repaired["erasures"] = await veil.erasures.resume()
         except BaseException:
             if blobs is not None:
                 await blobs.close()
