@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -37,6 +38,8 @@ COMMANDS = {
     "rotate-key": "re-wrap every owner key under a new master key (images are not touched)",
     "sweep": "delete what has outlived its retention now, instead of waiting for the schedule",
     "sync": "send the slash commands to Discord once, from this process only",
+    "migrate-storage": "copy the data folder's store into the one VEIL_DATABASE_URL and "
+                       "VEIL_BLOB_URL name (--reverse: back into the data folder)",
 }
 
 
@@ -202,6 +205,45 @@ async def sync(settings: Settings) -> None:
     print(f"Sent {count} slash commands to Discord.")
 
 
+async def migrate_storage(settings: Settings, *, reverse: bool = False) -> None:
+    """Copy the embedded store (SQLite file and image folder in VEIL_DATA_DIR) into the
+    configured one, or back; see bot.storage_migration."""
+    from bot.core.keys import MasterKeyError
+    from bot.storage_migration import MigrationError, copy_store
+
+    if settings.database_url is None:
+        raise MigrationError(
+            "migrate-storage copies the data folder's store into the one VEIL_DATABASE_URL "
+            "names, and it is not set, so there is nowhere else to copy to: set it (README: "
+            "'Running beyond one machine').")
+    embedded = dataclasses.replace(settings, database_url=None)
+    source, target = (settings, embedded) if reverse else (embedded, settings)
+    if not (settings.data_dir / "veil.db").exists() and not reverse:
+        raise MigrationError(f"The data folder {settings.data_dir} holds no Veil store to copy: "
+                             "point VEIL_DATA_DIR at the folder the bot has been using.")
+    print(f"Copying from {source.database_label}\n          to {target.database_label}")
+    async with await _open_veil(source) as old:
+        try:
+            new = await _open_veil(target)
+        except MasterKeyError as exc:
+            raise MigrationError(
+                "The target store was set up with another master key than the source: keys "
+                "are copied wrapped, so both must use the same one. Give migrate-storage the "
+                "source's key, or point it at an empty target.") from exc
+        async with new:
+            report = await copy_store(old, new, progress=print)
+    print(f"Done: {report.rows_added} new rows ({sum(report.rows.values())} in the source), "
+          f"{report.blobs_added} new image blobs; all {report.images} images open in the target.")
+    if report.rows_added == 0 and report.blobs_added == 0:
+        print("The target already held everything: nothing was added.")
+    if settings.master_key is None:
+        print(f"The master key stays in {settings.data_dir / 'master.key'}. Every process on "
+              "the new store needs the same key: give each one VEIL_MASTER_KEY (the first line "
+              "of that file), and keep the file out of your database backups.")
+    else:
+        print("Every process on the new store needs the same VEIL_MASTER_KEY as this one.")
+
+
 async def web(settings: Settings) -> None:
     from bot.web import serve
 
@@ -210,7 +252,7 @@ async def web(settings: Settings) -> None:
 
 ACTIONS: dict[str, Callable[[Settings], Coroutine[Any, Any, None]]] = {
     "run": run_bot, "web": web, "check": check, "rotate-key": rotate_key, "sweep": sweep,
-    "sync": sync}
+    "sync": sync, "migrate-storage": migrate_storage}
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -244,6 +286,10 @@ def _parser() -> argparse.ArgumentParser:
                                       "default: VEIL_WEB_WORKERS or 1)")
             # Set by the first process on the ones it starts: bind beside it, start none.
             command.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+        if name == "migrate-storage":
+            command.add_argument("--reverse", action="store_true",
+                                 help="copy from the store VEIL_DATABASE_URL and VEIL_BLOB_URL "
+                                      "name back into the data folder")
     return parser
 
 
@@ -271,10 +317,15 @@ def main(argv: list[str] | None = None) -> int:
     from bot.core.keys import MasterKeyError
     from bot.core.leases import LeaseHeld
     from bot.core.veil import DataFolderError
+    from bot.storage_migration import MigrationError
 
     try:
-        asyncio.run(ACTIONS[command](settings))
-    except (StartupError, MasterKeyError, DataFolderError, LeaseHeld, BlobStoreError) as error:
+        action = ACTIONS[command]
+        if command == "migrate-storage":
+            action = functools.partial(migrate_storage, reverse=args.reverse)
+        asyncio.run(action(settings))
+    except (StartupError, MasterKeyError, DataFolderError, LeaseHeld, BlobStoreError,
+            MigrationError) as error:
         if debug:
             log.debug("Start-up failed", exc_info=error)
         _say(str(error))

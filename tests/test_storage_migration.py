@@ -4,7 +4,12 @@ back gives the same store again."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +82,9 @@ async def source(tmp_path: Path):
 
 
 @pytest.fixture
-async def target(tmp_path: Path):
-    veil = await Veil.open(tmp_path / "target", master_key=MASTER)
+async def target(tmp_path: Path, database_url: str | None):
+    """The store moved to: another data folder, or a fresh PostgreSQL database (``backend``)."""
+    veil = await Veil.open(tmp_path / "target", master_key=MASTER, database_url=database_url)
     try:
         yield veil
     finally:
@@ -119,7 +125,8 @@ async def test_the_way_back_gives_the_same_store(source, target, tmp_path):
 
 async def test_a_share_id_given_out_before_the_move_is_never_given_again(source, target):
     await fill(source)
-    highest = await source.ctx.db.fetchval("SELECT seq FROM sqlite_sequence WHERE name = 'grants'")
+    highest = await source.ctx.db.fetchval(
+        "SELECT seq FROM sqlite_sequence WHERE name = 'grants'")
     assert highest > await source.ctx.db.fetchval("SELECT max(id) FROM grants")  # a revoked one
     await copy_store(source, target)
     fresh = await target.sharing.grant(viewer(BOB), "user", CAROL)
@@ -140,8 +147,6 @@ async def test_an_image_whose_blob_is_missing_is_named_and_the_copy_is_not_calle
 
 
 def test_every_table_of_the_schema_is_copied_or_named_as_left_behind(tmp_path):
-    import asyncio
-
     asyncio.run(_open_and_close(tmp_path / "data"))
     with sqlite3.connect(tmp_path / "data" / "veil.db") as conn:
         tables = {r[0] for r in conn.execute(
@@ -152,3 +157,93 @@ def test_every_table_of_the_schema_is_copied_or_named_as_left_behind(tmp_path):
 async def _open_and_close(data_dir: Path) -> None:
     async with await Veil.open(data_dir, master_key=MASTER):
         pass
+
+
+# The command, as an operator runs it ---------------------------------------------------------
+
+def migrate(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith("VEIL_") and k != "DISCORD_TOKEN"}
+    return subprocess.run([sys.executable, "-m", "bot", "migrate-storage", *args],
+                          cwd=data_dir.parent, capture_output=True, text=True, timeout=120,
+                          env={**clean, "VEIL_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT),
+                               **env})
+
+
+def with_password(url: str) -> str:
+    """The test server trusts every login, so any password works; it must never be shown."""
+    return url.replace("://veil@", f"://veil:{SECRET}@", 1)
+
+
+SECRET = "hunter2-never-shown"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def filled_folder(data_dir: Path) -> dict[str, Any]:
+    async with await Veil.open(data_dir) as veil:  # the key in master.key, as by default
+        return await fill(veil)
+
+
+@pytest.mark.slow
+def test_without_a_target_migrate_storage_says_so_in_one_line_and_touches_nothing(tmp_path):
+    data_dir = tmp_path / "data"
+    asyncio.run(filled_folder(data_dir))
+    before = sorted(p.name for p in data_dir.rglob("*"))
+    result = migrate(data_dir)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert "VEIL_DATABASE_URL" in line and "not set" in line
+    assert sorted(p.name for p in data_dir.rglob("*")) == before
+
+
+@pytest.mark.slow
+async def test_migrate_storage_into_postgresql_then_again_then_back(tmp_path, database_url_pg):
+    data_dir = tmp_path / "data"
+    await filled_folder(data_dir)
+    url = with_password(database_url_pg)
+    first = await asyncio.to_thread(migrate, data_dir, VEIL_DATABASE_URL=url)
+    assert first.returncode == 0, first.stderr
+    assert "all 3 images open in the target" in first.stdout
+    assert "master.key" in first.stdout and "VEIL_MASTER_KEY" in first.stdout
+    again = await asyncio.to_thread(migrate, data_dir, VEIL_DATABASE_URL=url)
+    assert again.returncode == 0, again.stderr
+    assert "Done: 0 new rows" in again.stdout and "nothing was added" in again.stdout
+    for output in (first, again):
+        assert SECRET not in output.stdout + output.stderr
+        assert "***" in output.stdout  # the URL is named, its password is not
+
+    key = (data_dir / "master.key").read_text().split()[0]
+    back_dir = tmp_path / "back"
+    # With only the database moved, the images stay in the folder both stores use.
+    shutil.copytree(data_dir / "blobs", back_dir / "blobs")
+    back = await asyncio.to_thread(migrate, back_dir, "--reverse", VEIL_DATABASE_URL=url,
+                                   VEIL_MASTER_KEY=key)
+    assert back.returncode == 0, back.stderr
+    async with await Veil.open(data_dir) as source, \
+            await Veil.open(tmp_path / "pg-view", master_key=bytes.fromhex(key),
+                            database_url=database_url_pg) as moved, \
+            await Veil.open(back_dir, master_key=bytes.fromhex(key)) as returned:
+        assert await dump(moved) == await dump(source)
+        assert await dump(returned) == await dump(source)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["migrate:copied:images", "migrate:blobs-written"])
+async def test_a_migration_killed_part_way_is_finished_by_running_it_again(
+        tmp_path, database_url_pg, point):
+    data_dir = tmp_path / "data"
+    await filled_folder(data_dir)
+    killed = await asyncio.to_thread(migrate, data_dir, VEIL_DATABASE_URL=database_url_pg,
+                                     VEIL_FAILPOINT=point)
+    assert killed.returncode == -9, killed.stderr
+    key = bytes.fromhex((data_dir / "master.key").read_text().split()[0])
+    async with await Veil.open(tmp_path / "pg-view", master_key=key,
+                               database_url=database_url_pg) as moved:
+        assert await moved.ctx.db.fetchval("SELECT count(*) FROM grants") == 0  # not there yet
+    again = await asyncio.to_thread(migrate, data_dir, VEIL_DATABASE_URL=database_url_pg)
+    assert again.returncode == 0, again.stderr
+    assert "all 3 images open in the target" in again.stdout
+    async with await Veil.open(data_dir) as source, \
+            await Veil.open(tmp_path / "pg-view", master_key=key,
+                            database_url=database_url_pg) as moved:
+        assert await dump(moved) == await dump(source)
