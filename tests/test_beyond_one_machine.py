@@ -150,7 +150,7 @@ async def deployment(tmp_path: Path, store: dict[str, str], *,
 
 def _open_args(store: dict[str, str]) -> dict[str, object]:
     """Veil.open's arguments for the storage settings ``store`` (empty: the data folder)."""
-    return {}
+    return {"database_url": store.get("VEIL_DATABASE_URL")}
 
 
 async def command(d: Deployment, shard: int, name: str, *, user, **options):
@@ -174,14 +174,16 @@ def text(handle) -> str:
     return "\n".join(m.content for m in handle.messages)
 
 
-@pytest.fixture(params=["sqlite"])
-def store(request) -> dict[str, str]:
-    return {}
+@pytest.fixture
+def store(database_url: str | None) -> dict[str, str]:
+    """The storage settings every process gets: none (the data folder), or PostgreSQL
+    (``backend``)."""
+    return {} if database_url is None else {"VEIL_DATABASE_URL": database_url}
 
 
 @pytest.mark.slow
 async def test_two_shards_and_two_link_servers_on_one_store_act_as_one(tmp_path, store):
-    async with deployment(tmp_path, store, shared_folder=not store) as d:
+    async with deployment(tmp_path, store, shared_folder=True) as d:
         alice, bob = d.world.alice, d.world.bob
         # Alice makes an image through shard 0.
         upload = d.double.upload(png(), "harbour.png")
