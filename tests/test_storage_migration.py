@@ -247,3 +247,20 @@ async def test_a_migration_killed_part_way_is_finished_by_running_it_again(
             await Veil.open(tmp_path / "pg-view", master_key=key,
                             database_url=database_url_pg) as moved:
         assert await dump(moved) == await dump(source)
+
+
+@pytest.mark.slow
+async def test_a_target_set_up_under_another_master_key_is_refused_before_anything_is_copied(
+        tmp_path, database_url_pg):
+    data_dir = tmp_path / "data"
+    await filled_folder(data_dir)
+    async with await Veil.open(tmp_path / "elsewhere", master_key=bytes.fromhex("11" * 32),
+                               database_url=database_url_pg):
+        pass  # another deployment's key is now this database's
+    result = await asyncio.to_thread(migrate, data_dir, VEIL_DATABASE_URL=database_url_pg)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert "another master key" in line and "same one" in line
+    async with await Veil.open(tmp_path / "elsewhere", master_key=bytes.fromhex("11" * 32),
+                               database_url=database_url_pg) as target:
+        assert await target.ctx.db.fetchval("SELECT count(*) FROM users") == 0
