@@ -43,15 +43,17 @@ COMMANDS = {
 }
 
 
-async def _open_veil(settings: Settings, *, also: bytes | None = None) -> Veil:
-    """Open the data folder; ``also``: one more key to hold (the new one, for rotate-key)."""
+async def _open_veil(settings: Settings, *, also: bytes | None = None,
+                     repair: bool = True) -> Veil:
+    """Open the data folder; ``also``: one more key to hold (the new one, for rotate-key);
+    ``repair``: run start-up repair (not on a store a copy is filling)."""
     from bot.core.veil import Veil
     from bot.images import ImageLimits
 
     keys = settings.master_keys()
     return await Veil.open(settings.data_dir,
                            master_key=None if keys is None else keys + [k for k in [also] if k],
-                           blob_url=settings.blob_url, s3=settings.s3,
+                           blob_url=settings.blob_url, s3=settings.s3, repair=repair,
                            limits=ImageLimits(max_bytes=settings.max_upload_bytes,
                                               max_pixels=settings.max_pixels),
                            database_url=settings.database_url,
@@ -206,34 +208,40 @@ async def sync(settings: Settings) -> None:
 
 
 async def migrate_storage(settings: Settings, *, reverse: bool = False) -> None:
-    """Copy the embedded store (SQLite file and image folder in VEIL_DATA_DIR) into the
-    configured one, or back; see bot.storage_migration."""
+    """Copy the embedded store (SQLite file and image folder in VEIL_DATA_DIR) into the one
+    the settings name, or back; see bot.storage_migration."""
     from bot.core.keys import MasterKeyError
     from bot.storage_migration import MigrationError, copy_store
 
-    if settings.database_url is None:
+    if settings.database_url is None and settings.blob_url is None:
         raise MigrationError(
-            "migrate-storage copies the data folder's store into the one VEIL_DATABASE_URL "
-            "names, and it is not set, so there is nowhere else to copy to: set it (README: "
-            "'Running beyond one machine').")
-    embedded = dataclasses.replace(settings, database_url=None)
+            "migrate-storage copies the data folder's store into the one VEIL_DATABASE_URL and "
+            "VEIL_BLOB_URL name, and neither is set, so the target would be the data folder "
+            "itself: set them (README: 'Running beyond one machine').")
+    embedded = dataclasses.replace(settings, database_url=None, blob_url=None)
     source, target = (settings, embedded) if reverse else (embedded, settings)
-    if not (settings.data_dir / "veil.db").exists() and not reverse:
+    if not reverse and not (settings.data_dir / "veil.db").exists():
         raise MigrationError(f"The data folder {settings.data_dir} holds no Veil store to copy: "
                              "point VEIL_DATA_DIR at the folder the bot has been using.")
-    print(f"Copying from {source.database_label}\n          to {target.database_label}")
     async with await _open_veil(source) as old:
         try:
-            new = await _open_veil(target)
+            # No start-up repair on the target: objects are copied ahead of their rows, and
+            # where only the database moves the image folder is the source's own.
+            new = await _open_veil(target, repair=False)
         except MasterKeyError as exc:
             raise MigrationError(
                 "The target store was set up with another master key than the source: keys "
                 "are copied wrapped, so both must use the same one. Give migrate-storage the "
                 "source's key, or point it at an empty target.") from exc
         async with new:
-            report = await copy_store(old, new, progress=print)
+            print(f"Copying from {source.database_label}, images in {old.ctx.blobs.description}"
+                  f"\n          to {target.database_label}, images in "
+                  f"{new.ctx.blobs.description}")
+            report = await copy_store(old, new, blobs_shared=settings.blob_url is None,
+                                      progress=print)
     print(f"Done: {report.rows_added} new rows ({sum(report.rows.values())} in the source), "
-          f"{report.blobs_added} new image blobs; all {report.images} images open in the target.")
+          f"{report.blobs_added} new image objects; all {report.images} images open in the "
+          "target.")
     if report.rows_added == 0 and report.blobs_added == 0:
         print("The target already held everything: nothing was added.")
     if settings.master_key is None:

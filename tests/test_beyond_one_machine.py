@@ -22,6 +22,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from bot.config import load_settings
 from bot.core.models import Viewer
 from bot.core.veil import Veil
 from tests.discord_double import DiscordDouble
@@ -150,7 +151,10 @@ async def deployment(tmp_path: Path, store: dict[str, str], *,
 
 def _open_args(store: dict[str, str]) -> dict[str, object]:
     """Veil.open's arguments for the storage settings ``store`` (empty: the data folder)."""
-    return {"database_url": store.get("VEIL_DATABASE_URL")}
+    settings = load_settings({**store, "VEIL_DATA_DIR": "unused"}, require_token=False,
+                             dotenv_path=None)
+    return {"database_url": settings.database_url, "blob_url": settings.blob_url,
+            "s3": settings.s3}
 
 
 async def command(d: Deployment, shard: int, name: str, *, user, **options):
@@ -175,15 +179,19 @@ def text(handle) -> str:
 
 
 @pytest.fixture
-def store(database_url: str | None) -> dict[str, str]:
+def store(database_url: str | None, request: pytest.FixtureRequest) -> dict[str, str]:
     """The storage settings every process gets: none (the data folder), or PostgreSQL
-    (``backend``)."""
-    return {} if database_url is None else {"VEIL_DATABASE_URL": database_url}
+    (``backend``) with the images in the session's S3 server."""
+    if database_url is None:
+        return {}
+    s3 = request.getfixturevalue("s3_server")
+    return {"VEIL_DATABASE_URL": database_url, **s3.env(s3.new_url())}
 
 
 @pytest.mark.slow
 async def test_two_shards_and_two_link_servers_on_one_store_act_as_one(tmp_path, store):
-    async with deployment(tmp_path, store, shared_folder=True) as d:
+    # On PostgreSQL and S3 every process has a data folder of its own: nothing is shared on disk.
+    async with deployment(tmp_path, store, shared_folder=not store) as d:
         alice, bob = d.world.alice, d.world.bob
         # Alice makes an image through shard 0.
         upload = d.double.upload(png(), "harbour.png")

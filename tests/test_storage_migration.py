@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -192,60 +192,83 @@ def test_without_a_target_migrate_storage_says_so_in_one_line_and_touches_nothin
     result = migrate(data_dir)
     assert result.returncode == 2, result.stderr
     [line] = result.stderr.strip().splitlines()
-    assert "VEIL_DATABASE_URL" in line and "not set" in line
+    assert "VEIL_DATABASE_URL and VEIL_BLOB_URL" in line and "neither is set" in line
     assert sorted(p.name for p in data_dir.rglob("*")) == before
 
 
 @pytest.mark.slow
-async def test_migrate_storage_into_postgresql_then_again_then_back(tmp_path, database_url_pg):
+async def test_migrate_storage_into_postgresql_and_s3_then_again_then_back(
+        tmp_path, database_url_pg, s3_server):
     data_dir = tmp_path / "data"
     await filled_folder(data_dir)
     url = with_password(database_url_pg)
-    first = await asyncio.to_thread(migrate, data_dir, VEIL_DATABASE_URL=url)
+    bucket = s3_server.new_url()
+    target = {"VEIL_DATABASE_URL": url, **s3_server.env(bucket)}
+    first = await asyncio.to_thread(migrate, data_dir, **target)
     assert first.returncode == 0, first.stderr
-    assert "all 3 images open in the target" in first.stdout
+    assert "3 new image objects; all 3 images open in the target" in first.stdout
     assert "master.key" in first.stdout and "VEIL_MASTER_KEY" in first.stdout
-    again = await asyncio.to_thread(migrate, data_dir, VEIL_DATABASE_URL=url)
+    again = await asyncio.to_thread(migrate, data_dir, **target)
     assert again.returncode == 0, again.stderr
     assert "Done: 0 new rows" in again.stdout and "nothing was added" in again.stdout
     for output in (first, again):
-        assert SECRET not in output.stdout + output.stderr
+        shown = output.stdout + output.stderr
+        assert SECRET not in shown and s3_server.secret_access_key not in shown
         assert "***" in output.stdout  # the URL is named, its password is not
 
     key = (data_dir / "master.key").read_text().split()[0]
-    back_dir = tmp_path / "back"
-    # With only the database moved, the images stay in the folder both stores use.
-    shutil.copytree(data_dir / "blobs", back_dir / "blobs")
-    back = await asyncio.to_thread(migrate, back_dir, "--reverse", VEIL_DATABASE_URL=url,
-                                   VEIL_MASTER_KEY=key)
+    back_dir = tmp_path / "back"  # a fresh folder: everything comes back from PostgreSQL and S3
+    back = await asyncio.to_thread(migrate, back_dir, "--reverse", **target, VEIL_MASTER_KEY=key)
     assert back.returncode == 0, back.stderr
+    assert "3 new image objects; all 3 images open in the target" in back.stdout
     async with await Veil.open(data_dir) as source, \
-            await Veil.open(tmp_path / "pg-view", master_key=bytes.fromhex(key),
-                            database_url=database_url_pg) as moved, \
+            await Veil.open(tmp_path / "view", master_key=bytes.fromhex(key),
+                            database_url=database_url_pg, blob_url=bucket,
+                            s3=s3_server.settings()) as moved, \
             await Veil.open(back_dir, master_key=bytes.fromhex(key)) as returned:
         assert await dump(moved) == await dump(source)
         assert await dump(returned) == await dump(source)
 
 
 @pytest.mark.slow
+async def test_moving_only_the_database_leaves_every_image_in_the_folder(
+        tmp_path, database_url_pg):
+    data_dir = tmp_path / "data"
+    made = await filled_folder(data_dir)
+    # Images stored a day ago: older than any grace period repair gives an upload in flight.
+    day_ago = time.time() - 86400
+    for path in (data_dir / "blobs").rglob("*"):
+        os.utime(path, (day_ago, day_ago))
+    moved = await asyncio.to_thread(migrate, data_dir, VEIL_DATABASE_URL=database_url_pg)
+    assert moved.returncode == 0, moved.stderr
+    assert "0 new image objects; all 3 images open in the target" in moved.stdout
+    async with await Veil.open(data_dir) as source:
+        for public_id in made[ALICE] + made[BOB]:
+            [record] = [i for i in await source.images.owned(ALICE) + await source.images.owned(
+                BOB) if i.public_id == public_id]
+            await source.images.decrypt_unchecked(record)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["migrate:copied:images", "migrate:blobs-written"])
 async def test_a_migration_killed_part_way_is_finished_by_running_it_again(
-        tmp_path, database_url_pg, point):
+        tmp_path, database_url_pg, s3_server, point):
     data_dir = tmp_path / "data"
     await filled_folder(data_dir)
-    killed = await asyncio.to_thread(migrate, data_dir, VEIL_DATABASE_URL=database_url_pg,
-                                     VEIL_FAILPOINT=point)
+    bucket = s3_server.new_url()
+    target = {"VEIL_DATABASE_URL": database_url_pg, **s3_server.env(bucket)}
+    killed = await asyncio.to_thread(migrate, data_dir, **target, VEIL_FAILPOINT=point)
     assert killed.returncode == -9, killed.stderr
     key = bytes.fromhex((data_dir / "master.key").read_text().split()[0])
-    async with await Veil.open(tmp_path / "pg-view", master_key=key,
-                               database_url=database_url_pg) as moved:
+    async with await Veil.open(tmp_path / "pg-view", master_key=key, database_url=database_url_pg,
+                               blob_url=bucket, s3=s3_server.settings(), repair=False) as moved:
         assert await moved.ctx.db.fetchval("SELECT count(*) FROM grants") == 0  # not there yet
-    again = await asyncio.to_thread(migrate, data_dir, VEIL_DATABASE_URL=database_url_pg)
+    again = await asyncio.to_thread(migrate, data_dir, **target)
     assert again.returncode == 0, again.stderr
     assert "all 3 images open in the target" in again.stdout
     async with await Veil.open(data_dir) as source, \
-            await Veil.open(tmp_path / "pg-view", master_key=key,
-                            database_url=database_url_pg) as moved:
+            await Veil.open(tmp_path / "pg-view", master_key=key, database_url=database_url_pg,
+                            blob_url=bucket, s3=s3_server.settings()) as moved:
         assert await dump(moved) == await dump(source)
 
 
