@@ -287,3 +287,23 @@ async def test_a_target_set_up_under_another_master_key_is_refused_before_anythi
     async with await Veil.open(tmp_path / "elsewhere", master_key=bytes.fromhex("11" * 32),
                                database_url=database_url_pg) as target:
         assert await target.ctx.db.fetchval("SELECT count(*) FROM users") == 0
+
+
+@pytest.mark.slow
+async def test_check_names_the_database_and_the_image_store_without_their_secrets(
+        tmp_path, database_url_pg, s3_server):
+    data_dir = tmp_path / "data"
+    env = {"VEIL_DATABASE_URL": with_password(database_url_pg), **s3_server.env(
+        s3_server.new_url()), "VEIL_MASTER_KEY": "ab" * 32}
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith("VEIL_") and k != "DISCORD_TOKEN"}
+    result = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "bot", "check"], cwd=tmp_path,
+        capture_output=True, text=True, timeout=120,
+        env={**clean, "VEIL_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT), **env})
+    assert result.returncode == 0, result.stderr
+    shown = result.stdout + result.stderr
+    assert "PostgreSQL at postgresql://veil:***@127.0.0.1" in shown
+    assert "S3" in shown and "s3://" in shown
+    for secret in (SECRET, s3_server.secret_access_key, "ab" * 32):
+        assert secret not in shown
