@@ -304,6 +304,6 @@ async def test_check_names_the_database_and_the_image_store_without_their_secret
     assert result.returncode == 0, result.stderr
     shown = result.stdout + result.stderr
     assert "PostgreSQL at postgresql://veil:***@127.0.0.1" in shown
-    assert "S3" in shown and "s3://" in shown
+    assert "Blobs: s3://" in shown and s3_server.endpoint in shown
     for secret in (SECRET, s3_server.secret_access_key, "ab" * 32):
         assert secret not in shown
