@@ -153,25 +153,28 @@ async def test_progress_rises_once_per_image_and_ends_at_one(
 
 
 async def test_rendering_leaves_the_event_loop_free(procedural: ProceduralGenerator) -> None:
+    # Measured in the loop thread's own CPU time, not the clock: on a loaded machine the clock
+    # also counts the time the thread waits for a core, which says nothing about Veil. Rendering
+    # four images on the loop would cost it far more than the bound between two ticks.
     loop = asyncio.get_running_loop()
-    gaps: list[float] = []
+    cpu_gaps: list[float] = []
     done = asyncio.Event()
 
     async def ticker() -> None:
-        last = loop.time()
+        last = time.thread_time()
         while not done.is_set():
             await asyncio.sleep(0.005)
-            now = loop.time()
-            gaps.append(now - last)
+            now = time.thread_time()
+            cpu_gaps.append(now - last)
             last = now
 
-    ticking = asyncio.create_task(ticker())
+    ticking = loop.create_task(ticker())
     await asyncio.sleep(0.02)
     await procedural.generate(GenerationRequest("a storm over wheat fields", count=4))
     done.set()
     await ticking
-    assert len(gaps) > 10, "the generation was too quick to tell anything"
-    assert max(gaps) < 0.05
+    assert len(cpu_gaps) > 10, "the generation was too quick to tell anything"
+    assert max(cpu_gaps) < 0.02
 
 
 @pytest.mark.parametrize(
