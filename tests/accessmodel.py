@@ -559,7 +559,12 @@ class AccessModel:
         for link in self.links:
             if link.revoked or link.expires_at <= self.now:
                 link.gone = True
+        self.expire_grants()
+        return removed
+
+    def expire_grants(self) -> None:
+        """The expiry sweep: shares whose end has come are dropped (they were dead already, but
+        revoking one later finds nothing to remove)."""
         for grant, expires_at in list(self.grants.items()):
             if expires_at is not None and expires_at <= self.now:
                 del self.grants[grant]
-        return removed

@@ -860,6 +860,7 @@ class VeilMachine(RuleBasedStateMachine):
         # ignore them.
         if sweep_shares:
             self.run(self.veil.retention.expire_grants())
+            self.model.expire_grants()
             self.shares_swept_at = self.model.now
 
     @rule()
