@@ -111,26 +111,39 @@ def read_sealed(source: BinaryIO, size: int, secret: bytes) -> Iterator[bytes]:
     """The plaintext of a sealed file of ``size`` bytes, one chunk at a time. Raises
     CryptoError on a wrong secret or any change to the file (the chunks already yielded were
     authentic; a caller streaming them must treat the whole as failed)."""
-    header = source.read(HEADER_BYTES)
-    if len(header) != HEADER_BYTES or not header.startswith(MAGIC):
-        raise CryptoError("not a sealed stream")
-    aead = _key(secret, header[len(MAGIC):])
+    aead = _open_header(source.read(HEADER_BYTES), secret)
     position, index = HEADER_BYTES, 0
     while True:
-        remaining = size - position
-        final = remaining <= CHUNK_BYTES + TAG_BYTES
-        sealed = source.read(remaining if final else CHUNK_BYTES + TAG_BYTES)
-        if len(sealed) < TAG_BYTES:
-            raise CryptoError("sealed stream cut short")
-        nonce, aad = _nonce_and_aad(index, final)
-        try:
-            yield aead.decrypt(nonce, sealed, aad)
-        except InvalidTag as exc:
-            raise CryptoError("sealed stream does not open with this key") from exc
+        want, final = _next_chunk(size, position)
+        sealed = source.read(want)
+        yield _open_chunk(aead, sealed, index, final)
         position += len(sealed)
         index += 1
         if final:
             return
+
+
+def _open_header(header: bytes, secret: bytes) -> AESGCM:
+    if len(header) != HEADER_BYTES or not header.startswith(MAGIC):
+        raise CryptoError("not a sealed stream")
+    return _key(secret, header[len(MAGIC):])
+
+
+def _next_chunk(size: int, position: int) -> tuple[int, bool]:
+    """How many bytes the next sealed chunk takes, and whether it is the last."""
+    remaining = size - position
+    final = remaining <= CHUNK_BYTES + TAG_BYTES
+    return (remaining if final else CHUNK_BYTES + TAG_BYTES), final
+
+
+def _open_chunk(aead: AESGCM, sealed: bytes, index: int, final: bool) -> bytes:
+    if len(sealed) < TAG_BYTES:
+        raise CryptoError("sealed stream cut short")
+    nonce, aad = _nonce_and_aad(index, final)
+    try:
+        return aead.decrypt(nonce, sealed, aad)
+    except InvalidTag as exc:
+        raise CryptoError("sealed stream does not open with this key") from exc
 
 
 async def aread_sealed(read: Callable[[int], Awaitable[bytes]], size: int,
@@ -148,22 +161,12 @@ async def aread_sealed(read: Callable[[int], Awaitable[bytes]], size: int,
             got += len(piece)
         return b"".join(parts)
 
-    header = await exactly(HEADER_BYTES)
-    if len(header) != HEADER_BYTES or not header.startswith(MAGIC):
-        raise CryptoError("not a sealed stream")
-    aead = _key(secret, header[len(MAGIC):])
+    aead = _open_header(await exactly(HEADER_BYTES), secret)
     position, index = HEADER_BYTES, 0
     while True:
-        remaining = size - position
-        final = remaining <= CHUNK_BYTES + TAG_BYTES
-        sealed = await exactly(remaining if final else CHUNK_BYTES + TAG_BYTES)
-        if len(sealed) < TAG_BYTES:
-            raise CryptoError("sealed stream cut short")
-        nonce, aad = _nonce_and_aad(index, final)
-        try:
-            yield aead.decrypt(nonce, sealed, aad)
-        except InvalidTag as exc:
-            raise CryptoError("sealed stream does not open with this key") from exc
+        want, final = _next_chunk(size, position)
+        sealed = await exactly(want)
+        yield _open_chunk(aead, sealed, index, final)
         position += len(sealed)
         index += 1
         if final:
