@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from db.database import Database, Transaction
+from db.migrationfiles import migration_files
 from db.port import Dialect, Row, Store, Tx
 
 __all__ = ["Database", "Dialect", "Row", "Store", "Transaction", "Tx", "is_database_url",
@@ -22,11 +23,8 @@ def is_database_url(target: str | Path) -> bool:
 
 def migration_numbers(dialect: Dialect) -> list[int]:
     """The migration numbers shipped for one database (each SQLite one has a PostgreSQL twin)."""
-    if dialect == "postgresql":
-        from db.postgres import migration_files as pg_files
-        return [version for version, _, _ in pg_files()]
-    from db.database import migration_files
-    return [version for version, _, _ in migration_files()]
+    folder = "migrations_pg" if dialect == "postgresql" else "migrations"
+    return [version for version, _, _ in migration_files(folder)]
 
 
 async def open_database(target: str | Path, *, pool_min: int | None = None,

@@ -30,22 +30,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
+from db.migrationfiles import migration_files
 from db.port import Dialect
 
 Row = sqlite3.Row
 Params = Sequence[Any] | dict[str, Any]
 T = TypeVar("T")
-_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 # A statement on the loop thread runs at most this long; past it, it continues on a thread.
 # Checked by SQLite's progress handler every _PROGRESS_STEPS virtual-machine instructions
@@ -74,20 +72,6 @@ PRAGMAS = (
     "PRAGMA secure_delete = ON",
     "PRAGMA synchronous = NORMAL",
 )
-
-
-def migration_files() -> list[tuple[int, str, str]]:
-    """The numbered migrations shipped in db/migrations, in order: (version, name, sql)."""
-    found = []
-    for entry in resources.files("db").joinpath("migrations").iterdir():
-        match = _MIGRATION_NAME.match(entry.name)
-        if match:
-            found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
-    found.sort()
-    versions = [v for v, _, _ in found]
-    if len(set(versions)) != len(versions):
-        raise RuntimeError(f"two migrations share a number: {[n for _, n, _ in found]}")
-    return found
 
 
 def _connect(path: Path, *, busy_ms: int, extra: tuple[str, ...] = ()) -> sqlite3.Connection:

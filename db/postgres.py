@@ -18,14 +18,12 @@ import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from decimal import Decimal
-from importlib import resources
 from typing import Any
 
 import asyncpg
 
+from db.migrationfiles import migration_files
 from db.port import Dialect, Params, Row
-
-_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 # Advisory lock keys (64-bit, arbitrary but fixed): one for writers, one for migrations.
 WRITE_LOCK_KEY = 0x5665696C_57524954  # "VeilWRIT"
@@ -120,20 +118,6 @@ def redact_url(url: str) -> str:
     return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)
 
 
-def migration_files() -> list[tuple[int, str, str]]:
-    """The numbered migrations in db/migrations_pg, in order: (version, name, sql)."""
-    found = []
-    for entry in resources.files("db").joinpath("migrations_pg").iterdir():
-        match = _MIGRATION_NAME.match(entry.name)
-        if match:
-            found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
-    found.sort()
-    versions = [v for v, _, _ in found]
-    if len(set(versions)) != len(versions):
-        raise RuntimeError(f"two migrations share a number: {[n for _, n, _ in found]}")
-    return found
-
-
 class _Reads:
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         text, args = _bind(sql, params)
@@ -199,7 +183,7 @@ class PostgresDatabase(_Reads):
                 " version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
                 " applied_at DOUBLE PRECISION NOT NULL)")
             applied = {r[0] for r in await conn.fetch("SELECT version FROM schema_version")}
-            for version, name, sql in migration_files():
+            for version, name, sql in migration_files("migrations_pg"):
                 if version in applied:
                     continue
                 # One transaction per migration (PostgreSQL's DDL is transactional).
