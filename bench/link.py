@@ -199,6 +199,24 @@ def wrk(url: str, seconds: float, connections: int = CONNECTIONS) -> dict:
             "socket_errors": errors.group(1) if errors else ""}
 
 
+def interleaved_rounds(servers: dict[str, Server], url: dict[str, str], runs: int,
+                       seconds: float) -> dict[str, list[dict]]:
+    """wrk against each server in turn, the order rotated every round so that no server always
+    runs first on a warm (or a loaded) machine; each result carries the server's CPU time per
+    request, read from its process."""
+    results: dict[str, list[dict]] = {name: [] for name in servers}
+    names = list(servers)
+    for r in range(runs):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            before = cpu_seconds(servers[name].cpu_pid)
+            result = wrk(url[name], seconds)
+            result["cpu_us"] = ((cpu_seconds(servers[name].cpu_pid) - before)
+                                / max(1, result["requests"]) * 1e6)
+            results[name].append(result)
+    return results
+
+
 def ensure_tools(report: Report) -> str | None:
     """None when nginx and wrk are there (installing them if we may), else why not."""
     if shutil.which("nginx") and shutil.which("wrk"):
@@ -277,15 +295,7 @@ def main(args) -> Report:
             if got != body:
                 raise RuntimeError(f"{name} served {len(got)} bytes, expected {len(body)}")
             wrk(url[name], 1)
-        results: dict[str, list[dict]] = {name: [] for name in servers}
-        names = list(servers)
-        for r in range(runs):
-            for name in names[r % 3:] + names[:r % 3]:
-                before = cpu_seconds(servers[name].cpu_pid)
-                result = wrk(url[name], seconds)
-                result["cpu_us"] = ((cpu_seconds(servers[name].cpu_pid) - before)
-                                    / max(1, result["requests"]) * 1e6)
-                results[name].append(result)
+        results = interleaved_rounds(servers, url, runs, seconds)
         servers["veil"].stop()
         scaling = _scaling(report, root / "data", token, servers["aiohttp"],
                            [int(n) for n in args.workers.split(",")], runs, seconds)

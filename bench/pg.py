@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench._common import CACHE, Figure, Report, cpu_seconds, header, median, percentile, run_main
+from bench._common import CACHE, Figure, Report, header, median, percentile, run_main
 
 COPIED = ("users", "images", "groups", "group_members", "grants")
 # Bars: PostgreSQL answers within these multiples of SQLite's figure (p99, or req/s for links).
@@ -188,7 +188,7 @@ async def _prepare(folder: Path, url: str | None) -> str:
 
 
 def measure_link(report: Report, server, quick: bool) -> None:
-    from bench.link import CONNECTIONS, Server, ensure_tools, wrk
+    from bench.link import CONNECTIONS, Server, ensure_tools, interleaved_rounds, wrk
 
     why = ensure_tools(report)
     if why is not None:
@@ -211,20 +211,12 @@ def measure_link(report: Report, server, quick: bool) -> None:
     py = [sys.executable, "-m", "bench.pg", "--serve"]
     servers = {"sqlite": Server("veil-sqlite", py + [str(root / "sqlite"), ""]),
                "postgresql": Server("veil-postgresql", py + [str(root / "postgresql"), url])}
-    results: dict[str, list[dict]] = {name: [] for name in servers}
     try:
         target = {name: f"http://127.0.0.1:{s.port}/l/{tokens[name]}/image"
                   for name, s in servers.items()}
         for name in servers:
             wrk(target[name], 1)
-        names = list(servers)
-        for r in range(runs):
-            for name in names[r % 2:] + names[:r % 2]:
-                before = cpu_seconds(servers[name].cpu_pid)
-                result = wrk(target[name], seconds)
-                result["cpu_us"] = ((cpu_seconds(servers[name].cpu_pid) - before)
-                                    / max(1, result["requests"]) * 1e6)
-                results[name].append(result)
+        results = interleaved_rounds(servers, target, runs, seconds)
     finally:
         for s in servers.values():
             s.stop()
