@@ -2,7 +2,7 @@
 
 ``setup_logging`` puts one handler on the root logger and one filter, ``REDACTOR``, on that
 handler. A filter on a handler sees every record the handler writes, whatever logger made it
-(ours, discord.py's, aiohttp's, aiosqlite's, asyncio's, a cog's), so there is no list of logger
+(ours, discord.py's, aiohttp's, asyncio's, a cog's), so there is no list of logger
 names to keep up to date. The filter keeps every line but never:
 
 - a payload argument from a wire library (gateway events, HTTP bodies, SQL parameter tuples),
@@ -22,12 +22,12 @@ from collections.abc import Mapping
 from typing import TextIO
 
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-# discord.py's DEBUG output includes request bodies and aiosqlite's includes SQL parameters:
-# even redacted, neither is worth its volume, so they never run below INFO.
-NOISY_LOGGERS = ("discord", "aiosqlite")
+# discord.py's DEBUG output includes request bodies: even redacted, it is not worth its volume,
+# so it never runs below INFO.
+NOISY_LOGGERS = ("discord",)
 # Loggers (and their children) whose arguments may be whole wire payloads: gateway events and
-# HTTP bodies (discord.py, aiohttp), SQL parameter tuples (aiosqlite).
-WIRE_LOGGERS = ("discord", "aiosqlite", "aiohttp")
+# HTTP bodies (discord.py, aiohttp).
+WIRE_LOGGERS = ("discord", "aiohttp")
 
 REDACTED = "<redacted>"
 # A path segment after "/l/" (a link) or "/x/" (an export download), wherever it appears
@@ -67,7 +67,7 @@ class Redactor(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        # A tuple replaced whole, never changed in place: aiosqlite logs from its own thread.
+        # A tuple replaced whole, never changed in place: records arrive from worker threads too.
         self.secrets: tuple[str, ...] = ()
 
     def add_secrets(self, *secrets: str | None) -> None:

@@ -58,8 +58,8 @@ async def test_the_link_token_never_reaches_a_public_message_nor_a_log_line(veil
     await app.run("link revoke", user=app.world.alice, options={"link": link.public_id})
     await app.run("link revoke", user=app.world.bob, options={"link": link.public_id})
     assert caplog.records, "the test should capture the bot's debug logging"
-    # Neither half either: the selector (first 16 characters) travels as an SQL parameter, which
-    # aiosqlite's DEBUG lines would quote unless the bot's log redactor withholds them.
+    # Neither half either: the selector (first 16 characters) travels as an SQL parameter, and
+    # no logger may quote it.
     for part in (token, token[:16], token[16:]):
         assert part not in caplog.text
     assert token not in everything_shown_to_others(app)
