@@ -12,7 +12,7 @@ among five), a group grant (the viewer is in the group), and a stranger (refused
 Gallery viewers: random users, big owners, holders of all-images, role and group grants.
 Each round times every probe once on each database (order rotated); the figure is the median
 over 5 rounds of each round's p99. EXPLAIN QUERY PLAN of each query is printed.
-Beside each check round, the check's one query alone (``VIEW_FACTS_SQL`` through the stdlib
+Beside each check round, the check's one query alone (``view_facts_sql`` through the stdlib
 ``sqlite3``, no asyncio, same probes): how much the async layer adds to the SQL it runs.
 
     python -m bench.access [--quick]
@@ -174,7 +174,7 @@ async def _time_galleries(veil, galleries, size: str = "") -> dict[str, list[flo
 
 def _time_bare_checks(folder: Path, checks) -> list[float]:
     """The view-facts query alone, stdlib sqlite3 on its own connection, the same probes."""
-    from bot.core.context import VIEW_FACTS_SQL, roles_json
+    from bot.core.context import roles_json, view_facts_sql
 
     con = sqlite3.connect(folder / "veil.db")
     con.execute("PRAGMA cache_size = -32768")
@@ -188,7 +188,7 @@ def _time_bare_checks(folder: Path, checks) -> list[float]:
                           "roles": roles_json(viewer.role_ids), "now": time.time(),
                           "moderator": int(viewer.is_moderator)}
                 start = clock()
-                con.execute(VIEW_FACTS_SQL, params).fetchone()
+                con.execute(view_facts_sql("sqlite"), params).fetchone()
                 out.append(clock() - start)
     finally:
         con.close()
