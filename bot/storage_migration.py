@@ -21,7 +21,7 @@ from typing import Any
 
 from bot.core import failpoints
 from bot.core.blobs import image_key
-from bot.core.context import IMAGE_COLUMNS, image_from_row
+from bot.core.context import IMAGE
 from bot.core.veil import Veil
 
 BATCH = 500
@@ -224,14 +224,13 @@ async def _raise_counter(veil: Veil, table: str, value: int) -> None:
 async def verify_images(veil: Veil, *, batch: int = BATCH) -> int:
     """Open every image of ``veil`` (full size and thumbnail); returns how many opened. Raises
     MigrationError naming the images that did not."""
-    columns = ", ".join(IMAGE_COLUMNS.split(", "))
     failed: list[str] = []
     opened, after = 0, 0
     while True:
         rows = await veil.ctx.db.fetchall(
-            f"SELECT {columns} FROM images WHERE id > ? ORDER BY id LIMIT ?", (after, batch))
+            f"SELECT {IMAGE.columns} FROM images WHERE id > ? ORDER BY id LIMIT ?", (after, batch))
         for row in rows:
-            image = image_from_row(row)
+            image = IMAGE(row)
             try:
                 for thumbnail in (False, True):
                     await veil.images.decrypt_unchecked(image, thumbnail=thumbnail)

@@ -1,7 +1,7 @@
 """What every service shares: the database, the blob store, the key ring, the clock, the audit log.
 
-Also the row-to-record mapping for images and the one query that answers "does this viewer hold
-a live grant on this image", used by every path that hands out image bytes.
+Also the declaration of an image row's columns (``IMAGE``) and the one query that answers "does
+this viewer hold a live grant on this image", used by every path that hands out image bytes.
 """
 
 from __future__ import annotations
@@ -12,20 +12,23 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from bot.core.blobs import BlobStore
 from bot.core.crypto import KeyRing, new_key
 from bot.core.models import ImageRecord, Viewer
+from bot.core.rows import Columns, Select, Value
 from bot.images import ImageLimits
-from db import Row, Store, Tx
+from db import Store, Tx
 from db.dialect import ids_in
 from db.port import Dialect
 
 Clock = Callable[[], float]
 
-IMAGE_COLUMNS = ("id, public_id, owner_id, guild_id, visibility, source, created_at, expires_at,"
-                 " byte_size, format, width, height, blob_name")
+# An image row: the columns named like ImageRecord's fields, in their order.
+IMAGE = Columns(ImageRecord)
+# The names before IMAGE, kept while other branches move over to it.
+IMAGE_COLUMNS = IMAGE.columns
+image_from_row = IMAGE
 
 # Easy to read aloud and type: no 0/o, 1/l/i. 10 characters from 31 give about 49 bits.
 _ID_ALPHABET = "23456789abcdefghjkmnpqrstuvwxyz"
@@ -33,10 +36,6 @@ _ID_ALPHABET = "23456789abcdefghjkmnpqrstuvwxyz"
 
 def new_public_id(length: int = 10) -> str:
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
-
-
-def image_from_row(row: Row | tuple[Any, ...]) -> ImageRecord:
-    return ImageRecord(*(row[i] for i in range(13)))
 
 
 # "The viewer holds a live grant": a user grant, a role grant for a role the viewer has on this
@@ -80,16 +79,20 @@ WHERE r.image_id = i.id AND r.closed_at IS NULL
 
 
 # Everything a view decision needs, in one query (one trip to the database): the image, the
-# viewer's live grant on it, and (for moderators) whether it has an open report.
+# viewer's live grant on it, and (for moderators) whether it has an open report. The live-grant
+# text depends on the dialect: the declaration holds its place, filled in per dialect.
+class _ViewFacts(Select):
+    image = IMAGE.on("i")
+    grant = Value("CASE WHEN i.owner_id = :user THEN NULL ELSE ({live_grant}) END")
+    report = Value(f"CASE WHEN :moderator = 1 THEN ({REPORT_IN_FORCE_SQL} ORDER BY r.id LIMIT 1)"
+                   " END")
+
+
 @functools.cache
 def view_facts_sql(dialect: Dialect) -> str:
-    return f"""
-SELECT {", ".join("i." + c for c in IMAGE_COLUMNS.split(", "))},
-       CASE WHEN i.owner_id = :user THEN NULL
-            ELSE ({_live_grant_sql("i.owner_id", "i.id", dialect)}) END,
-       CASE WHEN :moderator = 1 THEN ({REPORT_IN_FORCE_SQL} ORDER BY r.id LIMIT 1) END
-FROM images i WHERE i.public_id = :public_id
-"""
+    columns = _ViewFacts.columns.replace(
+        "{live_grant}", _live_grant_sql("i.owner_id", "i.id", dialect))
+    return f"SELECT {columns}\nFROM images i WHERE i.public_id = :public_id\n"
 
 
 def roles_json(role_ids: frozenset[int]) -> str:
@@ -138,8 +141,8 @@ class Context:
 
     async def image(self, public_id: str) -> ImageRecord | None:
         row = await self.db.fetchone(
-            f"SELECT {IMAGE_COLUMNS} FROM images WHERE public_id = ?", (public_id.strip().lower(),))
-        return None if row is None else image_from_row(row)
+            f"SELECT {IMAGE.columns} FROM images WHERE public_id = ?", (public_id.strip().lower(),))
+        return None if row is None else IMAGE(row)
 
     async def view_facts(self, public_id: str,
                          viewer: Viewer) -> tuple[ImageRecord, int | None, int | None] | None:
@@ -151,7 +154,7 @@ class Context:
             "moderator": int(viewer.is_moderator)})
         if row is None:
             return None
-        return image_from_row(row), row[13], row[14]
+        return _ViewFacts.image(row), _ViewFacts.grant(row), _ViewFacts.report(row)
 
     async def audit(self, tx: Tx, action: str, *, actor_id: int | None,
                     guild_id: int | None = None, target_user: int | None = None,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from bot.core import failpoints
 from bot.core.blobs import export_key
-from bot.core.context import IMAGE_COLUMNS, Context, image_from_row
+from bot.core.context import IMAGE, Context
 from bot.core.images import ImageService, drop_exports_in
 from bot.core.ledger import queue_ended
 from bot.core.models import Removal
@@ -78,10 +78,10 @@ class ErasureService:
         params = (job.user_id,) + ((job.guild_id,) if job.kind == "purge" else ())
         action = "user.forget" if job.kind == "forget" else "admin.purge"
         while rows := await self.ctx.db.fetchall(
-                f"SELECT {IMAGE_COLUMNS} FROM images WHERE {where} ORDER BY id LIMIT ?",
+                f"SELECT {IMAGE.columns} FROM images WHERE {where} ORDER BY id LIMIT ?",
                 (*params, BATCH)):
             removal = await self.images.remove(
-                [image_from_row(r) for r in rows], actor_id=job.actor_id,
+                [IMAGE(r) for r in rows], actor_id=job.actor_id,
                 guild_id=job.guild_id, action=action)
             ids += removal.image_ids
             queued += removal.retractions_queued

@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from bot.core.access import Decision
-from bot.core.context import IMAGE_COLUMNS, REPORT_IN_FORCE_SQL, Context, image_from_row
+from bot.core.context import IMAGE, REPORT_IN_FORCE_SQL, Context
 from bot.core.errors import NotFound
 from bot.core.models import DeliveryKind, ImageRecord, Retraction
+from bot.core.rows import Select, Value
 from db import Tx
 
 BasisKind = Literal["owner", "grant", "public", "report", "export"]
@@ -315,12 +316,13 @@ class DeliveryLedger:
         """Settle a pending delivery after a crash: the message found (then recorded, and
         retracted if its basis ended meanwhile), or none found (then nothing was sent)."""
         row = await self.ctx.db.fetchone(
-            f"SELECT d.id, d.kind, d.channel_id, {_IMAGE_OF_D} FROM deliveries d"
+            f"SELECT {_PendingRow.columns} FROM deliveries d"
             " JOIN images i ON i.id = d.image_id WHERE d.id = ? AND d.state = 'pending'",
             (delivery_id,))
         if row is None:
             return Recorded(False)
-        pending = PendingDelivery((row[0],), (image_from_row(row[3:]),), row[1], row[2])
+        pending = PendingDelivery((_PendingRow.id(row),), (_PendingRow.image(row),),
+                                  _PendingRow.kind(row), _PendingRow.channel_id(row))
         if message_id is None:
             await self.abandon(pending)
             return Recorded(False)
@@ -419,7 +421,13 @@ def _id_list(column: str, ids: Sequence[int]) -> tuple[str, dict[str, object]]:
     return f"{column} IN ({', '.join(':' + k for k in params)})", params
 
 
-_IMAGE_OF_D = ", ".join("i." + c for c in IMAGE_COLUMNS.split(", "))
+class _PendingRow(Select):
+    """A delivery waiting for its message, with its image."""
+
+    id = Value("d.id")
+    kind = Value("d.kind")
+    channel_id = Value("d.channel_id")
+    image = IMAGE.on("i")
 
 
 class _NoLongerVisible(NotFound):

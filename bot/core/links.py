@@ -21,7 +21,7 @@ import secrets
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
-from bot.core.context import IMAGE_COLUMNS, Context, new_public_id
+from bot.core.context import IMAGE, Context, new_public_id
 from bot.core.durations import format_duration
 from bot.core.errors import InvalidInput, NotFound, PolicyViolation
 from bot.core.images import ImageService
@@ -35,6 +35,7 @@ from bot.core.models import (
     WrappedKeys,
 )
 from bot.core.passwords import DEFAULT_COST, ScryptCost, hash_password, verify_password
+from bot.core.rows import Columns, Select, Value
 from db import Row
 
 if TYPE_CHECKING:
@@ -50,16 +51,35 @@ _TOKEN_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxy
 # Hashed when no row matches, so a miss costs what a hit costs.
 _DUMMY_HASH = hashlib.sha256(b"veil-no-such-link").digest()
 
-_LINK_COLUMNS = ("l.id, l.public_id, i.public_id, l.created_at, l.expires_at, l.max_views,"
-                 " l.views, l.revoked_at IS NOT NULL, l.allow_download, l.watermark,"
-                 " l.verifier_hash, l.password_hash IS NOT NULL, l.password_failures,"
-                 " l.password_epoch")
-_IMAGE_AT = 14  # where the image's columns start in a resolve row
+# A link as its owner sees it, from links l joined with its image i.
+SHARE_LINK = Columns(ShareLink, alias="l", sql={
+    "image_public_id": "i.public_id", "revoked": "l.revoked_at IS NOT NULL",
+    "has_password": "l.password_hash IS NOT NULL"})
+
+
+class _LinkRow(Select):
+    row_id = Value("l.id")
+    link = SHARE_LINK
+    verifier_hash = Value("l.verifier_hash")
+    password_epoch = Value("l.password_epoch")
+
+
+class _OwnedLinkRow(_LinkRow):
+    owner_id = Value("i.owner_id")
+    guild_id = Value("i.guild_id")
+
+
 # A link, its image, the server's policy and the wrapped keys, in one indexed lookup: a fetch
 # needs no second query for its keys.
+class _ResolveRow(_LinkRow):
+    image = IMAGE.on("i")
+    links_enabled = Value("p.links_enabled")
+    keys = Columns(WrappedKeys, sql={"image_key": "i.wrapped_key", "owner_key": "u.wrapped_key",
+                                     "master_key_id": "u.master_key_id"})
+
+
 _RESOLVE_SQL = (
-    f"SELECT {_LINK_COLUMNS}, {', '.join('i.' + c for c in IMAGE_COLUMNS.split(', '))},"
-    " p.links_enabled, i.wrapped_key, u.wrapped_key, u.master_key_id"
+    f"SELECT {_ResolveRow.columns}"
     " FROM links l JOIN images i ON i.id = l.image_id"
     " JOIN users u ON u.user_id = i.owner_id"
     " LEFT JOIN guild_policy p ON p.guild_id = i.guild_id WHERE l.selector = ?")
@@ -147,22 +167,21 @@ class LinkService:
             # does not tell a tampered token from an unknown one.
             token = secrets.token_urlsafe(TOKEN_BYTES)
         row = await self.ctx.db.fetchone(_RESOLVE_SQL, (token[:SELECTOR_CHARS],))
-        expected = _DUMMY_HASH if row is None else row[10]
+        expected = _DUMMY_HASH if row is None else _ResolveRow.verifier_hash(row)
         if not hmac.compare_digest(_hash(token[SELECTOR_CHARS:]), expected) or row is None:
             return None
-        link = _link_from_row(row)
-        image = ImageRecord(*row[_IMAGE_AT:_IMAGE_AT + 13])
-        if row[_IMAGE_AT + 13] == 0:
+        link = _ResolveRow.link(row)
+        image = _ResolveRow.image(row)
+        if _ResolveRow.links_enabled(row) == 0:
             return None  # moderators turned links off: existing links stop too (while off)
         now = self.ctx.now()
         if link.status(now) != "live" or (image.expires_at is not None
                                           and now >= image.expires_at):
             return None
-        epoch = row[13]
-        locked = link.has_password and not await self._session_holds(row[0], epoch, session,
+        row_id, epoch = _ResolveRow.row_id(row), _ResolveRow.password_epoch(row)
+        locked = link.has_password and not await self._session_holds(row_id, epoch, session,
                                                                      now)
-        keys = WrappedKeys(row[_IMAGE_AT + 14], row[_IMAGE_AT + 15], row[_IMAGE_AT + 16])
-        return LinkTarget(link, image, row[0], locked, epoch, keys)
+        return LinkTarget(link, image, row_id, locked, epoch, _ResolveRow.keys(row))
 
     async def _session_holds(self, link_row: int, epoch: int, session: str | None,
                              now: float) -> bool:
@@ -218,24 +237,25 @@ class LinkService:
         """Set, change (``password``) or remove (None) a link's password. Either way every
         session of the link ends at once."""
         row = await self._owned_row(link_public_id, owner)
+        link, row_id = _OwnedLinkRow.link(row), _OwnedLinkRow.row_id(row)
         password_hash = (None if password is None
                          else await hash_password(password, self.password_cost))
         async with self.ctx.db.transaction() as tx:
             await tx.execute(
                 "UPDATE links SET password_hash = ?, password_epoch = password_epoch + 1"
-                " WHERE id = ?", (password_hash, row[0]))
-            await tx.execute("DELETE FROM link_sessions WHERE link_id = ?", (row[0],))
+                " WHERE id = ?", (password_hash, row_id))
+            await tx.execute("DELETE FROM link_sessions WHERE link_id = ?", (row_id,))
             await self.ctx.audit(tx, "link.password" if password else "link.password_off",
-                                 actor_id=owner.user_id, guild_id=row[_IMAGE_AT + 1],
-                                 image_ref=row[2], detail=f"link:{row[1]}")
-        return replace(_link_from_row(row), has_password=password_hash is not None)
+                                 actor_id=owner.user_id, guild_id=_OwnedLinkRow.guild_id(row),
+                                 image_ref=link.image_public_id, detail=f"link:{link.public_id}")
+        return replace(link, has_password=password_hash is not None)
 
     async def _owned_row(self, link_public_id: str, owner: Viewer) -> Row:
         row = await self.ctx.db.fetchone(
-            f"SELECT {_LINK_COLUMNS}, i.owner_id, i.guild_id FROM links l"
+            f"SELECT {_OwnedLinkRow.columns} FROM links l"
             " JOIN images i ON i.id = l.image_id WHERE l.public_id = ?",
             (link_public_id.strip().lower(),))
-        if row is None or row[_IMAGE_AT] != owner.user_id:
+        if row is None or _OwnedLinkRow.owner_id(row) != owner.user_id:
             raise NotFound("You have no link with that id.")
         return row
 
@@ -315,19 +335,19 @@ class LinkService:
 
     async def revoke(self, link_public_id: str, owner: Viewer) -> ShareLink:
         row = await self._owned_row(link_public_id, owner)
+        link, row_id = _OwnedLinkRow.link(row), _OwnedLinkRow.row_id(row)
         async with self.ctx.db.transaction() as tx:
             await tx.execute(
                 "UPDATE links SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?",
-                (self.ctx.now(), row[0]))
-            await tx.execute("DELETE FROM link_sessions WHERE link_id = ?", (row[0],))
+                (self.ctx.now(), row_id))
+            await tx.execute("DELETE FROM link_sessions WHERE link_id = ?", (row_id,))
             await self.ctx.audit(tx, "link.revoke", actor_id=owner.user_id,
-                                 guild_id=row[_IMAGE_AT + 1], image_ref=row[2],
-                                 detail=f"link:{row[1]}")
-        link = _link_from_row(row)
+                                 guild_id=_OwnedLinkRow.guild_id(row),
+                                 image_ref=link.image_public_id, detail=f"link:{link.public_id}")
         return replace(link, revoked=True)
 
     async def links_of(self, owner: Viewer, image_public_id: str | None = None) -> list[ShareLink]:
-        sql = (f"SELECT {_LINK_COLUMNS} FROM links l JOIN images i ON i.id = l.image_id"
+        sql = (f"SELECT {SHARE_LINK.columns} FROM links l JOIN images i ON i.id = l.image_id"
                " WHERE i.owner_id = ?")
         params: list[object] = [owner.user_id]
         if image_public_id is not None:
@@ -335,7 +355,7 @@ class LinkService:
             sql += " AND l.image_id = ?"
             params.append(image.id)
         rows = await self.ctx.db.fetchall(sql + " ORDER BY l.id DESC LIMIT 50", params)
-        return [_link_from_row(r) for r in rows]
+        return [SHARE_LINK(r) for r in rows]
 
 
 @dataclass
@@ -347,8 +367,3 @@ class _PendingView:
 
 def _hash(verifier: str) -> bytes:
     return hashlib.sha256(verifier.encode()).digest()
-
-
-def _link_from_row(row: Row) -> ShareLink:
-    return ShareLink(row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]), bool(row[8]),
-                     bool(row[9]), bool(row[11]), row[12])

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bot.core.context import IMAGE_COLUMNS, Context, image_from_row
+from bot.core.context import IMAGE, Context
 from bot.core.images import ImageService
 from bot.core.sharing import grant_copies_ended
 
 BATCH = 1000
 
-_COLUMNS = ", ".join("i." + c for c in IMAGE_COLUMNS.split(", "))
+_IMAGE = IMAGE.on("i")
 # What the sweep removes: images past their own expiry (images_by_expiry holds only images
 # that have one) and images older than their server's retention. The second part starts from
 # guild_policy, a row per server that set anything, and reads each retaining server's old
@@ -29,10 +29,10 @@ _COLUMNS = ", ".join("i." + c for c in IMAGE_COLUMNS.split(", "))
 # statistics it drove from images and probed guild_policy once per image, a full scan); a
 # planner with statistics, PostgreSQL's, treats it as the inner join it is.
 DUE_SQL = f"""
-SELECT {_COLUMNS} FROM images i
+SELECT {_IMAGE.columns} FROM images i
 WHERE i.expires_at IS NOT NULL AND i.expires_at <= :now
 UNION
-SELECT {_COLUMNS} FROM guild_policy p CROSS JOIN images i
+SELECT {_IMAGE.columns} FROM guild_policy p CROSS JOIN images i
 WHERE p.retention_days IS NOT NULL AND i.guild_id = p.guild_id
   AND i.created_at <= :now - p.retention_days * 86400.0
 LIMIT :batch
@@ -61,7 +61,7 @@ class RetentionSweeper:
             rows = await self.ctx.db.fetchall(DUE_SQL, {"now": now, "batch": BATCH})
             if not rows:
                 break
-            removal = await self.images.remove([image_from_row(r) for r in rows], actor_id=None,
+            removal = await self.images.remove([_IMAGE(r) for r in rows], actor_id=None,
                                                guild_id=None, action="retention.expire")
             removed += len(removal.image_ids)
             queued += removal.retraction_ids
