@@ -14,7 +14,7 @@ import time
 from bench._common import RESULTS, ROOT, header
 
 # Cheapest first; access builds the cached million-image database that memory reuses.
-BENCHMARKS = ("ingest", "uploads", "access", "queries", "memory", "link", "interaction",
+BENCHMARKS = ("rows", "ingest", "uploads", "access", "queries", "memory", "link", "interaction",
               "export", "pg")
 
 
