@@ -184,6 +184,42 @@ async def test_an_expired_image_shared_one_by_one_leaves_the_gallery_before_it_i
     assert shown == live
 
 
+async def test_an_expired_image_leaves_the_gallery_of_one_shared_everything_before_it_is_swept(
+        veil, clock):
+    """Own images and images shared through an all-images grant are chosen on their index
+    entries, expiry included: one past its own expiry is not listed, nor leaves a page short."""
+    made = [await veil.images.create(ALICE, png(), guild_id=GUILD, source="upload",
+                                     expires_in=60 if n in (1, 3) else None) for n in range(5)]
+    mine = [await veil.images.create(BOB, png(), guild_id=GUILD, source="upload",
+                                     expires_in=60 if n == 0 else None) for n in range(2)]
+    await veil.sharing.grant(viewer(ALICE), "role", ARTISTS)
+    clock.advance(61)
+    live = [mine[1].public_id] + [made[n].public_id for n in (4, 2, 0)]
+    first = await veil.images.gallery(viewer(BOB, ARTISTS), per_page=2)
+    second = await veil.images.gallery(viewer(BOB, ARTISTS), page=2, per_page=2)
+    assert [i.record.public_id for i in first.items + second.items] == live
+    assert first.has_more and not second.has_more
+
+
+async def test_an_expired_share_on_an_earlier_page_does_not_shift_the_later_pages(veil, clock):
+    """The first page finds an unswept expired share among its own rows; a later page must
+    also count the ones on the pages before it, though none is among the rows it reads."""
+    made = []
+    for n in range(6):
+        image = await veil.images.create(ALICE, png(), guild_id=GUILD, source="upload",
+                                         expires_in=60 if n == 5 else None)
+        await veil.sharing.grant(viewer(ALICE), "user", BOB, image_public_id=image.public_id)
+        made.append(image)
+    own = await _image(veil, BOB)
+    clock.advance(61)
+    # Newest first: own, the expired one, then five live shares; pages of two.
+    live = [own.public_id] + [i.public_id for i in reversed(made[:5])]
+    second = await veil.images.gallery(viewer(BOB), page=2, per_page=2)
+    assert [i.record.public_id for i in second.items] == live[2:4] and second.has_more
+    third = await veil.images.gallery(viewer(BOB), page=3, per_page=2)
+    assert [i.record.public_id for i in third.items] == live[4:6] and not third.has_more
+
+
 @pytest.mark.slow  # twenty readers spin for forty write cycles: 5 s of CPU
 async def test_a_revoke_holds_on_the_very_next_read_even_while_other_reads_run(veil):
     """Reads racing on the shared reader connection must not keep an old snapshot alive."""
