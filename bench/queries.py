@@ -4,7 +4,9 @@ each, with the query they replaced measured side by side on the same connection.
 Gallery: the newest 25 of each probe viewer of bench.access, interleaved (order alternating),
 with the same 32 MiB page cache as the reader; both texts must return the same ids. The figure
 is CPU time of the calling thread (``time.thread_time``), which on a shared machine, unlike
-wall time, does not count waiting for a core. Retention: the sweep's query at 1M images with
+wall time, does not count waiting for a core; beside it SQLite's own counters of the same
+statements on a second connection (B-tree pages visited, pages read from the file, VM steps),
+which do not move with the machine's load. Retention: the sweep's query at 1M images with
 no policy set, and the resident memory it leaves behind in a reader with that page cache.
 
     python -m bench.queries [--quick]
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from bench._common import Figure, Report, header, median, percentile, run_main
 from bench._dataset import dataset
+from bench._sqlite_counters import Counter, Counts
 
 # The texts these replaced (main before issue 12), kept here only as the comparison.
 _OLD_GALLERY = """
@@ -80,10 +83,12 @@ def gallery(report: Report, quick: bool) -> None:
 
     count = 500 if quick else 1500
     cpu: dict[tuple[str, str], list[float]] = {}
+    counts: dict[tuple[str, str], list[Counts]] = {}
     for size, scale in (("1M", 1.0), ("10k", 0.01)):
         data = dataset(scale, log=report.note)
         _, viewers = probes(data, scale, count)
         con = _connect(data)
+        counter = Counter.open(data / "veil.db", CACHE_KIB)
         now = time.time()
         for rnd in range(3):  # the first round warms the page cache and is not counted
             for _, viewer in viewers:
@@ -98,9 +103,16 @@ def gallery(report: Report, quick: bool) -> None:
                     ids[name] = [r[0] for r in rows]
                     if rnd:
                         cpu.setdefault((size, name), []).append(spent)
+                    if rnd and counter is not None:
+                        counted = counter.run(sql, params)
+                        if counted.first_column != ids[name]:
+                            raise AssertionError("the counting connection answered otherwise")
+                        counts.setdefault((size, name), []).append(counted)
                 if ids["before"] != ids["now"]:
                     raise AssertionError(f"the two gallery texts disagree for {viewer}")
         con.close()
+        if counter is not None:
+            counter.close()
     for (size, name), values in sorted(cpu.items()):
         report.note(f"gallery SQL {name:6s} at {size}: CPU median {median(values) * 1e6:.0f} µs, "
                     f"p95 {percentile(values, 95) * 1e6:.0f} µs, "
@@ -114,6 +126,16 @@ def gallery(report: Report, quick: bool) -> None:
                           percentile(big, 99) / percentile(small, 99), 1.5, "<=",
                           detail=f"({percentile(big, 99) * 1e6:.0f} µs / "
                                  f"{percentile(small, 99) * 1e6:.0f} µs)"))
+    for (size, name), runs in sorted(counts.items()):
+        visited = [c.pages_visited for c in runs]
+        read = [c.pages_read for c in runs]
+        steps = [c.vm_steps for c in runs]
+        report.note(f"gallery SQL {name:6s} at {size}: B-tree pages visited median "
+                    f"{median(visited):.0f}, p99 {percentile(visited, 99):.0f}; read from the file "
+                    f"median {median(read):.0f}, p99 {percentile(read, 99):.0f}; VM steps median "
+                    f"{median(steps):.0f}, p99 {percentile(steps, 99):.0f}")
+    if not counts:
+        report.note("(SQLite's counters unavailable: libsqlite3 not found through ctypes)")
     report.add(Figure("gallery SQL at 1M, CPU median now / before",
                       median(cpu[("1M", "now")]) / median(cpu[("1M", "before")]), 1.0, "<="))
 
