@@ -149,7 +149,9 @@ async def _time_checks(veil, checks) -> dict[str, list[float]]:
         except NotFound:
             ok = False
         out[kind].append(clock() - start)
-        CPU[veil.ctx.db.path.parent.parent.name].append(cpu() - used)
+        db = veil.ctx.db  # bench.pg times a PostgreSQL Veil too: no data folder there
+        CPU[db.path.parent.parent.name if db.dialect == "sqlite" else db.dialect].append(
+            cpu() - used)
         if ok != (kind != "stranger (refused)") and kind != "stranger (refused)":
             raise AssertionError(f"{kind}: probe refused, the data set is wrong")
     return out
