@@ -273,3 +273,54 @@ async def test_gallery_thumbnails_of_others_images_are_logged_views_and_ones_own
     [seen] = await veil.images.view_log(viewer(ALICE))
     assert (seen.image_public_id, seen.viewer_id, seen.via) == (shared.public_id, BOB, "gallery")
     assert await veil.images.view_log(viewer(BOB)) == []
+
+
+async def test_a_view_names_the_share_of_that_very_image_before_a_share_of_all_images(veil):
+    """The copy's basis is the narrower share, whichever was made first: revoking the share of
+    everything leaves the copy sent on the share of this image alone."""
+    image = await _image(veil)
+    everything = await veil.sharing.grant(viewer(ALICE), "user", BOB)
+    this_one = await veil.sharing.grant(viewer(ALICE), "role", ARTISTS,
+                                        image_public_id=image.public_id)
+    assert everything.id < this_one.id
+    _, decision = await veil.images.check_view(image.public_id, viewer(BOB, ARTISTS))
+    assert decision.grant_id == this_one.id
+    _, decision = await veil.images.check_view(image.public_id, viewer(BOB))
+    assert decision.grant_id == everything.id
+
+
+async def test_among_live_shares_a_view_names_the_oldest(veil):
+    image = await _image(veil)
+    group = await veil.sharing.create_group(ALICE, "Close friends")
+    await veil.sharing.add_member(ALICE, group.name, BOB)
+    by_group = await veil.sharing.grant(viewer(ALICE), "group", group.id,
+                                        image_public_id=image.public_id)
+    by_name = await veil.sharing.grant(viewer(ALICE), "user", BOB,
+                                       image_public_id=image.public_id)
+    _, decision = await veil.images.check_view(image.public_id, viewer(BOB))
+    assert decision.grant_id == min(by_group.id, by_name.id) == by_group.id
+    await veil.sharing.revoke(viewer(ALICE), "group", group.id,
+                              image_public_id=image.public_id)
+    _, decision = await veil.images.check_view(image.public_id, viewer(BOB))
+    assert decision.grant_id == by_name.id
+
+
+@pytest.mark.sqlite_only("SQLite's query plan")
+def test_a_view_check_finds_grants_through_indexes_without_a_scan_or_a_sort(data_dir, veil):
+    """Bounded by the grants on the one image and the owner's all-images grants, at any size
+    of library or of grants table (issue 12: the check's p99 at a million images)."""
+    import sqlite3
+
+    from bot.core.context import view_facts_sql
+
+    conn = sqlite3.connect(data_dir / "veil.db")
+    try:
+        plan = [row[3] for row in conn.execute(
+            "EXPLAIN QUERY PLAN " + view_facts_sql("sqlite"),
+            {"public_id": "x", "user": BOB, "roles": "[]", "now": 0.0, "moderator": 0})]
+    finally:
+        conn.close()
+    assert not [step for step in plan if step.startswith("SCAN") and "json_each" not in step]
+    assert not [step for step in plan if "TEMP B-TREE" in step], plan
+    assert "SEARCH g USING INDEX grants_by_image (image_id=?)" in plan, plan
+    assert "SEARCH g USING INDEX grants_unique (owner_id=? AND <expr>=?)" in plan, plan
