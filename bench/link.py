@@ -56,8 +56,10 @@ async def serve_veil(data: str, burst: str = "default") -> None:
 
     from bot.core.veil import Veil
     from bot.web import RateLimit, create_app, start_web
+    from bot.web.app import keep_freed_memory_for_responses
 
     logging.basicConfig(level=logging.WARNING)
+    keep_freed_memory_for_responses()  # as `python -m bot web` does
     veil = await Veil.open(data)
     if burst == "default":
         app = create_app(veil, public_url="http://127.0.0.1")

@@ -56,6 +56,8 @@ PACE_S = 0.005
 BUSY_TIMEOUT_S = 5.0
 CHECKPOINT_EVERY = 100
 LONG_AFTER = 3
+# How many statement texts the writer remembers as read or write before starting over.
+_KNOWN_STATEMENTS = 1024
 # Marks a statement known to be long (one that may scan a large table): it runs on the
 # writer's thread. A comment, so the same text is valid on every database.
 OFFLOAD = "/* offload */ "
@@ -135,13 +137,18 @@ class _Pace:
     def _turned(self) -> None:
         self._pending = False
 
-    async def step(self) -> None:
-        now = time.perf_counter()
+    def due(self) -> bool:
+        """Whether the caller should let the loop turn (``await asyncio.sleep(0)``) before its
+        statement. A plain function: the statement paths call it without making a coroutine."""
         if not self._pending:
             self._pending = True
-            self._since = now
+            self._since = time.perf_counter()
             asyncio.get_running_loop().call_soon(self._turned)
-        elif now - self._since > PACE_S:
+            return False
+        return time.perf_counter() - self._since > PACE_S
+
+    async def step(self) -> None:
+        if self.due():
             await asyncio.sleep(0)
 
 
@@ -168,6 +175,7 @@ class Database:
         self._writer_job: Future[Any] | None = None
         self._long: set[str] = set()  # write statements seen to run past the budget
         self._slow_runs: dict[str, int] = {}  # how many times in a row they did
+        self._reads: dict[str, bool] = {}  # statement text -> read-only (SELECT)
         self._pace = _Pace()
         self._commits = 0
         self._checkpointing = False
@@ -230,7 +238,8 @@ class Database:
 
     async def _read(self, run: Callable[[sqlite3.Connection, str, Params], T], sql: str,
                     params: Params) -> T:
-        await self._pace.step()
+        if self._pace.due():
+            await asyncio.sleep(0)
         self._reader_budget.arm()
         try:
             return run(self._reader, sql, params)
@@ -347,11 +356,21 @@ class Transaction:
     async def _run(self, run: Callable[[sqlite3.Connection, str, Params], T], sql: str,
                    params: Params) -> T:
         db = self._db
-        await db._writer_idle()
-        await db._pace.step()
+        # The checks below are inlined (no coroutine made per statement): a view count runs
+        # two statements per fetch, and each await of a coroutine costs more than the check.
+        job = db._writer_job
+        if job is not None and not job.done():
+            await asyncio.wrap_future(job)
+        if db._pace.due():
+            await asyncio.sleep(0)
         if sql in db._long or sql.startswith(OFFLOAD):
             return await db._on_writer_thread(run, self._conn, sql, params)
-        if _is_read(sql):
+        reads = db._reads.get(sql)
+        if reads is None:
+            if len(db._reads) >= _KNOWN_STATEMENTS:  # texts built with varying lists
+                db._reads.clear()
+            reads = db._reads[sql] = _is_read(sql)
+        if reads:
             # A read-only statement interrupted by the budget leaves the transaction as it was
             # (SQLite rolls back only writes on an interrupt), so it can simply run again.
             db._writer_budget.arm()
@@ -400,6 +419,7 @@ class Transaction:
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         rows = list(rows)
         db = self._db
+        await db._writer_idle()
         await db._pace.step()
         if len(rows) > 64 or sql in db._long:
             await db._on_writer_thread(_many, self._conn, sql, rows)

@@ -6,6 +6,8 @@ import asyncio
 
 import pytest
 
+from bot.core.blobs import image_key
+from bot.core.crypto import CryptoError
 from bot.core.errors import InvalidInput, NotFound, PolicyViolation
 from bot.core.links import TOKEN_CHARS
 from tests.conftest import ALICE, BOB, GUILD, MOD, png, viewer
@@ -74,6 +76,32 @@ async def test_a_view_limit_holds_under_concurrent_fetches(veil):
     results = await asyncio.gather(*(veil.links.fetch(new.token) for _ in range(30)))
     assert sum(r is not None for r in results) == 3
     assert await veil.links.resolve(new.token) is None
+
+
+async def _views_and_log(veil, image):
+    [listed] = await veil.links.links_of(viewer(ALICE), image.public_id)
+    logged = await veil.ctx.db.fetchval("SELECT count(*) FROM view_log WHERE image_id = ?",
+                                        (image.id,))
+    return listed.views, logged
+
+
+async def test_a_link_whose_image_is_gone_from_the_store_spends_no_view(veil):
+    image, new = await _link(veil, max_views=1)
+    await veil.ctx.blobs.delete([image_key(image.blob_name)])
+    assert await veil.links.fetch(new.token, agent="Firefox") is None
+    assert await _views_and_log(veil, image) == (0, 0)
+    assert await veil.links.resolve(new.token) is not None, "the one view is still there"
+
+
+async def test_a_link_whose_image_does_not_open_spends_no_view(veil):
+    image, new = await _link(veil, max_views=1)
+    key = image_key(image.blob_name)
+    stored = bytearray(await veil.ctx.blobs.get(key))
+    stored[-1] ^= 1  # the full picture's tag no longer matches
+    await veil.ctx.blobs.put(key, bytes(stored))
+    with pytest.raises(CryptoError):
+        await veil.links.fetch(new.token, agent="Firefox")
+    assert await _views_and_log(veil, image) == (0, 0)
 
 
 async def test_a_link_to_a_deleted_image_is_unknown(veil):

@@ -141,19 +141,19 @@ async def test_every_link_response_waits_for_its_own_view_to_be_committed(shared
 
 
 async def _fetch_while(veil: Veil, token: str, action) -> object:
-    """A fetch during which ``action`` commits, after its token lookup and before its count."""
-    real = veil.images.decrypt_for_link
+    """A fetch during which ``action`` commits, after its token lookup and before its count
+    (the image is read after the count, which is why the hook is there)."""
+    real = veil.links._count_view
 
-    async def decrypt_then_act(image, keys):
-        content = await real(image, keys)
+    async def act_then_count(target, agent):
         await action()
-        return content
+        return await real(target, agent)
 
-    veil.images.decrypt_for_link = decrypt_then_act  # type: ignore[method-assign]
+    veil.links._count_view = act_then_count  # type: ignore[method-assign]
     try:
         return await veil.links.fetch(token)
     finally:
-        veil.images.decrypt_for_link = real  # type: ignore[method-assign]
+        veil.links._count_view = real  # type: ignore[method-assign]
 
 
 async def test_a_revoke_or_deletion_committed_during_a_fetch_is_honoured_by_that_fetch(

@@ -77,6 +77,8 @@ _INLINE_UNSEAL_BYTES = 128 * 1024
 # local folder: a page-cached read and AES-GCM of 241 KB cost about 45 µs of CPU there, less
 # than a trip to a worker thread and back (docs/PERFORMANCE.md, issue 12).
 INLINE_READ_MAX = 1 << 20
+_LOG_VIEW_SQL = ("INSERT INTO view_log (image_id, owner_id, viewer_id, via, link_id, agent, at)"
+                 " SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM images WHERE id = ?)")
 # The orphan sweep lists every image object: at most this often, whatever the process starts.
 ORPHAN_SWEEP_EVERY_S = 3600.0
 
@@ -418,11 +420,17 @@ class ImageService:
                           agent: str | None = None) -> bool:
         """Add to the owner's view log: ids, the channel and a browser family; never a token.
         False (nothing logged) when the image was deleted meanwhile."""
-        return await tx.execute(
-            "INSERT INTO view_log (image_id, owner_id, viewer_id, via, link_id, agent, at)"
-            " SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM images WHERE id = ?)",
-            (image.id, image.owner_id, viewer_id, via, link_id, agent, self.ctx.now(),
-             image.id)) == 1
+        return await tx.execute(_LOG_VIEW_SQL, (image.id, image.owner_id, viewer_id, via,
+                                                link_id, agent, self.ctx.now(), image.id)) == 1
+
+    async def log_link_views_in(self, tx: Tx, views: Sequence[tuple[ImageRecord, str,
+                                                                    str | None]],
+                                at: float) -> None:
+        """``log_view_in`` for several link views at once ((image, link id, agent) each), in
+        one statement run over all of them: a group commit's views are logged together."""
+        await tx.executemany(_LOG_VIEW_SQL, [
+            (image.id, image.owner_id, None, "link", link_id, agent, at, image.id)
+            for image, link_id, agent in views])
 
     async def view_log(self, owner: Viewer, public_id: str | None = None,
                        limit: int = 20) -> list[ViewEntry]:

@@ -265,11 +265,15 @@ class LinkService:
         exactly N fetches succeed however many run at once. None when the link is not live, or
         has a password and ``session`` is not a live session for it (nothing is spent then).
 
-        Decrypts before counting, so a failure to read the image spends no view; the count and
-        the owner's view log are written in one transaction, committed before this returns.
+        The count and the owner's view log are written in one transaction, committed before
+        the image is read and decrypted; a failure to read or open the image gives the view
+        back (``_give_back``), so it spends nothing. Counting first means no fetch holds its
+        decrypted image while it waits for the group commit: with 50 fetches in flight, 50
+        images of 241 KB held across the wait made each decrypt write to cold memory, and a
+        fetch cost about twice the CPU (docs/PERFORMANCE.md, issue 12, link server).
 
-        Why no re-check after the decrypt (``decrypt_unchecked`` re-reads the image row): here
-        the count is that check. Its UPDATE is a write, so it runs after every transaction
+        Why no re-check of the image (``decrypt_unchecked`` re-reads the image row): here the
+        count is that check. Its UPDATE is a write, so it runs after every transaction
         committed before it, and it only counts a link that is still unrevoked, unexpired,
         under its view limit, under the same password (epoch), whose image still exists (a
         deleted image takes its links with it, ON DELETE CASCADE) and whose server still allows
@@ -279,13 +283,27 @@ class LinkService:
         target = await self.resolve(token, session=session)
         if target is None or target.locked or target.keys is None:
             return None
-        try:
-            content = await self.images.decrypt_for_link(target.image, target.keys)
-        except NotFound:
-            return None
         if not await self._count_view(target, agent):
             return None
+        try:
+            content = await self.images.decrypt_for_link(target.image, target.keys)
+        except BaseException as exc:
+            await asyncio.shield(self._give_back(target))
+            if isinstance(exc, NotFound):
+                return None
+            raise
         return content, target.link
+
+    async def _give_back(self, target: LinkTarget) -> None:
+        """Undo a counted view whose image could not be served (gone, or unreadable): the
+        count and its line in the owner's view log."""
+        async with self.ctx.db.transaction() as tx:
+            await tx.execute("UPDATE links SET views = views - 1 WHERE id = ? AND views > 0",
+                             (target.row_id,))
+            await tx.execute(
+                "DELETE FROM view_log WHERE id = (SELECT max(id) FROM view_log"
+                " WHERE image_id = ? AND link_id = ? AND via = 'link')",
+                (target.image.id, target.link.public_id))
 
     async def _count_view(self, target: LinkTarget, agent: str | None) -> bool:
         """Count one view in the next group commit and wait until it is committed. Fetches that
@@ -304,6 +322,10 @@ class LinkService:
                 async with self.ctx.db.transaction() as tx:
                     now = self.ctx.now()
                     counted = [await self._count_in(tx, p, now) for p in batch]
+                    seen = [(p.target.image, p.target.link.public_id, p.agent)
+                            for p, ok in zip(batch, counted, strict=True) if ok]
+                    if seen:
+                        await self.images.log_link_views_in(tx, seen, now)
             except Exception as exc:  # each waiting fetch fails as its own transaction would
                 for p in batch:
                     if not p.done.done():
@@ -319,6 +341,7 @@ class LinkService:
                     p.done.set_result(ok)
 
     async def _count_in(self, tx: Tx, view: _PendingView, now: float) -> bool:
+        """Count one view (the owner's view log is written for the whole batch after)."""
         target = view.target
         counted = await tx.execute(
             "UPDATE links SET views = views + 1 WHERE id = ? AND revoked_at IS NULL"
@@ -327,11 +350,7 @@ class LinkService:
             " AND NOT EXISTS (SELECT 1 FROM images i JOIN guild_policy p"
             " ON p.guild_id = i.guild_id WHERE i.id = links.image_id AND p.links_enabled = 0)",
             (target.row_id, now, target.password_epoch))
-        if counted != 1:
-            return False
-        await self.images.log_view_in(tx, target.image, viewer_id=None, via="link",
-                                      link_id=target.link.public_id, agent=view.agent)
-        return True
+        return counted == 1
 
     async def revoke(self, link_public_id: str, owner: Viewer) -> ShareLink:
         row = await self._owned_row(link_public_id, owner)

@@ -35,6 +35,8 @@ SECURITY_HEADERS: dict[str, str] = {
     "Cross-Origin-Resource-Policy": "same-origin",
     # Says nothing about the software and its version.
     "Server": "Veil",
+    # no-store above is for HTTP/1.1 caches; an HTTP/1.0 proxy only understands Pragma.
+    "Pragma": "no-cache",
 }
 
 PAGES = web.AppKey("veil_pages", Pages)
@@ -45,13 +47,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare hook: overwrite, never merge, so a handler cannot weaken them."""
-    for name, value in SECURITY_HEADERS.items():
-        response.headers[name] = value
+    """on_response_prepare hook: overwrite, never merge, so a handler cannot weaken them
+    (``update`` replaces every header of the same name, as one assignment per name would)."""
+    response.headers.update(SECURITY_HEADERS)
     if request.get(ALLOWS_FORM):
         response.headers["Content-Security-Policy"] = PASSWORD_PAGE_CSP
-    # no-store above is for HTTP/1.1 caches; an HTTP/1.0 proxy only understands Pragma.
-    response.headers["Pragma"] = "no-cache"
 
 
 def not_found(pages: Pages) -> web.Response:
