@@ -22,6 +22,7 @@ next to an aiohttp run: req/s against one worker's and against aiohttp's. wrk it
 one core of the machine's.
 
     python -m bench.link [--quick] [--workers 1,2,4]
+    python -m bench.link --core    # in-process only: the CPU of each step of a fetch
 """
 
 from __future__ import annotations
@@ -274,6 +275,15 @@ def main(args) -> Report:
 
     runs, seconds = (3, 2) if args.quick else (5, 5)
     CACHE.mkdir(parents=True, exist_ok=True)
+    if args.core:
+        root = Path(tempfile.mkdtemp(prefix="link-core-", dir=CACHE))
+        try:
+            token, _, _ = asyncio.run(prepare(root / "data"))
+            for line in asyncio.run(core_breakdown(root / "data", token)):
+                report.note(line)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        return report
     root = Path(tempfile.mkdtemp(prefix="link-", dir=CACHE))
     servers: dict[str, Server] = {}
     scaling: dict[int, dict] = {}
@@ -410,10 +420,98 @@ async def _views(data: Path) -> int:
         return await veil.ctx.db.fetchval("SELECT coalesce(sum(views), 0) FROM links")
 
 
+# In-process: where a fetch's CPU goes, without HTTP ------------------------------------------
+
+async def core_breakdown(folder: Path, token: str, rounds: int = 400,
+                         seconds: float = 3.0) -> list[str]:
+    """CPU time (``time.process_time``, all threads) of each step of a link fetch, run alone
+    ``rounds`` times on one Veil, and of 50 fetches at once (as wrk's 50 connections make
+    them) in the order Veil uses (count, then read and decrypt) and in the order it used
+    before (read and decrypt, then count: each fetch holds its image across the group
+    commit's wait). The view counts spend views of the bench's link (it has no limit)."""
+    from bot.core.blobs import image_key, read_full_part_sync
+    from bot.core.crypto import image_aad, unseal
+    from bot.core.veil import Veil
+
+    async def cpu(step, n: int = rounds) -> float:
+        for _ in range(20):
+            await step()
+        started = time.process_time()
+        for _ in range(n):
+            await step()
+        return (time.process_time() - started) / n * 1e6
+
+    async def per_fetch(fetch) -> float:
+        done = 0
+        started, until = time.process_time(), time.monotonic() + seconds
+        while time.monotonic() < until:
+            for result in await asyncio.gather(*(fetch() for _ in range(CONNECTIONS))):
+                assert result is not None
+            done += CONNECTIONS
+        return (time.process_time() - started) / done * 1e6
+
+    async with await Veil.open(folder) as veil:
+        links, images = veil.links, veil.images
+        target = await links.resolve(token)
+        assert target is not None and target.keys is not None
+        image, keys = target.image, target.keys
+
+        async def resolve() -> None:
+            await links.resolve(token)
+
+        async def unwrap() -> None:
+            owner_key = veil.ctx.keys.unwrap_owner_key(image.owner_id, keys.owner_key,
+                                                       keys.master_key_id)
+            unseal(owner_key, keys.image_key, image_aad(image.public_id, "key"))
+
+        async def read() -> None:
+            read_full_part_sync(veil.ctx.blobs, image.blob_name)
+
+        async def read_fresh() -> None:  # how the read was made before: a new buffer each
+            veil.ctx.blobs.get_sync(image_key(image.blob_name))
+
+        data_key = unseal(veil.ctx.keys.unwrap_owner_key(image.owner_id, keys.owner_key,
+                                                         keys.master_key_id),
+                          keys.image_key, image_aad(image.public_id, "key"))
+
+        async def decrypt() -> None:
+            unseal(data_key, read_full_part_sync(veil.ctx.blobs, image.blob_name),
+                   image_aad(image.public_id, "full"))
+
+        async def count() -> None:
+            await links._count_view(target, "Chrome")
+
+        async def fetch():
+            return await links.fetch(token, agent="Chrome")
+
+        async def fetch_decrypting_first():
+            found = await links.resolve(token)
+            content = await images.decrypt_for_link(found.image, found.keys)
+            return content if await links._count_view(found, "Chrome") else None
+
+        steps = {"token lookup (resolve)": resolve, "key unwrap (2 x AES-GCM)": unwrap,
+                 "blob read (page cache, reused buffer)": read,
+                 "blob read into a new buffer (before)": read_fresh,
+                 "blob read + AES-GCM": decrypt,
+                 "view count alone (a transaction)": count, "whole fetch alone": fetch}
+        parts = [f"{name} {await cpu(step):.0f} µs" for name, step in steps.items()]
+        lines = [f"in-process CPU per step, {rounds} runs each: " + "; ".join(parts)]
+        counted_first = [await per_fetch(fetch), await per_fetch(fetch)]
+        decrypted_first = [await per_fetch(fetch_decrypting_first),
+                           await per_fetch(fetch_decrypting_first)]
+        counted_first.append(await per_fetch(fetch))
+        lines.append(f"in-process, {CONNECTIONS} fetches at once: CPU per fetch "
+                     f"{median(counted_first):.0f} µs counting first (Veil), "
+                     f"{median(decrypted_first):.0f} µs decrypting first (before)")
+    return lines
+
+
 def _extra(parser) -> None:
     parser.add_argument("--serve", nargs="+", help="(internal) run one server")
     parser.add_argument("--workers", default="1,2",
                         help="link-server process counts to measure (default 1,2)")
+    parser.add_argument("--core", action="store_true",
+                        help="only the in-process CPU breakdown of a fetch (no HTTP, no wrk)")
 
 
 if __name__ == "__main__":

@@ -216,8 +216,8 @@ class LocalBlobStore:
         thread). A fresh 241 KB buffer per read cost page faults on every link fetch (glibc
         gives the freed top of its heap back to the system and maps it again for the next
         one); with the buffer reused the read is the kernel's copy alone (``get_sync`` 148 µs,
-        this 20 µs of CPU in ``python /tmp/link/dec.py``, docs/PERFORMANCE.md). String paths:
-        pathlib's joins cost 15 µs here."""
+        this 20 µs of CPU; docs/PERFORMANCE.md, ``python -m bench.link --core``). String
+        paths: pathlib's joins cost 15 µs here."""
         if not _NAME.fullmatch(name):
             raise ValueError(f"not a blob name: {name!r}")
         try:

@@ -50,7 +50,7 @@ DEFAULT_RATE_LIMIT = RateLimit()
 # and the next allocation maps it again, a page fault per 4 KB page. Veil fixes the mmap
 # threshold at 1 MB (bot/images/work.py), which also pins the trim threshold at its 128 KB
 # default: every image a link server decrypts (241 KB), and aiohttp's copy of it with the
-# headers, then cost 7 to 13 page faults per request under wrk (-c50), about a third of the
+# headers, then cost 7 to 13 page faults per request under wrk (-c50), about a quarter of the
 # server's system time. A link-server process keeps up to this much freed heap instead.
 _M_TRIM_THRESHOLD = -1
 _LINK_SERVER_TRIM_BYTES = 32 * 1024 * 1024
