@@ -57,16 +57,16 @@ async def serve_veil(data: str, burst: str = "default") -> None:
 
     from bot.core.veil import Veil
     from bot.web import RateLimit, create_app, start_web
-    from bot.web.app import keep_freed_memory_for_responses
+    from bot.web.app import settle_for_serving
 
     logging.basicConfig(level=logging.WARNING)
-    keep_freed_memory_for_responses()  # as `python -m bot web` does
     veil = await Veil.open(data)
     if burst == "default":
         app = create_app(veil, public_url="http://127.0.0.1")
     else:
         app = create_app(veil, public_url="http://127.0.0.1", rate_limit=RateLimit(int(burst)))
     server = await start_web(app, "127.0.0.1", 0)
+    settle_for_serving()  # as `python -m bot web` does once it listens
     await _announce_and_wait(server.port)
     await server.stop()
     await veil.close()
@@ -429,6 +429,8 @@ async def core_breakdown(folder: Path, token: str, rounds: int = 400,
     them) in the order Veil uses (count, then read and decrypt) and in the order it used
     before (read and decrypt, then count: each fetch holds its image across the group
     commit's wait). The view counts spend views of the bench's link (it has no limit)."""
+    import gc
+
     from bot.core.blobs import image_key, read_full_part_sync
     from bot.core.crypto import image_aad, unseal
     from bot.core.veil import Veil
@@ -484,25 +486,52 @@ async def core_breakdown(folder: Path, token: str, rounds: int = 400,
         async def fetch():
             return await links.fetch(token, agent="Chrome")
 
+        async def orders() -> str:
+            counted_first = [await per_fetch(fetch), await per_fetch(fetch)]
+            decrypted_first = [await per_fetch(fetch_decrypting_first),
+                               await per_fetch(fetch_decrypting_first)]
+            counted_first.append(await per_fetch(fetch))
+            return (f"{CONNECTIONS} fetches at once, CPU per fetch: "
+                    f"{median(counted_first):.0f} µs counting first (Veil), "
+                    f"{median(decrypted_first):.0f} µs decrypting first (before)")
+
         async def fetch_decrypting_first():
             found = await links.resolve(token)
             content = await images.decrypt_for_link(found.image, found.keys)
             return content if await links._count_view(found, "Chrome") else None
 
+        # The pause a full collection makes with a link server's start-up objects, before
+        # and after settle_for_serving (what `python -m bot web` does once it listens:
+        # gc.freeze(), and glibc keeping freed heap).
+        from bot.web import create_app
+        from bot.web.app import settle_for_serving
+
+        app = create_app(veil, public_url="http://127.0.0.1")
+        pauses = []
+        for _ in range(3):
+            started = time.process_time()
+            gc.collect()
+            pauses.append((time.process_time() - started) * 1e3)
+        tracked = len(gc.get_objects())
+        fresh, trimmed = await cpu(read_fresh), await cpu(decrypt)
+        orders_trimmed = await orders()
+        settle_for_serving()
+        started = time.process_time()
+        gc.collect()
+        frozen = (time.process_time() - started) * 1e3
+        del app
+        lines = [f"a full garbage collection over a link server's {tracked:,} start-up "
+                 f"objects: {median(pauses):.1f} ms of CPU; after gc.freeze(): {frozen:.2f} ms",
+                 f"with glibc's heap trimmed at 128 KB (as before): blob read into a new buffer "
+                 f"{fresh:.0f} µs; blob read + AES-GCM {trimmed:.0f} µs; {orders_trimmed}",
+                 f"keeping 32 MB of freed heap (settle_for_serving, as `bot web` does now; "
+                 f"the figures below too): blob read + AES-GCM {await cpu(decrypt):.0f} µs"]
         steps = {"token lookup (resolve)": resolve, "key unwrap (2 x AES-GCM)": unwrap,
                  "blob read (page cache, reused buffer)": read,
-                 "blob read into a new buffer (before)": read_fresh,
-                 "blob read + AES-GCM": decrypt,
                  "view count alone (a transaction)": count, "whole fetch alone": fetch}
         parts = [f"{name} {await cpu(step):.0f} µs" for name, step in steps.items()]
-        lines = [f"in-process CPU per step, {rounds} runs each: " + "; ".join(parts)]
-        counted_first = [await per_fetch(fetch), await per_fetch(fetch)]
-        decrypted_first = [await per_fetch(fetch_decrypting_first),
-                           await per_fetch(fetch_decrypting_first)]
-        counted_first.append(await per_fetch(fetch))
-        lines.append(f"in-process, {CONNECTIONS} fetches at once: CPU per fetch "
-                     f"{median(counted_first):.0f} µs counting first (Veil), "
-                     f"{median(decrypted_first):.0f} µs decrypting first (before)")
+        lines.append(f"in-process CPU per step, {rounds} runs each: " + "; ".join(parts))
+        lines.append(await orders())
     return lines
 
 
