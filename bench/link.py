@@ -173,10 +173,13 @@ http {{
     return server
 
 
-def _wait_listening(port: int) -> None:
+def _wait_listening(port: int, seconds: float = 60.0) -> None:
+    # A minute: `python -m bot web` took over the four seconds this used to allow to import
+    # and open Veil on a machine at a load average of 15.
     import socket
 
-    for _ in range(200):
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
