@@ -44,9 +44,10 @@ COMMANDS = {
 
 
 async def _open_veil(settings: Settings, *, also: bytes | None = None,
-                     repair: bool = True) -> Veil:
+                     repair: bool = True, claim: bool = True) -> Veil:
     """Open the data folder; ``also``: one more key to hold (the new one, for rotate-key);
-    ``repair``: run start-up repair (not on a store a copy is filling)."""
+    ``repair``: run start-up repair (not on a store a copy is filling); ``claim=False``: this
+    process holds the store exclusively already (migrate-storage)."""
     from bot.core.veil import Veil
     from bot.images import ImageLimits
 
@@ -54,6 +55,7 @@ async def _open_veil(settings: Settings, *, also: bytes | None = None,
     return await Veil.open(settings.data_dir,
                            master_key=None if keys is None else keys + [k for k in [also] if k],
                            blob_url=settings.blob_url, s3=settings.s3, repair=repair,
+                           claim=claim,
                            limits=ImageLimits(max_bytes=settings.max_upload_bytes,
                                               max_pixels=settings.max_pixels),
                            database_url=settings.database_url,
@@ -211,7 +213,8 @@ async def migrate_storage(settings: Settings, *, reverse: bool = False) -> None:
     """Copy the embedded store (SQLite file and image folder in VEIL_DATA_DIR) into the one
     the settings name, or back; see bot.storage_migration."""
     from bot.core.keys import MasterKeyError
-    from bot.storage_migration import MigrationError, copy_store
+    from bot.core.veil import UNFINISHED_MIGRATION, database_of
+    from bot.storage_migration import MigrationError, Side, copy_store, stores_to_ourselves
 
     if settings.database_url is None and settings.blob_url is None:
         raise MigrationError(
@@ -223,11 +226,21 @@ async def migrate_storage(settings: Settings, *, reverse: bool = False) -> None:
     if not reverse and not (settings.data_dir / "veil.db").exists():
         raise MigrationError(f"The data folder {settings.data_dir} holds no Veil store to copy: "
                              "point VEIL_DATA_DIR at the folder the bot has been using.")
-    async with await _open_veil(source) as old:
+    sides = [Side(role, database_of(each.data_dir, each.database_url), each.database_label)
+             for role, each in (("source", source), ("target", target))]
+    # Both stores to ourselves for the whole copy: see bot.storage_migration.
+    async with stores_to_ourselves(sides), await _open_veil(source, claim=False) as old:
+        pending = await old.ctx.db.fetchval("SELECT value FROM meta WHERE key = ?",
+                                            (UNFINISHED_MIGRATION,))
+        if pending is not None and sides[0].database != sides[1].database:
+            raise MigrationError(
+                f"The source, {source.database_label}, is itself the target of a "
+                f"migrate-storage from {pending} that has not finished: finish that one first "
+                "(run it again with the settings it ran with).")
         try:
             # No start-up repair on the target: objects are copied ahead of their rows, and
             # where only the database moves the image folder is the source's own.
-            new = await _open_veil(target, repair=False)
+            new = await _open_veil(target, repair=False, claim=False)
         except MasterKeyError as exc:
             raise MigrationError(
                 "The target store was set up with another master key than the source: keys "
@@ -238,7 +251,7 @@ async def migrate_storage(settings: Settings, *, reverse: bool = False) -> None:
                   f"\n          to {target.database_label}, images in "
                   f"{new.ctx.blobs.description}")
             report = await copy_store(old, new, blobs_shared=settings.blob_url is None,
-                                      progress=print)
+                                      source_label=source.database_label, progress=print)
     print(f"Done: {report.rows_added} new rows ({sum(report.rows.values())} in the source), "
           f"{report.blobs_added} new image objects; all {report.images} images open in the "
           "target.")

@@ -10,19 +10,32 @@ Nothing is decrypted to be copied: owner keys stay wrapped under the master key 
 under the owner keys, so the target must be opened with the same master key (opening it checks
 that). Once copied, every image of the target is opened (full size and thumbnail, through the
 target's own stores) before the copy is called done.
+
+No Veil process may run on either store meanwhile: a delete, a revoke, a new share or a view
+committed in the source after its table was copied would be lost in the target (or a deleted
+image come back there), and a process on the target would hand out ids the copy then skips as
+already there, or its repair would take copied objects whose rows have not arrived yet. So the
+copy holds the exclusive claim on both databases (db.presence) for its whole run: it cannot
+start while any process holds its shared claim, and no process can start until it ends. A copy
+that stops part-way (killed, or an image that does not open) leaves a mark in the target's meta
+table, so that no process starts on a half-filled store until a run of the copy has finished.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bot.core import failpoints
 from bot.core.blobs import image_key
 from bot.core.context import IMAGE
-from bot.core.veil import Veil
+from bot.core.veil import UNFINISHED_MIGRATION, Veil
+from db.postgres import OPEN_ERRORS, redact_url
+from db.presence import Claim, claim_database, holders
 
 BATCH = 500
 _PARALLEL_BLOBS = 8  # object stores answer one request at a time per connection: overlap them
@@ -70,6 +83,9 @@ NOT_COPIED = {
     "exports": "one-time downloads waiting in the old store; a new /export makes another",
 }
 
+# The target's mark while it is being filled (meta key; value: where the copy comes from).
+UNFINISHED = UNFINISHED_MIGRATION
+
 # Ids handed out once must never come back (a share id names the copies sent under it, so a
 # reused id would attribute old copies to a new share): the high-water mark moves with the rows.
 NEVER_REUSED = ("grants",)
@@ -87,23 +103,72 @@ class CopyReport:
         return sum(self.added.values())
 
 
+@dataclass(frozen=True)
+class Side:
+    role: str  # "source" or "target"
+    database: str | Path  # a postgresql:// URL or the SQLite file
+    label: str  # how the operator knows it, without a password
+
+
+@asynccontextmanager
+async def stores_to_ourselves(sides: Sequence[Side]) -> AsyncIterator[None]:
+    """Hold the exclusive claim on every database of ``sides`` (one that is both source and
+    target, where only the images move, once) until the body ends; MigrationError naming the
+    running processes if any Veil process is on one of them."""
+    distinct: dict[str, Side] = {}
+    for side in sides:
+        key = str(side.database)
+        if key in distinct:
+            distinct[key] = Side("source and target", side.database, side.label)
+        else:
+            distinct[key] = side
+    held: list[Claim] = []
+    try:
+        for side in distinct.values():
+            try:
+                claim = await claim_database(side.database, exclusive=True)
+            except OPEN_ERRORS as exc:
+                raise MigrationError(
+                    f"migrate-storage cannot start: the {side.role}, {side.label}, cannot be "
+                    f"used ({type(exc).__name__}: {redact_url(str(exc))}): check "
+                    "VEIL_DATA_DIR and VEIL_DATABASE_URL.") from exc
+            if claim is None:
+                raise MigrationError(_busy(side, await holders(side.database)))
+            held.append(claim)
+        yield
+    finally:
+        for claim in held:
+            await claim.release()
+
+
+def _busy(side: Side, running: list[str]) -> str:
+    count = (f"{len(running)} Veil process{'es are' if len(running) > 1 else ' is'}"
+             if running else "a Veil process is")
+    named = f" ({'; '.join(running[:5])}{'; ...' if len(running) > 5 else ''})" if running else ""
+    return (f"migrate-storage cannot start: {count} running on the {side.role}, "
+            f"{side.label}{named}. Stop every Veil process on it (the bot, link servers and "
+            "their workers, check, sweep), then run migrate-storage again.")
+
+
 def _dialect(veil: Veil) -> str:
     return getattr(veil.ctx.db, "dialect", "sqlite")
 
 
 async def copy_store(source: Veil, target: Veil, *, blobs_shared: bool = False,
-                     verify: bool = True, batch: int = BATCH,
+                     verify: bool = True, batch: int = BATCH, source_label: str = "another store",
                      progress: Callable[[str], None] = lambda line: None) -> CopyReport:
     """Copy every row (and, unless ``blobs_shared``, every image blob) of ``source`` into
     ``target``, then (``verify``) open every image of the target. Both must be at the same
     schema version and hold the same master key. Open the target with ``repair=False``: its
-    repair would take the objects copied ahead of their rows for abandoned uploads."""
+    repair would take the objects copied ahead of their rows for abandoned uploads. The target
+    carries the UNFINISHED mark from the start until everything has been copied (and opened)."""
     mine, theirs = await source.ctx.db.schema_version(), await target.ctx.db.schema_version()
     if mine != theirs:
         raise MigrationError(
             f"The source store is at schema version {mine} and the target at {theirs}: run "
             "the same Veil version on both (start and stop it once on the older one).")
     report = CopyReport()
+    await _set_mark(target, source_label)
     for table in TABLES:
         before = await target.ctx.db.fetchval(f"SELECT count(*) FROM {table.name}")
         copied = await _copy_table(source, target, table, batch, report,
@@ -113,10 +178,23 @@ async def copy_store(source: Veil, target: Veil, *, blobs_shared: bool = False,
         if copied:
             progress(f"  {table.name}: {copied} rows, {after - before} new")
         failpoints.reach(f"migrate:copied:{table.name}")
+        failpoints.pause(f"migrate:copied:{table.name}")
     await _carry_id_counters(source, target)
     if verify:
         report.images = await verify_images(target, batch=batch)
+    await _clear_mark(target)
     return report
+
+
+async def _set_mark(target: Veil, source_label: str) -> None:
+    async with target.ctx.db.transaction() as tx:
+        await tx.execute(f"INSERT INTO meta (key, value) VALUES ('{UNFINISHED}', ?)"
+                         " ON CONFLICT DO NOTHING", (source_label,))
+
+
+async def _clear_mark(target: Veil) -> None:
+    async with target.ctx.db.transaction() as tx:
+        await tx.execute(f"DELETE FROM meta WHERE key = '{UNFINISHED}'")
 
 
 async def _copy_table(source: Veil, target: Veil, table: Table, batch: int,
@@ -138,6 +216,9 @@ async def _copy_table(source: Veil, target: Veil, table: Table, batch: int,
         if not rows:
             return copied
         columns = list(rows[0].keys())
+        last, fetched = rows[-1], len(rows)
+        if table.name == "meta":  # a source that was itself being filled: its mark stays there
+            rows = [r for r in rows if r["key"] != UNFINISHED]
         if table.name == "images" and not blobs_shared:
             # The objects first: a row in the target always names a blob that is there.
             report.blobs_added += await _copy_blobs(source, target,
@@ -148,8 +229,8 @@ async def _copy_table(source: Veil, target: Veil, table: Table, batch: int,
         async with target.ctx.db.transaction() as tx:
             await tx.executemany(sql, [tuple(r[c] for c in columns) for r in rows])
         copied += len(rows)
-        after = tuple(rows[-1][k] for k in table.key)
-        if len(rows) < batch:
+        after = tuple(last[k] for k in table.key)
+        if fetched < batch:
             return copied
 
 

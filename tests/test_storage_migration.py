@@ -260,8 +260,10 @@ async def test_a_migration_killed_part_way_is_finished_by_running_it_again(
     killed = await asyncio.to_thread(migrate, data_dir, **target, VEIL_FAILPOINT=point)
     assert killed.returncode == -9, killed.stderr
     key = bytes.fromhex((data_dir / "master.key").read_text().split()[0])
+    # Looked at as migrate-storage does (a process would refuse: tests/test_migration_guard.py).
     async with await Veil.open(tmp_path / "pg-view", master_key=key, database_url=database_url_pg,
-                               blob_url=bucket, s3=s3_server.settings(), repair=False) as moved:
+                               blob_url=bucket, s3=s3_server.settings(), repair=False,
+                               claim=False) as moved:
         assert await moved.ctx.db.fetchval("SELECT count(*) FROM grants") == 0  # not there yet
     again = await asyncio.to_thread(migrate, data_dir, **target)
     assert again.returncode == 0, again.stderr
