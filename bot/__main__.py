@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any
 
 from bot.config import ConfigError, Settings, StartupError, load_settings, parse_master_key
@@ -30,16 +30,16 @@ log = logging.getLogger("veil")
 
 EXIT_STARTUP = 2  # the operator can fix it; the message said how
 EXIT_FAULT = 1  # a defect or an unforeseen condition
+MAX_WEB_WORKERS = 64
 
 COMMANDS = {
     "run": "run the Discord bot, with the link server in the same process (the default)",
-    "web": "run only the link server, over this machine's data folder (e.g. behind a proxy)",
-    "check": "validate the settings and the data folder, then exit",
+    "web": "run only the link server (its own service, behind a proxy or a load balancer)",
+    "check": "validate the settings and the store, say which store is in use, then exit",
     "rotate-key": "re-wrap every owner key under a new master key (images are not touched)",
-    "sweep": "delete what has outlived its retention now, instead of waiting for the schedule",
+    "sweep": "delete what has outlived its retention now, not at the next scheduled sweep",
     "sync": "send the slash commands to Discord once, from this process only",
-    "migrate-storage": "copy the data folder's store into the one VEIL_DATABASE_URL and "
-                       "VEIL_BLOB_URL name (--reverse: back into the data folder)",
+    "migrate-storage": "copy the data folder's store into PostgreSQL and S3 (--reverse: back)",
 }
 
 
@@ -73,9 +73,6 @@ def _make_generator(settings: Settings):
 
 
 async def run_bot(settings: Settings) -> None:
-    import aiohttp
-    import discord
-
     from bot.client import make_bot
     from bot.generate import GenerationQueue, startup_warnings
 
@@ -89,18 +86,29 @@ async def run_bot(settings: Settings) -> None:
         try:
             async with make_bot(settings=settings, veil=veil, queue=queue) as client:
                 _close_on_signals(client)
-                await client.start(settings.discord_token or "")
-        except discord.LoginFailure as exc:
-            raise ConfigError(
-                "Discord refused DISCORD_TOKEN (wrong, or reset since): copy a new token from "
-                "https://discord.com/developers/applications -> your app -> Bot -> Reset Token "
-                "into .env.") from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise StartupError(
-                f"Veil cannot start: cannot reach Discord at {exc.host} ({_reason(exc)}): check "
-                "this machine's network connection and DNS, then start Veil again.") from exc
+                with _reaching_discord():
+                    await client.start(settings.discord_token or "")
         finally:
             await generator.close()
+
+
+@contextlib.contextmanager
+def _reaching_discord() -> Iterator[None]:
+    """A refused token or an unreachable Discord, as one line that says what to do."""
+    import aiohttp
+    import discord
+
+    try:
+        yield
+    except discord.LoginFailure as exc:
+        raise ConfigError(
+            "Discord refused DISCORD_TOKEN (wrong, or reset since): copy a new token from "
+            "https://discord.com/developers/applications -> your app -> Bot -> Reset Token "
+            "into .env.") from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise StartupError(
+            f"Veil cannot start: cannot reach Discord at {exc.host} ({_reason(exc)}): check "
+            "this machine's network connection and DNS, then start Veil again.") from exc
 
 
 def _close_on_signals(client: VeilBot) -> None:
@@ -203,7 +211,8 @@ async def sync(settings: Settings) -> None:
         try:
             async with VeilBot(settings=settings, veil=veil, queue=GenerationQueue(generator),
                                sync_commands=False, start_web=False) as client:
-                count = await client.sync_commands_once(settings.discord_token or "")
+                with _reaching_discord():
+                    count = await client.sync_commands_once(settings.discord_token or "")
         finally:
             await generator.close()
     print(f"Sent {count} slash commands to Discord.")
@@ -291,6 +300,14 @@ class _HelpFormatter(argparse.HelpFormatter):
         return text
 
 
+def _worker_count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= MAX_WEB_WORKERS:
+        raise argparse.ArgumentTypeError(
+            f"give a whole number from 1 to {MAX_WEB_WORKERS} (one per core suits most "
+            f"machines), not {text!r}")
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bot", formatter_class=_HelpFormatter,
@@ -302,7 +319,7 @@ def _parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=summary,
                                       description=summary[0].upper() + summary[1:])
         if name == "web":
-            command.add_argument("--workers", type=int, metavar="N", choices=range(1, 65),
+            command.add_argument("--workers", type=_worker_count, metavar="N",
                                  help="serve from N processes sharing the port (SO_REUSEPORT; "
                                       "default: VEIL_WEB_WORKERS or 1)")
             # Set by the first process on the ones it starts: bind beside it, start none.

@@ -80,6 +80,15 @@ class VeilBot(commands.Bot):
         await super().login(token)
 
     async def setup_hook(self) -> None:
+        # The port first: a port in use stops the start before anything is sent to Discord.
+        if self._start_web:
+            from bot.web import create_app, start_web
+
+            app = create_app(self.veil, public_url=self.settings.public_url,
+                             trusted_proxies=self.settings.trusted_proxies,
+                             shared_limits=self.settings.shared_limits)
+            self._web_runner = await start_web(app, self.settings.web_host,
+                                               self.settings.web_port)
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         self.add_dynamic_items(OwnerButton)
@@ -89,14 +98,6 @@ class VeilBot(commands.Bot):
         self._background.append(asyncio.create_task(self._retention_loop(), name="retention"))
         self._background.append(asyncio.create_task(self._grant_expiry_loop(),
                                                      name="grant-expiry"))
-        if self._start_web:
-            from bot.web import create_app, start_web
-
-            app = create_app(self.veil, public_url=self.settings.public_url,
-                             trusted_proxies=self.settings.trusted_proxies,
-                             shared_limits=self.settings.shared_limits)
-            self._web_runner = await start_web(app, self.settings.web_host,
-                                               self.settings.web_port)
 
     async def _sync(self, *, force: bool = False) -> int:
         """Sync commands (to one guild in development), skipping it when nothing changed, so

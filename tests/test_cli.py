@@ -83,6 +83,49 @@ def test_a_wrong_token_says_to_reset_it_in_one_line(tmp_path):
     assert "not-the-token" not in line
 
 
+def test_sync_with_a_wrong_token_says_to_reset_it_in_one_line(tmp_path):
+    async def attempt() -> tuple[int, str]:
+        double = await DiscordDouble().start()
+        try:
+            return await cli_against(double.api_base, double.gateway_url, "sync",
+                                     tmp_path=tmp_path, DISCORD_TOKEN="not-the-token")
+        finally:
+            await double.stop()
+
+    line = one_line_advice(*asyncio.run(attempt()))
+    assert "Discord refused DISCORD_TOKEN" in line and "Reset Token" in line
+
+
+def test_sync_without_a_way_to_reach_discord_says_to_check_the_network(tmp_path):
+    port = free_port()
+    line = one_line_advice(*asyncio.run(cli_against(
+        f"http://127.0.0.1:{port}/api/v10", f"ws://127.0.0.1:{port}/gateway", "sync",
+        tmp_path=tmp_path, DISCORD_TOKEN="a-token")))
+    assert "cannot reach Discord" in line and "network connection" in line
+
+
+@pytest.mark.slow
+def test_a_port_in_use_stops_the_bot_before_it_sends_discord_anything(tmp_path):
+    async def attempt(port: int) -> tuple[int, str, int]:
+        double = await DiscordDouble().start()
+        try:
+            code, stderr = await cli_against(double.api_base, double.gateway_url, "run",
+                                             tmp_path=tmp_path, DISCORD_TOKEN=double.token,
+                                             VEIL_WEB_PORT=str(port))
+            return code, stderr, len(double.all_commands())
+        finally:
+            await double.stop()
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, stderr, synced = asyncio.run(attempt(port))
+    line = one_line_advice(code, stderr)
+    assert f"VEIL_WEB_PORT {port}" in line and "already in use" in line
+    assert synced == 0
+
+
 def test_no_way_to_reach_discord_says_to_check_the_network_in_one_line(tmp_path):
     port = free_port()  # nobody listens there: connection refused
     line = one_line_advice(*asyncio.run(cli_against(
@@ -132,10 +175,20 @@ def test_debug_logging_adds_the_traceback_to_the_same_advice(tmp_path):
 def test_help_gives_each_command_a_line_of_its_own(tmp_path):
     result = cli("--help", tmp_path=tmp_path)
     assert result.returncode == 0
-    for command in ("run", "web", "check", "rotate-key", "sweep"):
+    commands = ("run", "web", "check", "rotate-key", "sweep", "sync", "migrate-storage")
+    for command in commands:
         [line] = [ln for ln in result.stdout.splitlines() if ln.split()[:1] == [command]]
         assert len(line.split()) > 3, line
+    listed = result.stdout.split("commands (default: run):\n", 1)[1].strip().splitlines()
+    assert [ln.split()[0] for ln in listed] == list(commands)  # no summary wraps
     assert result.stdout.count("usage:") == 1
+
+
+def test_a_wrong_number_of_link_server_workers_says_what_to_give(tmp_path):
+    result = cli("web", "--workers", "0", tmp_path=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert "give a whole number from 1 to 64" in error and "(choose from" not in error
 
 
 @pytest.mark.slow
