@@ -30,6 +30,7 @@ log = logging.getLogger("veil")
 
 EXIT_STARTUP = 2  # the operator can fix it; the message said how
 EXIT_FAULT = 1  # a defect or an unforeseen condition
+EXIT_INTERRUPTED = 130  # Ctrl-C in the middle of work that is not done (the shell's 128 + 2)
 MAX_WEB_WORKERS = 64
 
 COMMANDS = {
@@ -325,6 +326,9 @@ def _parser() -> argparse.ArgumentParser:
             # Set by the first process on the ones it starts: bind beside it, start none.
             command.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
         if name == "migrate-storage":
+            command.description = (
+                f"{command.description}. Every Veil process on both stores must be stopped "
+                "first: it refuses while one runs, and none can start until it is done.")
             command.add_argument("--reverse", action="store_true",
                                  help="copy from the store VEIL_DATABASE_URL and VEIL_BLOB_URL "
                                       "name back into the data folder")
@@ -369,7 +373,10 @@ def main(argv: list[str] | None = None) -> int:
         _say(str(error))
         return EXIT_STARTUP
     except KeyboardInterrupt:
-        pass
+        if command == "migrate-storage":  # not a clean stop: the new store is half-filled
+            _say("migrate-storage was interrupted before it finished: nothing is lost, but the "
+                 "new store is not ready; run migrate-storage again to finish the copy.")
+            return EXIT_INTERRUPTED
     except Exception as error:
         if debug:
             raise

@@ -230,3 +230,43 @@ async def test_a_store_a_killed_migration_half_filled_refuses_processes_until_a_
         capture_output=True, text=True, timeout=60)
     assert started.returncode == 0, started.stderr
     assert "3 images" in started.stdout
+
+
+@pytest.mark.slow
+async def test_ctrl_c_during_a_migration_says_it_is_unfinished_and_the_target_stays_closed(
+        tmp_path, database_url_pg):
+    data_dir = tmp_path / "data"
+    await filled_folder(data_dir)
+    key = (data_dir / "master.key").read_text().split()[0]
+    target = {"VEIL_DATABASE_URL": database_url_pg}
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    copying = await asyncio.to_thread(
+        subprocess.Popen, [sys.executable, "-m", "bot", "migrate-storage"], cwd=tmp_path,
+        text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=_env(data_dir, **target, VEIL_PAUSE=f"migrate:copied:users@{gate}"))
+    try:
+        deadline = time.monotonic() + 30
+        while not (gate / "reached").exists():
+            assert copying.poll() is None, copying.communicate()
+            assert time.monotonic() < deadline, "the migration never reached the users"
+            await asyncio.sleep(0.05)
+        copying.send_signal(signal.SIGINT)
+        # asyncio.run turns Ctrl-C into cancelling the copy, at its next await once the pause
+        # (a blocked process, like a slow disk) lets go.
+        await asyncio.sleep(0.5)
+        (gate / "release").touch()
+        _, err = await asyncio.to_thread(copying.communicate, timeout=60)
+    finally:
+        if copying.poll() is None:
+            copying.kill()
+            copying.wait()
+    assert copying.returncode == 130, err
+    assert "Traceback" not in err
+    [line] = err.strip().splitlines()
+    assert "interrupted before it finished" in line and "run migrate-storage again" in line
+    refused = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "bot", "check"], cwd=tmp_path,
+        env=_env(tmp_path / "elsewhere", **target, VEIL_MASTER_KEY=key),
+        capture_output=True, text=True, timeout=60)
+    assert "has not finished" in one_line(refused)
