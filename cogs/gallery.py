@@ -10,6 +10,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.acknowledgements import defer_privately, defers_privately
 from bot.core.ledger import Basis
 from bot.core.models import GenerationDetails, ImageRecord, Removal, ViewEntry, Viewer
 from bot.generate import GENERATOR_TITLES
@@ -83,12 +84,13 @@ class Gallery(commands.Cog):
         for action in ("share", "delete", "details"):
             self.bot.owner_actions.remove(action)
 
+    @defers_privately
     @app_commands.command(name="gallery",
                           description="Your images and those shared with you, newest first.")
     @app_commands.describe(page="Page number (10 images a page)")
     async def gallery(self, interaction: Interaction,
                       page: app_commands.Range[int, 1, 1000] = 1) -> None:
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        await defer_privately(interaction)
         viewer = await viewer_from(interaction)
         result = await self.veil.images.gallery_thumbnails(viewer, page, per_page=GALLERY_PAGE)
         if not result.items:
@@ -117,11 +119,12 @@ class Gallery(commands.Cog):
                 message_id=message.id, recipient_id=viewer.user_id, basis=item.basis,
                 guild_id=interaction.guild_id)
 
+    @defers_privately
     @app_commands.command(name="view", description="Get one image you may see.")
     @app_commands.describe(image="The image id")
     @app_commands.autocomplete(image=visible_image_autocomplete)
     async def view(self, interaction: Interaction, image: str) -> None:
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        await defer_privately(interaction)
         viewer = await viewer_from(interaction)
         content, decision = await self.veil.images.open(image, viewer)
         mine = decision.via == "owner"
@@ -135,6 +138,7 @@ class Gallery(commands.Cog):
             view_factory=owner_buttons if mine else None)
         await interaction.followup.send(delivered.note, ephemeral=True)
 
+    @defers_privately
     @app_commands.command(name="visibility", description="Make one of your images public or "
                                                          "private.")
     @app_commands.describe(image="The image id", setting="public or private")
@@ -142,7 +146,7 @@ class Gallery(commands.Cog):
     async def visibility(self, interaction: Interaction, image: str,
                          setting: Literal["public", "private"]) -> None:
         # Answer Discord at once: the retractions below may take longer than its 3 seconds.
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        await defer_privately(interaction)
         viewer = await viewer_from(interaction)
         record, queued = await self.veil.images.set_visibility(image, viewer, setting)
         text = f"`{record.public_id}` is now **{setting}**."

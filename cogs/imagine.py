@@ -16,6 +16,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.acknowledgements import defer_privately, defers_privately
 from bot.core.errors import BadImage, GeneratorUnavailable, QueueFull
 from bot.core.models import FollowUpKind, GenerationParams, ImageContent, ImageRecord, Viewer
 from bot.delivery import DeliveryFailed
@@ -103,6 +104,7 @@ class Imagine(commands.Cog):
                           viewer: Viewer) -> None:
         await self.follow_up(interaction, record.public_id, viewer, "variation")
 
+    @defers_privately
     @app_commands.command(name="imagine", description="Generate images from a prompt.")
     @app_commands.describe(prompt="What to draw", private="Keep these private (default: your "
                            "private mode)", count="How many images, 1 to 4")
@@ -110,7 +112,7 @@ class Imagine(commands.Cog):
                       prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS],
                       private: bool | None = None,
                       count: app_commands.Range[int, 1, 4] = 1) -> None:
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        await defer_privately(interaction)
         size = self.bot.settings.image_size
         request = GenerationRequest(prompt=prompt, count=count, width=size, height=size)
         await self.run_generation(interaction, request, private)
@@ -166,13 +168,14 @@ class Imagine(commands.Cog):
             return
         await status.show(summary(records, delivered.note), view=None)
 
+    @defers_privately
     @app_commands.command(name="upload",
                           description="Store an image privately (metadata is removed).")
     @app_commands.describe(image="The image file (PNG, JPEG, WebP or GIF)",
                            private="Keep it private (default: your private mode)")
     async def upload(self, interaction: Interaction, image: discord.Attachment,
                      private: bool | None = None) -> None:
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        await defer_privately(interaction)
         # Discord announces the size and the header's dimensions: refuse a giant before
         # downloading it, in the pipeline's own words (it checks the real bytes again later).
         check_declared_size(self.veil.ctx.limits, byte_count=image.size, width=image.width,

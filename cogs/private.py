@@ -8,6 +8,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.acknowledgements import defer_privately, defers_privately
 from bot.core.durations import format_duration
 from bot.core.venue import protection_notes
 from bot.delivery import NO_MUTUAL_SERVER
@@ -122,10 +123,11 @@ class PrivacyTools(commands.Cog):
                                                else "") + f": {c.reason}" for c in fixed]
         return lines
 
+    @defers_privately
     @app_commands.command(name="export",
                           description="Get your images and records as a one-time download.")
     async def export(self, interaction: Interaction) -> None:
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        await defer_privately(interaction)
         job = await self.veil.exports.start(interaction.user.id)
         await interaction.followup.send(
             "Preparing your export. I will DM you a one-time download link when it is ready.",

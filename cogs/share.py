@@ -9,6 +9,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.acknowledgements import defer_privately, defers_privately
 from bot.core.durations import format_duration
 from bot.core.models import Grant, GranteeKind, Group
 from bot.core.venue import NotInstalledHere, role_share_refusal
@@ -106,6 +107,7 @@ class Share(commands.Cog):
         self.bot = bot
         self.veil = bot.veil
 
+    @defers_privately
     @app_commands.command(name="share", description="Share one image, or all of yours, with a "
                                                     "person or a role.")
     @app_commands.describe(target="A person or a role", image="One image (leave empty for all "
@@ -115,7 +117,7 @@ class Share(commands.Cog):
     async def share(self, interaction: Interaction, target: Target,
                     image: str | None = None, expires: Duration | None = None) -> None:
         # Answer Discord at once: the grant may wait for the write lock behind other work.
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        await defer_privately(interaction)
         viewer = await viewer_from(interaction)
         if isinstance(target, discord.User | discord.Member) and target.bot:
             await reply(interaction, "Bots cannot be shared with.")
@@ -132,6 +134,7 @@ class Share(commands.Cog):
         if isinstance(target, discord.User | discord.Member):
             await notify_grantee(target, grant)
 
+    @defers_privately
     @app_commands.command(name="unshare", description="Stop sharing with a person or a role.")
     @app_commands.describe(target="A person or a role",
                            image="One image (leave empty to stop sharing everything)")
@@ -139,7 +142,7 @@ class Share(commands.Cog):
     async def unshare(self, interaction: Interaction, target: Target,
                       image: str | None = None) -> None:
         # Answer Discord at once: the retractions below may take longer than its 3 seconds.
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        await defer_privately(interaction)
         viewer = await viewer_from(interaction)
         kind = target_kind(target)
         removed, queued = await self.veil.sharing.revoke(viewer, kind, target.id,
@@ -198,12 +201,13 @@ class Groups(commands.GroupCog, group_name="group",
                                  f"({plural(len(group.member_ids), 'member')}).",
                     allowed_mentions=NO_PINGS)
 
+    @defers_privately
     @app_commands.command(name="remove", description="Remove a person from one of your groups.")
     @app_commands.describe(name="The group", member="Who to remove")
     @app_commands.autocomplete(name=group_autocomplete)
     async def remove(self, interaction: Interaction, name: str,
                      member: discord.Member | discord.User) -> None:
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        await defer_privately(interaction)
         group, queued = await self.veil.sharing.remove_member(interaction.user.id, name,
                                                               member.id)
         text = f"Removed {member.mention} from {group_label(group.name)}."
@@ -248,12 +252,13 @@ class Groups(commands.GroupCog, group_name="group",
         await reply(interaction, f"Shared {what(image)} with group {group_label(group.name)}"
                                  f"{until}. {FORWARD_NOTE}", allowed_mentions=NO_PINGS)
 
+    @defers_privately
     @app_commands.command(name="unshare", description="Stop sharing with a group.")
     @app_commands.describe(name="The group", image="One image (leave empty for everything)")
     @app_commands.autocomplete(name=group_autocomplete, image=owned_image_autocomplete)
     async def unshare(self, interaction: Interaction, name: str,
                       image: str | None = None) -> None:
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        await defer_privately(interaction)
         viewer = await viewer_from(interaction)
         group = await self.veil.sharing.group(viewer.user_id, name)
         removed, queued = await self.veil.sharing.revoke(viewer, "group", group.id,

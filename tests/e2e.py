@@ -33,7 +33,8 @@ from bot.generate import (
 from tests.discord_double import DiscordDouble
 
 # Tasks in which discord.py runs our command and component callbacks.
-BOT_WORK_TASKS = ("CommandTree-invoker", "discord-ui-view-dispatch", "discord-ui-dynamic-item")
+BOT_WORK_TASKS = ("CommandTree-invoker", "discord-ui-view-dispatch", "discord-ui-dynamic-item",
+                  "veil-acknowledge")
 
 
 @dataclass
