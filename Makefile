@@ -34,10 +34,11 @@ test test-fast: export PYTHONDONTWRITEBYTECODE :=
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# The edit-test loop: every test not marked slow, in under a minute, on every core (one
-# pytest-xdist worker per core; each test has its own folder, ports and database).
+# The edit-test loop, in under a minute: every test not marked slow, on SQLite only (the
+# PostgreSQL runs, marked by tests/conftest.py, cost a third of the CPU; `make test` has them),
+# on every core (one pytest-xdist worker per core; each test has its own folder and ports).
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" -n auto
+	$(PY) -m pytest -q -m "not slow and not postgresql" -n auto
 
 # Style and types: ruff, then mypy (configured in pyproject.toml). CI runs it before the tests.
 lint: $(STAMP)

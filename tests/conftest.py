@@ -90,6 +90,27 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "sqlite_only(reason): about the SQLite file itself; not run on PostgreSQL")
     config.addinivalue_line(
         "markers", "postgresql_only(reason): a PostgreSQL sample of a test run in full on SQLite")
+    config.addinivalue_line(
+        "markers", "postgresql: runs on the throwaway PostgreSQL cluster (set by conftest, "
+        "never by hand); left out of `make test-fast`, run by `make test`")
+
+
+# Fixtures that put a test on the PostgreSQL cluster whenever it asks for them.
+_ON_POSTGRESQL = frozenset({"pg_server", "database_url_pg"})
+
+
+# tryfirst: before the -m selection (another implementation of this hook) reads the markers.
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that runs on PostgreSQL ``postgresql``: the ``[postgresql]`` variant of a
+    test over both backends, and any test that asks for the cluster itself. `make test-fast`
+    leaves them out (about a third of its CPU: each sends its work to the cluster's backends
+    as well); `make test`, which CI runs, keeps them."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_pg = callspec is not None and callspec.params.get("backend") == "postgresql"
+        if on_pg or _ON_POSTGRESQL.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.postgresql)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
