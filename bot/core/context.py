@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from bot.core.blobs import BlobStore
 from bot.core.crypto import KeyRing, new_key
-from bot.core.models import ImageRecord, Viewer
+from bot.core.models import ImageRecord, Viewer, WrappedKeys
 from bot.core.rows import Columns, Select, Value
 from bot.images import ImageLimits
 from db import Store, Tx
@@ -28,6 +28,9 @@ IMAGE = Columns(ImageRecord)
 # The names before IMAGE, kept while other branches move over to it.
 IMAGE_COLUMNS = IMAGE.columns
 image_from_row = IMAGE
+# An image's data key and its owner's key, from images i joined with users u on the owner.
+WRAPPED_KEYS = Columns(WrappedKeys, sql={"image_key": "i.wrapped_key", "owner_key": "u.wrapped_key",
+                                         "master_key_id": "u.master_key_id"})
 
 # Easy to read aloud and type: no 0/o, 1/l/i. 10 characters from 31 give about 49 bits.
 _ID_ALPHABET = "23456789abcdefghjkmnpqrstuvwxyz"
@@ -132,14 +135,18 @@ class Context:
     async def owner_key(self, user_id: int) -> bytes | None:
         row = await self.db.fetchone(
             "SELECT wrapped_key, master_key_id FROM users WHERE user_id = ?", (user_id,))
-        return None if row is None else self.keys.unwrap_owner_key(user_id, row[0], row[1])
+        if row is None:
+            return None
+        wrapped, master_key_id = row
+        return self.keys.unwrap_owner_key(user_id, wrapped, master_key_id)
 
     async def ensure_user(self, tx: Tx, user_id: int) -> bytes:
         """The owner's key, creating the user (private mode on, fresh key) on first use."""
         row = await tx.fetchone(
             "SELECT wrapped_key, master_key_id FROM users WHERE user_id = ?", (user_id,))
         if row is not None:
-            return self.keys.unwrap_owner_key(user_id, row[0], row[1])
+            wrapped, master_key_id = row
+            return self.keys.unwrap_owner_key(user_id, wrapped, master_key_id)
         # The current master key as of this transaction: a rotation in another process that
         # committed before it is seen here, one that commits after it re-wraps this row.
         current = await tx.fetchval("SELECT value FROM meta WHERE key = 'master_key_id'")

@@ -28,11 +28,19 @@ from bot.core.blobs import (
     read_full_part_sync,
     read_image_part,
 )
-from bot.core.context import IMAGE_COLUMNS, Context, image_from_row, new_public_id, roles_json
+from bot.core.context import IMAGE, WRAPPED_KEYS, Context, new_public_id, roles_json
 from bot.core.crypto import image_aad as aad
 from bot.core.crypto import new_key, seal, unseal
 from bot.core.errors import InvalidInput, NotFound, PolicyViolation, TryAgain
-from bot.core.ledger import OWNER, PUBLIC, Basis, DeliveryLedger, queue_all, queue_ended
+from bot.core.ledger import (
+    OWNER,
+    PUBLIC,
+    RETRACTION,
+    Basis,
+    DeliveryLedger,
+    queue_all,
+    queue_ended,
+)
 from bot.core.models import (
     DeliveryKind,
     FollowUp,
@@ -52,6 +60,7 @@ from bot.core.models import (
     Visibility,
     WrappedKeys,
 )
+from bot.core.rows import Columns, Select, Value
 from bot.images import sanitize_image_async
 from db import Row, Tx
 from db.dialect import ids_in, join_first
@@ -136,11 +145,33 @@ def _gallery_own_and_all(dialect: Dialect) -> str:
                          WHERE g.expires_at IS NULL OR g.expires_at > :now) AS owners
                    {each_owner}
                    ORDER BY i.id DESC LIMIT :upto) AS everything"""
-_PAGE_COLUMNS = ", ".join("i." + c for c in IMAGE_COLUMNS.split(", "))
-# Where gallery_sql's rows carry the image's expiry, and ``mine`` and ``dead_before`` after the
-# image's columns.
-_EXPIRES_AT = IMAGE_COLUMNS.split(", ").index("expires_at")
-_MINE, _DEAD_BEFORE = 13, 14
+
+# A view of one of the owner's images, from view_log v joined with the image i.
+_VIEW = Columns(ViewEntry, alias="v", sql={"image_public_id": "i.public_id"})
+
+
+class _PageRow(Select):
+    """A gallery row: the image and whether it is the viewer's own."""
+
+    image = IMAGE.on("i")
+    mine = Value("page.mine")
+
+
+class _QuickPageRow(_PageRow):
+    # How many shared images past their expiry (not swept yet) come before the page: any, and
+    # the page is made again with the exact text.
+    dead_before = Value("""(SELECT count(*)
+        FROM (SELECT id, mine FROM upto ORDER BY id DESC LIMIT :offset) AS earlier
+        JOIN images x ON x.id = earlier.id
+        WHERE earlier.mine = 0 AND x.expires_at IS NOT NULL AND x.expires_at <= :now
+       )""")
+
+
+class _ExactPageRow(_PageRow):
+    dead_before = Value("0")
+
+
+_PAGE_EXPIRES_AT = _PageRow.image.field("expires_at")
 
 
 @functools.cache
@@ -157,12 +188,7 @@ candidates (id, mine) AS ({_gallery_own_and_all(dialect)}
 upto (id, mine) AS (
     SELECT id, max(mine) FROM candidates GROUP BY id ORDER BY id DESC LIMIT :upto
 )
-SELECT {_PAGE_COLUMNS}, page.mine,
-       (SELECT count(*)
-        FROM (SELECT id, mine FROM upto ORDER BY id DESC LIMIT :offset) AS earlier
-        JOIN images x ON x.id = earlier.id
-        WHERE earlier.mine = 0 AND x.expires_at IS NOT NULL AND x.expires_at <= :now
-       ) AS dead_before
+SELECT {_QuickPageRow.columns}
 FROM (SELECT id, mine FROM upto ORDER BY id DESC LIMIT :limit OFFSET :offset) AS page
 JOIN images i ON i.id = page.id
 ORDER BY i.id DESC
@@ -184,7 +210,7 @@ candidates (id, mine) AS ({_gallery_own_and_all(dialect)}
 page (id, mine) AS (
     SELECT id, max(mine) FROM candidates GROUP BY id ORDER BY id DESC LIMIT :limit OFFSET :offset
 )
-SELECT {_PAGE_COLUMNS}, page.mine, 0 AS dead_before
+SELECT {_ExactPageRow.columns}
 FROM page JOIN images i ON i.id = page.id
 ORDER BY i.id DESC
 """
@@ -192,8 +218,8 @@ ORDER BY i.id DESC
 
 def _expired_share(row: Row, now: float) -> bool:
     """A row of gallery_sql that is someone else's image past its own expiry (not swept yet)."""
-    expires_at = row[_EXPIRES_AT]
-    return not row[_MINE] and expires_at is not None and expires_at <= now
+    expires_at = _PAGE_EXPIRES_AT(row)
+    return not _PageRow.mine(row) and expires_at is not None and expires_at <= now
 
 
 class ImageService:
@@ -368,13 +394,14 @@ class ImageService:
             "SELECT prompt_ct, generation_ct FROM images WHERE id = ?", (image.id,))
         if row is None:
             raise NotFound(NOT_VISIBLE.format(image.public_id))
-        if row[0] is None:
+        prompt_ct, generation_ct = row
+        if prompt_ct is None:
             raise InvalidInput(NOT_GENERATED.format(image.public_id))
         data_key = await self._data_key(image)
-        prompt = unseal(data_key, row[0], aad(image.public_id, "prompt")).decode()
+        prompt = unseal(data_key, prompt_ct, aad(image.public_id, "prompt")).decode()
         params = None
-        if row[1] is not None:
-            fields = json.loads(unseal(data_key, row[1], aad(image.public_id, "generation")))
+        if generation_ct is not None:
+            fields = json.loads(unseal(data_key, generation_ct, aad(image.public_id, "generation")))
             params = GenerationParams(**fields)
         return GenerationDetails(image.public_id, prompt, params)
 
@@ -402,12 +429,14 @@ class ImageService:
 
     async def _data_key(self, image: ImageRecord) -> bytes:
         row = await self.ctx.db.fetchone(
-            "SELECT i.wrapped_key, u.wrapped_key, u.master_key_id FROM images i JOIN users u"
+            f"SELECT {WRAPPED_KEYS.columns} FROM images i JOIN users u"
             " ON u.user_id = i.owner_id WHERE i.id = ?", (image.id,))
         if row is None:
             raise NotFound(NOT_VISIBLE.format(image.public_id))
-        owner_key = self.ctx.keys.unwrap_owner_key(image.owner_id, row[1], row[2])
-        return unseal(owner_key, row[0], aad(image.public_id, "key"))
+        keys = WRAPPED_KEYS(row)
+        owner_key = self.ctx.keys.unwrap_owner_key(image.owner_id, keys.owner_key,
+                                                   keys.master_key_id)
+        return unseal(owner_key, keys.image_key, aad(image.public_id, "key"))
 
     async def log_view(self, image: ImageRecord, *, viewer_id: int | None, via: str,
                        link_id: str | None = None, agent: str | None = None) -> bool:
@@ -435,7 +464,7 @@ class ImageService:
     async def view_log(self, owner: Viewer, public_id: str | None = None,
                        limit: int = 20) -> list[ViewEntry]:
         """Who viewed the owner's images (or one of them), newest first."""
-        sql = ("SELECT i.public_id, v.viewer_id, v.via, v.link_id, v.agent, v.at FROM view_log v"
+        sql = (f"SELECT {_VIEW.columns} FROM view_log v"
                " JOIN images i ON i.id = v.image_id WHERE v.owner_id = ?")
         params: list[object] = [owner.user_id]
         if public_id is not None:
@@ -444,7 +473,7 @@ class ImageService:
             params.append(image.id)
         rows = await self.ctx.db.fetchall(sql + " ORDER BY v.id DESC LIMIT ?",
                                           (*params, max(1, min(limit, 100))))
-        return [ViewEntry(*r) for r in rows]
+        return [_VIEW(r) for r in rows]
 
     # Change --------------------------------------------------------------------------------
 
@@ -604,9 +633,11 @@ class ImageService:
                   "now": now, "upto": offset + per_page + 1, "limit": per_page + 1,
                   "offset": offset}
         rows = await self.ctx.db.fetchall(gallery_sql(self.ctx.db.dialect), params)
-        if rows and (rows[0][_DEAD_BEFORE] or any(_expired_share(r, now) for r in rows)):
+        if rows and (_QuickPageRow.dead_before(rows[0])
+                     or any(_expired_share(r, now) for r in rows)):
             rows = await self.ctx.db.fetchall(gallery_exact_sql(self.ctx.db.dialect), params)
-        items = tuple(GalleryItem(image_from_row(r), bool(r[_MINE])) for r in rows[:per_page])
+        items = tuple(GalleryItem(_PageRow.image(r), bool(_PageRow.mine(r)))
+                      for r in rows[:per_page])
         return GalleryPage(items, page, len(rows) > per_page)
 
     async def gallery_thumbnails(self, viewer: Viewer, page: int = 1,
@@ -632,13 +663,13 @@ class ImageService:
                     guild_id: int | None = None) -> list[ImageRecord]:
         """The owner's newest images (optionally only those from one server), for lists and
         autocomplete."""
-        sql = f"SELECT {IMAGE_COLUMNS} FROM images WHERE owner_id = ? AND public_id LIKE ?"
+        sql = f"SELECT {IMAGE.columns} FROM images WHERE owner_id = ? AND public_id LIKE ?"
         params: list[object] = [owner_id, _like_prefix(prefix)]
         if guild_id is not None:
             sql += " AND guild_id = ?"
             params.append(guild_id)
         rows = await self.ctx.db.fetchall(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))
-        return [image_from_row(r) for r in rows]
+        return [IMAGE(r) for r in rows]
 
     async def suggest(self, viewer: Viewer, prefix: str = "", *, owned_only: bool,
                       limit: int = 25) -> list[ImageRecord]:
@@ -671,14 +702,14 @@ class ImageService:
         rows = await self.ctx.db.fetchall(
             "SELECT d.kind, d.channel_id, d.message_id FROM deliveries d JOIN images i"
             " ON i.id = d.image_id WHERE i.public_id = ? ORDER BY d.id", (public_id,))
-        return [(r[0], r[1], r[2]) for r in rows]
+        return [(kind, channel_id, message_id) for kind, channel_id, message_id in rows]
 
     async def due_retractions(self, limit: int = 50) -> list[Retraction]:
         """Outbox rows due now (a read: ``DeliveryLedger.claim`` is how a worker takes them)."""
         rows = await self.ctx.db.fetchall(
-            "SELECT id, channel_id, message_id, attempts FROM retractions"
+            f"SELECT {RETRACTION.columns} FROM retractions"
             " WHERE next_attempt_at <= ? ORDER BY id LIMIT ?", (self.ctx.now(), limit))
-        return [Retraction(*r) for r in rows]
+        return [RETRACTION(r) for r in rows]
 
     async def pending_retraction_count(self) -> int:
         return await self.ctx.db.fetchval("SELECT count(*) FROM retractions")

@@ -21,7 +21,7 @@ import secrets
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
-from bot.core.context import IMAGE, Context, new_public_id
+from bot.core.context import IMAGE, WRAPPED_KEYS, Context, new_public_id
 from bot.core.durations import format_duration
 from bot.core.errors import InvalidInput, NotFound, PolicyViolation
 from bot.core.images import ImageService
@@ -74,8 +74,7 @@ class _OwnedLinkRow(_LinkRow):
 class _ResolveRow(_LinkRow):
     image = IMAGE.on("i")
     links_enabled = Value("p.links_enabled")
-    keys = Columns(WrappedKeys, sql={"image_key": "i.wrapped_key", "owner_key": "u.wrapped_key",
-                                     "master_key_id": "u.master_key_id"})
+    keys = WRAPPED_KEYS
 
 
 _RESOLVE_SQL = (

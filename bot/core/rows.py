@@ -74,6 +74,11 @@ class Columns(Generic[R]):
         placed.start, placed.stop = start, start + len(self.names)
         return placed
 
+    def field(self, name: str) -> Value:
+        """One field's column alone, read where it stands in this declaration's row."""
+        at = self.names.index(name)
+        return Value(self.exprs[at], self.start + at)
+
     def __call__(self, row: Row | Sequence[Any]) -> R:
         if self._convert is None:
             return self.record(*row[self.start:self.stop])
