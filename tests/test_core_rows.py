@@ -14,7 +14,7 @@ import pytest
 
 from bot.core.models import ImageRecord, ShareLink, WrappedKeys
 from bot.core.rows import Columns, Select, Value
-from tests.conftest import ALICE, BOB, GUILD, png, viewer
+from tests.conftest import ALICE, BOB, GUILD, MOD, png, viewer
 
 
 @dataclass(frozen=True)
@@ -87,12 +87,14 @@ def test_each_part_of_a_joined_select_reads_its_own_place_in_the_row():
                       .fetchone()) == _Pet("REX", 4, 1, True)
 
 
-def _by_name(record: Any, row: Any, **columns: str) -> Any:
-    """The record read from ``row`` by column name (``columns``: where a field's column has
-    another name), the way that needs no declaration and no positions."""
+def _by_name(record: Any, row: Any, *, omit: tuple[str, ...] = ()) -> Any:
+    """The record read from ``row`` by column name (``omit``: fields left at their default),
+    the way that needs no declaration and no positions."""
     values = {}
     for f in dataclasses.fields(record):
-        value = row[columns.get(f.name, f.name)]
+        if f.name in omit:
+            continue
+        value = row[f.name]
         values[f.name] = bool(value) if f.type in ("bool", bool) else value
     return record(**values)
 
@@ -128,3 +130,43 @@ async def test_every_record_the_core_reads_equals_its_row_read_by_column_name(ve
     revoked = await veil.links.revoke(new.link.public_id, viewer(ALICE))
     assert revoked == dataclasses.replace(link, revoked=True)
     assert await veil.links.links_of(viewer(ALICE)) == [revoked]
+
+
+async def test_shares_groups_policy_reports_views_and_audit_read_as_stored(veil):
+    from bot.core.models import AuditEntry, Grant, Group, GuildPolicy, Report, ViewEntry
+
+    image = await veil.images.create(ALICE, png(), guild_id=GUILD, source="upload")
+    group = await veil.sharing.create_group(ALICE, "friends")
+    await veil.sharing.add_member(ALICE, "friends", BOB)
+    await veil.sharing.grant(viewer(ALICE), "group", group.id, expires_in=3600)
+    await veil.sharing.grant(viewer(ALICE), "user", BOB, image_public_id=image.public_id)
+    await veil.moderation.update_policy(GUILD, MOD, force_private=True, retention_days=30)
+    await veil.moderation.report(viewer(BOB), image.public_id, "not nice")
+    await veil.images.log_view(image, viewer_id=BOB, via="dm")
+    db = veil.ctx.db
+
+    grants = await db.fetchall(
+        "SELECT g.*, i.public_id AS image_public_id, gr.name AS group_name FROM grants g"
+        " LEFT JOIN images i ON i.id = g.image_id LEFT JOIN groups gr"
+        " ON g.grantee_kind = 'group' AND gr.id = g.grantee_id ORDER BY g.id")
+    assert await veil.sharing.grants_by(ALICE) == [_by_name(Grant, g) for g in grants]
+    assert grants[0]["group_name"] == "friends"
+    assert await veil.sharing.group(ALICE, "friends") == Group(group.id, ALICE, "friends", (BOB,))
+
+    policy_row = await db.fetchone("SELECT * FROM guild_policy WHERE guild_id = ?", (GUILD,))
+    policy = await veil.moderation.policy(GUILD)
+    assert policy == _by_name(GuildPolicy, policy_row, omit=("permitted_channels",))
+    assert (policy.force_private, policy.retention_days) == (True, 30)
+
+    report_row = await db.fetchone(
+        "SELECT r.*, i.public_id AS image_public_id, r.closed_at IS NOT NULL AS closed"
+        " FROM reports r JOIN images i ON i.id = r.image_id")
+    assert await veil.moderation.reports(GUILD) == [_by_name(Report, report_row)]
+    view_row = await db.fetchone(
+        "SELECT v.*, i.public_id AS image_public_id FROM view_log v"
+        " JOIN images i ON i.id = v.image_id")
+    assert await veil.images.view_log(viewer(ALICE)) == [_by_name(ViewEntry, view_row)]
+    audit = await db.fetchall("SELECT * FROM audit_log WHERE guild_id = ? ORDER BY id DESC",
+                              (GUILD,))
+    assert await veil.moderation.audit(GUILD, limit=100) == [
+        _by_name(AuditEntry, a) for a in audit]

@@ -18,6 +18,7 @@ from bot.core.context import IMAGE, Context
 from bot.core.images import ImageService, drop_exports_in
 from bot.core.ledger import queue_ended
 from bot.core.models import Removal
+from bot.core.rows import Columns
 from db import Tx
 
 BATCH = 500
@@ -30,6 +31,9 @@ class Erasure:
     user_id: int
     guild_id: int | None
     actor_id: int | None
+
+
+ERASURE = Columns(Erasure)
 
 
 class ErasureService:
@@ -51,17 +55,16 @@ class ErasureService:
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (kind, user_id, guild_id, actor_id, self.ctx.now()))
             row = await tx.fetchone(
-                "SELECT id, kind, user_id, guild_id, actor_id FROM erasures"
+                f"SELECT {ERASURE.columns} FROM erasures"
                 " WHERE kind = ? AND user_id = ? AND coalesce(guild_id, 0) = ?",
                 (kind, user_id, guild_id or 0))
         failpoints.reach("erase:requested")
         assert row is not None  # inserted, or already there, in this very transaction
-        return Erasure(*row)
+        return ERASURE(row)
 
     async def pending(self) -> list[Erasure]:
-        rows = await self.ctx.db.fetchall(
-            "SELECT id, kind, user_id, guild_id, actor_id FROM erasures ORDER BY id")
-        return [Erasure(*r) for r in rows]
+        rows = await self.ctx.db.fetchall(f"SELECT {ERASURE.columns} FROM erasures ORDER BY id")
+        return [ERASURE(r) for r in rows]
 
     async def resume(self) -> int:
         """Finish every erasure a crash interrupted; returns how many were finished."""

@@ -27,11 +27,12 @@ from dataclasses import asdict, dataclass, field
 from typing import IO, TYPE_CHECKING
 
 from bot.core.blobs import EXPORTS, BlobMissing, BlobWriter, export_key
-from bot.core.context import IMAGE_COLUMNS, Context, image_from_row
+from bot.core.context import IMAGE, Context
 from bot.core.durations import format_duration
 from bot.core.errors import NotFound, RateLimited
 from bot.core.images import ImageService
 from bot.core.models import ImageRecord, Viewer
+from bot.core.rows import Columns, Select, Value
 from bot.core.sealedstream import SealedWriter, aread_sealed
 from bot.core.sharing import SharingService
 from db import Row
@@ -46,6 +47,9 @@ LIFETIME = 3600.0  # a ready export waits this long for its download
 COOLDOWN = 600.0  # between two exports of one person
 ABANDONED_AFTER = 3600.0  # a 'preparing' export this old was left by a process that died
 PAGE = 100  # rows read per query while writing
+# An entry of the views list in the records document, and where each of its values comes from.
+_VIEW_ENTRY = {"image": "i.public_id", "viewer_id": "v.viewer_id", "via": "v.via",
+               "link": "v.link_id", "agent": "v.agent", "at": "v.at"}
 RECORDS_FILE = "veil-export.json"
 _TOKEN_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 _DUMMY_HASH = hashlib.sha256(b"veil-no-such-export").digest()
@@ -88,6 +92,16 @@ class Download:
     chunks: AsyncIterator[bytes]
 
 
+class _ExportRow(Select):
+    """A ready export, as a download finds it by its token."""
+
+    id = Value("id")
+    user_id = Value("user_id")
+    file_name = Value("file_name")
+    verifier_hash = Value("verifier_hash")
+    ready = Columns(ReadyExport, sql={"images": "image_count"})
+
+
 class ExportService:
     def __init__(self, ctx: Context, images: ImageService, sharing: SharingService) -> None:
         self.ctx = ctx
@@ -106,7 +120,7 @@ class ExportService:
                 "SELECT id, state, created_at, file_name FROM exports WHERE user_id = ?",
                 (user_id,))
             if row is not None:
-                state, created_at = row[1], row[2]
+                old_id, state, created_at, old_file = row
                 if state == "preparing" and now < created_at + ABANDONED_AFTER:
                     raise RateLimited("Your export is being prepared; I will send you its link "
                                       "as soon as it is ready.")
@@ -114,8 +128,8 @@ class ExportService:
                     wait = format_duration(max(1.0, created_at + COOLDOWN - now))
                     raise RateLimited(f"You asked for an export a moment ago. You can ask for "
                                       f"another one in {wait}.")
-                stale.append(row[3])
-                await tx.execute("DELETE FROM exports WHERE id = ?", (row[0],))
+                stale.append(old_file)
+                await tx.execute("DELETE FROM exports WHERE id = ?", (old_id,))
             export_id = await tx.insert(
                 "INSERT INTO exports (user_id, state, file_name, created_at)"
                 " VALUES (?, 'preparing', ?, ?)", (user_id, file_name, now))
@@ -192,13 +206,14 @@ class ExportService:
         after = 0
         while True:
             rows = await self.ctx.db.fetchall(
-                f"SELECT {IMAGE_COLUMNS} FROM images WHERE owner_id = ? AND id > ?"
+                f"SELECT {IMAGE.columns} FROM images WHERE owner_id = ? AND id > ?"
                 " ORDER BY id LIMIT ?", (user_id, after, PAGE))
-            for row in rows:
-                yield image_from_row(row)
+            images = [IMAGE(row) for row in rows]
+            for image in images:
+                yield image
             if len(rows) < PAGE:
                 return
-            after = rows[-1][0]
+            after = images[-1].id
 
     async def _records(self, user_id: int, out: _TextEntry) -> None:
         """The records document, written piece by piece (a library's records may be large)."""
@@ -223,18 +238,17 @@ class ExportService:
         after, first = 0, True
         while True:
             rows = await self.ctx.db.fetchall(
-                "SELECT v.id, i.public_id, v.viewer_id, v.via, v.link_id, v.agent, v.at"
+                f"SELECT v.id, {', '.join(_VIEW_ENTRY.values())}"
                 " FROM view_log v JOIN images i ON i.id = v.image_id"
                 " WHERE v.owner_id = ? AND v.id > ? ORDER BY v.id LIMIT ?",
                 (user_id, after, PAGE))
-            for row in rows:
-                view = dict(zip(("image", "viewer_id", "via", "link", "agent", "at"), row[1:],
-                                strict=True))
+            for view_id, *values in rows:
+                view = dict(zip(_VIEW_ENTRY, values, strict=True))
                 await out.add(("\n    " if first else ",\n    ") + json.dumps(view, default=str))
                 first = False
+                after = view_id
             if len(rows) < PAGE:
                 break
-            after = rows[-1][0]
         await out.add('\n  ],\n  "note": "Exported by Veil. Images are the sanitized copies Veil '
                 'stores."\n}\n')
 
@@ -246,7 +260,7 @@ class ExportService:
         row = await self._find(token)
         if row is None:
             return None
-        return ReadyExport(row[3], row[4], row[5])
+        return _ExportRow.ready(row)
 
     async def take(self, token: str) -> Download | None:
         """Spend the download behind ``token``: exactly one caller gets it, however many ask at
@@ -257,12 +271,14 @@ class ExportService:
         async with self.ctx.db.transaction() as tx:
             taken = await tx.execute(
                 "UPDATE exports SET state = 'taken', selector = NULL, verifier_hash = NULL"
-                " WHERE id = ? AND state = 'ready' AND expires_at > ?", (row[0], self.ctx.now()))
+                " WHERE id = ? AND state = 'ready' AND expires_at > ?",
+                (_ExportRow.id(row), self.ctx.now()))
             if taken == 1:
-                await self.ctx.audit(tx, "export.download", actor_id=row[1])
+                await self.ctx.audit(tx, "export.download", actor_id=_ExportRow.user_id(row))
         if taken != 1:
             return None
-        return Download(row[5], self._stream(token.encode(), row[2]))
+        return Download(_ExportRow.ready(row).byte_size,
+                        self._stream(token.encode(), _ExportRow.file_name(row)))
 
     async def _stream(self, secret: bytes, file_name: str) -> AsyncIterator[bytes]:
         try:
@@ -296,12 +312,12 @@ class ExportService:
         if len(token) != TOKEN_CHARS or not _TOKEN_ALPHABET.issuperset(token):
             token = secrets.token_urlsafe(TOKEN_BYTES)  # the same cost as any other miss
         row = await self.ctx.db.fetchone(
-            "SELECT id, user_id, file_name, expires_at, image_count, byte_size, verifier_hash"
-            " FROM exports WHERE selector = ? AND state = 'ready'", (token[:SELECTOR_CHARS],))
-        expected = _DUMMY_HASH if row is None else row[6]
+            f"SELECT {_ExportRow.columns} FROM exports WHERE selector = ? AND state = 'ready'",
+            (token[:SELECTOR_CHARS],))
+        expected = _DUMMY_HASH if row is None else _ExportRow.verifier_hash(row)
         if not hmac.compare_digest(_hash(token[SELECTOR_CHARS:]), expected) or row is None:
             return None
-        if self.ctx.now() >= row[3]:
+        if self.ctx.now() >= _ExportRow.ready(row).expires_at:
             return None
         return row
 

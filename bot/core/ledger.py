@@ -31,7 +31,7 @@ from bot.core.access import Decision
 from bot.core.context import IMAGE, REPORT_IN_FORCE_SQL, Context
 from bot.core.errors import NotFound
 from bot.core.models import DeliveryKind, ImageRecord, Retraction
-from bot.core.rows import Select, Value
+from bot.core.rows import Columns, Select, Value
 from db import Tx
 
 BasisKind = Literal["owner", "grant", "public", "report", "export"]
@@ -134,6 +134,14 @@ class StuckCopy:
     message_id: int | None
     recipient_id: int | None
     reason: str
+
+
+# A copy no bot can delete, from deliveries d joined with its image i.
+_UNRETRACTABLE = Columns(StuckCopy, alias="d", sql={"image_ref": "i.public_id",
+                                                    "reason": "d.unretractable"})
+# A copy Veil failed to delete, from its outbox row.
+_STUCK = Columns(StuckCopy, sql={"reason": "stuck_reason"})
+RETRACTION = Columns(Retraction)
 
 
 @dataclass(frozen=True)
@@ -310,7 +318,7 @@ class DeliveryLedger:
             " FROM deliveries d JOIN images i ON i.id = d.image_id"
             " WHERE d.state = 'pending' AND d.created_at <= ? ORDER BY d.id",
             (self.ctx.now() - older_than,))
-        return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+        return [tuple(r) for r in rows]
 
     async def reconcile(self, delivery_id: int, message_id: int | None) -> Recorded:
         """Settle a pending delivery after a crash: the message found (then recorded, and
@@ -333,12 +341,12 @@ class DeliveryLedger:
         """Copies of the owner's images no bot can delete (ephemeral replies, and whatever an
         adapter recorded as such), newest first; the owner's own copies left out."""
         rows = await self.ctx.db.fetchall(
-            "SELECT i.public_id, d.channel_id, d.message_id, d.recipient_id, d.unretractable"
+            f"SELECT {_UNRETRACTABLE.columns}"
             " FROM deliveries d JOIN images i ON i.id = d.image_id"
             " WHERE i.owner_id = ? AND d.unretractable IS NOT NULL"
             " AND coalesce(d.recipient_id, 0) != i.owner_id ORDER BY d.id DESC LIMIT ?",
             (owner_id, limit))
-        return [StuckCopy(*r) for r in rows]
+        return [_UNRETRACTABLE(r) for r in rows]
 
     # The outbox --------------------------------------------------------------------------
 
@@ -362,8 +370,8 @@ class DeliveryLedger:
                 " WHERE id IN (SELECT id FROM retractions WHERE next_attempt_at <= :now"
                 "              AND (claimed_until IS NULL OR claimed_until <= :now)"
                 f"             {only} ORDER BY id LIMIT :limit)"
-                " RETURNING id, channel_id, message_id, attempts", params)
-        return sorted((Retraction(*r) for r in rows), key=lambda r: r.id)
+                f" RETURNING {RETRACTION.columns}", params)
+        return sorted((RETRACTION(r) for r in rows), key=lambda r: r.id)
 
     async def done(self, job: Retraction) -> bool:
         """The message is gone (deleted now, or already). False if our claim was lost."""
@@ -399,7 +407,8 @@ class DeliveryLedger:
             f" FROM retractions WHERE id IN ({','.join('?' * len(chosen))})",
             (self.ctx.now(), *chosen))
         assert row is not None  # an aggregate always answers one row
-        return row[0], row[1], row[2]
+        there, stuck, working = row
+        return there, stuck, working
 
     async def outbox_size(self) -> int:
         return await self.ctx.db.fetchval("SELECT count(*) FROM retractions")
@@ -407,10 +416,9 @@ class DeliveryLedger:
     async def stuck(self, owner_id: int, limit: int = 50) -> list[StuckCopy]:
         """Copies of the owner's images Veil tried and failed to delete, and why."""
         rows = await self.ctx.db.fetchall(
-            "SELECT image_ref, channel_id, message_id, recipient_id, stuck_reason"
-            " FROM retractions WHERE owner_id = ? AND stuck_reason IS NOT NULL"
-            " ORDER BY id DESC LIMIT ?", (owner_id, limit))
-        return [StuckCopy(*r) for r in rows]
+            f"SELECT {_STUCK.columns} FROM retractions WHERE owner_id = ?"
+            " AND stuck_reason IS NOT NULL ORDER BY id DESC LIMIT ?", (owner_id, limit))
+        return [_STUCK(r) for r in rows]
 
 
 def _id_list(column: str, ids: Sequence[int]) -> tuple[str, dict[str, object]]:

@@ -35,7 +35,8 @@ class SharedFailureBudget:
             row = await tx.fetchone("SELECT units, at FROM throttle WHERE key = ?", (key,))
             if row is None:
                 return None, False
-            units = self._refilled(row[0], row[1], now)
+            stored, at = row
+            units = self._refilled(stored, at, now)
             if units < 1.0:
                 await self._store(tx, key, units, now)
                 return (1.0 - units) / self.per_second, False
@@ -47,7 +48,11 @@ class SharedFailureBudget:
             now = self.ctx.now()
             async with self.ctx.db.transaction() as tx:
                 row = await tx.fetchone("SELECT units, at FROM throttle WHERE key = ?", (key,))
-                units = self.burst if row is None else self._refilled(row[0], row[1], now)
+                if row is None:
+                    units = self.burst
+                else:
+                    stored, at = row
+                    units = self._refilled(stored, at, now)
                 units = units + 1.0 if found else max(-self.burst, units - 1.0)
                 await self._store(tx, key, units, now)
         # A hit that was not charged, or a miss already charged: nothing to settle.

@@ -15,8 +15,14 @@ from bot.core.errors import Forbidden, InvalidInput, NotFound
 from bot.core.images import ImageService
 from bot.core.ledger import queue_ended
 from bot.core.models import AuditEntry, GuildPolicy, Removal, Report, Viewer
+from bot.core.rows import Columns
 
 MAX_REASON = 500
+# A server's policy row; its permitted channels come from their own table.
+_POLICY = Columns(GuildPolicy, omit=("permitted_channels",))
+_REPORT = Columns(Report, alias="r", sql={"image_public_id": "i.public_id",
+                                          "closed": "r.closed_at IS NOT NULL"})
+_AUDIT_ENTRY = Columns(AuditEntry)
 _POLICY_FIELDS = {"force_private", "links_enabled", "link_max_lifetime", "retention_days",
                   "mod_role_id"}
 
@@ -34,15 +40,11 @@ class ModerationService:
 
     async def policy(self, guild_id: int) -> GuildPolicy:
         row = await self.ctx.db.fetchone(
-            "SELECT force_private, links_enabled, link_max_lifetime, retention_days, mod_role_id"
-            " FROM guild_policy WHERE guild_id = ?", (guild_id,))
+            f"SELECT {_POLICY.columns} FROM guild_policy WHERE guild_id = ?", (guild_id,))
         channels = await self.ctx.db.fetchall(
             "SELECT channel_id FROM permitted_channels WHERE guild_id = ?", (guild_id,))
-        policy = GuildPolicy(guild_id, permitted_channels=frozenset(c[0] for c in channels))
-        if row is not None:
-            policy = replace(policy, force_private=bool(row[0]), links_enabled=bool(row[1]),
-                             link_max_lifetime=row[2], retention_days=row[3], mod_role_id=row[4])
-        return policy
+        policy = GuildPolicy(guild_id) if row is None else _POLICY(row)
+        return replace(policy, permitted_channels=frozenset(c[0] for c in channels))
 
     async def update_policy(self, guild_id: int, actor_id: int,
                             **changes: bool | int | float | None) -> GuildPolicy:
@@ -139,11 +141,10 @@ class ModerationService:
 
     async def reports(self, guild_id: int, *, open_only: bool = True) -> list[Report]:
         rows = await self.ctx.db.fetchall(
-            "SELECT r.id, i.public_id, r.guild_id, r.reporter_id, r.reason, r.created_at,"
-            " r.closed_at IS NOT NULL FROM reports r JOIN images i ON i.id = r.image_id"
+            f"SELECT {_REPORT.columns} FROM reports r JOIN images i ON i.id = r.image_id"
             " WHERE r.guild_id = ?" + (" AND r.closed_at IS NULL" if open_only else "")
             + " ORDER BY r.id DESC LIMIT 50", (guild_id,))
-        return [Report(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
+        return [_REPORT(r) for r in rows]
 
     async def close_report(self, moderator: Viewer, report_id: int) -> tuple[int, ...]:
         """Close a report; the copies moderators received through it are retracted in the same
@@ -163,15 +164,14 @@ class ModerationService:
 
     async def audit(self, guild_id: int, *, member_id: int | None = None,
                     limit: int = 20) -> list[AuditEntry]:
-        sql = ("SELECT id, at, guild_id, actor_id, action, target_user, image_ref, detail"
-               " FROM audit_log WHERE guild_id = ?")
+        sql = f"SELECT {_AUDIT_ENTRY.columns} FROM audit_log WHERE guild_id = ?"
         params: list[object] = [guild_id]
         if member_id is not None:
             sql += " AND (actor_id = ? OR target_user = ?)"
             params += [member_id, member_id]
         rows = await self.ctx.db.fetchall(sql + " ORDER BY id DESC LIMIT ?",
                                           (*params, max(1, min(limit, 100))))
-        return [AuditEntry(*r) for r in rows]
+        return [_AUDIT_ENTRY(r) for r in rows]
 
     async def stats(self, guild_id: int) -> dict[str, int]:
         db, now = self.ctx.db, self.ctx.now()

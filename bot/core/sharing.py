@@ -9,6 +9,7 @@ through that grant, in the same transaction (bot.core.ledger). Share ids are nev
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from bot.core.context import Context, roles_json
@@ -16,22 +17,26 @@ from bot.core.errors import InvalidInput, NotFound
 from bot.core.images import ImageService
 from bot.core.ledger import owner_reports_scope, queue_all, queue_ended
 from bot.core.models import Grant, GranteeKind, Group, Viewer
+from bot.core.rows import Columns
 from db.dialect import ids_in
 
 if TYPE_CHECKING:
-    from db import Row, Tx
+    from db import Tx
 
 MAX_GROUPS = 25
 MAX_GROUP_MEMBERS = 100
 MAX_GROUP_NAME = 32
 
-_GRANT_SELECT = """
-SELECT g.id, g.owner_id, i.public_id, g.grantee_kind, g.grantee_id, g.created_at, g.expires_at,
-       gr.name
+# A grant names its image by public id (none: all images) and its group by name.
+GRANT = Columns(Grant, alias="g", sql={"image_public_id": "i.public_id", "group_name": "gr.name"})
+_GRANT_SELECT = f"""
+SELECT {GRANT.columns}
 FROM grants g
 LEFT JOIN images i ON i.id = g.image_id
 LEFT JOIN groups gr ON g.grantee_kind = 'group' AND gr.id = g.grantee_id
 """
+# A group's own row; its members come from their own query.
+GROUP = Columns(Group, omit=("member_ids",))
 
 
 class SharingService:
@@ -83,7 +88,7 @@ class SharingService:
         row = await self.ctx.db.fetchone(_GRANT_SELECT + " WHERE g.id = ?", (grant_id,))
         if row is None:  # revoked in the instant since it was made
             raise NotFound("That share was removed as it was being made.")
-        return _grant_from_row(row)
+        return GRANT(row)
 
     async def revoke(self, owner: Viewer, kind: GranteeKind, grantee_id: int, *,
                      image_public_id: str | None = None) -> tuple[int, tuple[int, ...]]:
@@ -149,7 +154,7 @@ class SharingService:
             sql += " AND (g.expires_at IS NULL OR g.expires_at > ?)"
             params.append(self.ctx.now())
         rows = await self.ctx.db.fetchall(sql + " ORDER BY g.id", params)
-        return [_grant_from_row(r) for r in rows]
+        return [GRANT(r) for r in rows]
 
     # Groups --------------------------------------------------------------------------------
 
@@ -172,13 +177,14 @@ class SharingService:
     async def group(self, owner_id: int, name: str) -> Group:
         name = " ".join(name.split())
         row = await self.ctx.db.fetchone(
-            "SELECT id, owner_id, name FROM groups WHERE owner_id = ? AND name = ?",
+            f"SELECT {GROUP.columns} FROM groups WHERE owner_id = ? AND name = ?",
             (owner_id, name))
         if row is None:
             raise NotFound(f"You have no group called {name[:MAX_GROUP_NAME]!r}.")
+        group = GROUP(row)
         members = await self.ctx.db.fetchall(
-            "SELECT user_id FROM group_members WHERE group_id = ? ORDER BY user_id", (row[0],))
-        return Group(row[0], row[1], row[2], tuple(m[0] for m in members))
+            "SELECT user_id FROM group_members WHERE group_id = ? ORDER BY user_id", (group.id,))
+        return replace(group, member_ids=tuple(m[0] for m in members))
 
     async def groups(self, owner_id: int) -> list[Group]:
         rows = await self.ctx.db.fetchall(
@@ -248,7 +254,3 @@ def _group_name(name: str) -> str:
     if len(name) > MAX_GROUP_NAME:
         raise InvalidInput(f"A group name has at most {MAX_GROUP_NAME} characters.")
     return name
-
-
-def _grant_from_row(row: Row) -> Grant:
-    return Grant(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7])
