@@ -113,7 +113,7 @@ def probes(data: Path, scale: float, count: int, seed: int = 7):
 
 def explain(data: Path, report: Report, check_sample, gallery_sample) -> None:
     """EXPLAIN QUERY PLAN of the three queries behind the figures, on the big database."""
-    from bot.core.context import IMAGE_COLUMNS, live_grant_sql, roles_json
+    from bot.core.context import IMAGE, live_grant_sql, roles_json
     from bot.core.images import gallery_sql
 
     con = sqlite3.connect(f"file:{data / 'veil.db'}?mode=ro", uri=True)
@@ -121,7 +121,7 @@ def explain(data: Path, report: Report, check_sample, gallery_sample) -> None:
     owner, image_id = con.execute("SELECT owner_id, id FROM images WHERE public_id = ?",
                                   (pid,)).fetchone()
     queries = [
-        ("image by public id", f"SELECT {IMAGE_COLUMNS} FROM images WHERE public_id = ?",
+        ("image by public id", f"SELECT {IMAGE.columns} FROM images WHERE public_id = ?",
          (pid,)),
         ("live grant", live_grant_sql("sqlite"), {
             "owner": owner, "image": image_id, "now": time.time(), "user": viewer.user_id,

@@ -78,7 +78,7 @@ async def copy_dataset(data: Path, url: str, log) -> None:
 async def explain(url: str, report: Report, check_sample, gallery_sample) -> None:
     import asyncpg
 
-    from bot.core.context import IMAGE_COLUMNS, live_grant_sql, roles_json
+    from bot.core.context import IMAGE, live_grant_sql, roles_json
     from bot.core.images import gallery_sql
     from db.postgres import _bind
 
@@ -88,7 +88,7 @@ async def explain(url: str, report: Report, check_sample, gallery_sample) -> Non
         owner, image_id = await conn.fetchrow(
             "SELECT owner_id, id FROM images WHERE public_id = $1", pid)
         queries = [
-            ("image by public id", f"SELECT {IMAGE_COLUMNS} FROM images WHERE public_id = ?",
+            ("image by public id", f"SELECT {IMAGE.columns} FROM images WHERE public_id = ?",
              (pid,)),
             ("live grant", live_grant_sql("postgresql"), {
                 "owner": owner, "image": image_id, "now": time.time(),

@@ -141,10 +141,10 @@ def gallery(report: Report, quick: bool) -> None:
 
 
 def sweep(report: Report) -> None:
-    from bot.core.context import IMAGE_COLUMNS
+    from bot.core.context import IMAGE
     from bot.core.retention import DUE_SQL
 
-    columns = ", ".join("i." + c for c in IMAGE_COLUMNS.split(", "))
+    columns = IMAGE.on("i").columns
     data = dataset(1.0, log=report.note)
     for name, sql in (("now", DUE_SQL), ("before", _OLD_SWEEP.format(columns=columns))):
         con = _connect(data)

@@ -35,9 +35,9 @@ LIMIT 1
 
 
 def _texts() -> dict[str, str]:
-    from bot.core.context import IMAGE_COLUMNS, REPORT_IN_FORCE_SQL, view_facts_sql
+    from bot.core.context import IMAGE, REPORT_IN_FORCE_SQL, view_facts_sql
 
-    columns = ", ".join("i." + c for c in IMAGE_COLUMNS.split(", "))
+    columns = IMAGE.on("i").columns
     before = f"""
 SELECT {columns},
        CASE WHEN i.owner_id = :user THEN NULL ELSE ({_OLD_LIVE_GRANT}) END,

@@ -25,9 +25,6 @@ Clock = Callable[[], float]
 
 # An image row: the columns named like ImageRecord's fields, in their order.
 IMAGE = Columns(ImageRecord)
-# The names before IMAGE, kept while other branches move over to it.
-IMAGE_COLUMNS = IMAGE.columns
-image_from_row = IMAGE
 # An image's data key and its owner's key, from images i joined with users u on the owner.
 WRAPPED_KEYS = Columns(WrappedKeys, sql={"image_key": "i.wrapped_key", "owner_key": "u.wrapped_key",
                                          "master_key_id": "u.master_key_id"})

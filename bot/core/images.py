@@ -42,6 +42,8 @@ from bot.core.ledger import (
     queue_ended,
 )
 from bot.core.models import (
+    MAX_PROMPT_CHARS,
+    SEED_LIMIT,
     DeliveryKind,
     FollowUp,
     FollowUpKind,
@@ -69,9 +71,6 @@ from db.port import Dialect
 NOT_VISIBLE = "There is no image with id `{}` that you can see."
 PAGE_SIZE = 25
 _CHUNK = 500
-MAX_PROMPT_CHARS = 2000
-# Re-roll and Variations draw seeds in the unsigned 32-bit range every backend accepts.
-SEED_LIMIT = 2**32
 # Variations keep the picture and move its details.
 VARIATION_STRENGTH = 0.25
 NOT_GENERATED = "Image `{}` was uploaded, not generated: it has no prompt or seed to show or reuse."

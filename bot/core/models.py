@@ -74,6 +74,12 @@ class ImageContent:
         return f"veil-{self.record.public_id}{suffix}.{self.record.extension}"
 
 
+# One prompt limit for the command, the generators and the store.
+MAX_PROMPT_CHARS = 2000
+# Seeds stay in the unsigned 32-bit range that Stable Diffusion WebUI and most samplers accept.
+SEED_LIMIT = 2**32
+
+
 @dataclass(frozen=True)
 class GenerationParams:
     """How one generated image was drawn: enough to draw it again or vary it."""

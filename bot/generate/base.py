@@ -13,15 +13,13 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from bot.core.errors import InvalidInput
+from bot.core.models import MAX_PROMPT_CHARS, SEED_LIMIT
 
 MIN_COUNT = 1
 MAX_COUNT = 4
 MIN_SIDE = 64
 MAX_SIDE = 2048
 DEFAULT_SIDE = 768  # /imagine's width and height unless VEIL_IMAGE_SIZE says otherwise
-MAX_PROMPT_CHARS = 2000
-# Seeds stay in the unsigned 32-bit range that Stable Diffusion WebUI and most samplers accept.
-SEED_LIMIT = 2**32
 # A variation keeps the picture and changes details: more than this is a different picture.
 MAX_VARIATION_STRENGTH = 0.6
 
