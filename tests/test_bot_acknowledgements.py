@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
+from bot.acknowledgements import ACKS_FIRST_WAIT_S, _Admission
 from tests.e2e import texts
 
 EMPTY_GALLERY = "Nothing here yet. Make an image with /imagine or /upload."
@@ -58,3 +59,14 @@ async def test_every_command_of_a_burst_is_acknowledged_once_and_answered_once(v
         assert [c.status for c in callbacks(app, handle)] == [200]
         assert texts(handle) == EMPTY_GALLERY
     assert sum(1 for c in calls if c.path.startswith("/webhooks/")) == 20
+
+
+async def test_a_steady_stream_of_commands_holds_no_command_back_past_the_bound():
+    # A frame every few ms keeps the acknowledger busy for as long as the stream lasts: a
+    # command's own work still goes on once it has waited ACKS_FIRST_WAIT_S, not when the stream
+    # ends (the bound itself is checked, not the clock, so a loaded machine can't fail it).
+    loop = asyncio.get_running_loop()
+    admission = _Admission(lambda now: now + 0.005)  # always another frame just in
+    started = loop.time()
+    await asyncio.wait_for(admission.wait(), timeout=ACKS_FIRST_WAIT_S + 30)
+    assert loop.time() - started >= ACKS_FIRST_WAIT_S - 0.01  # acknowledgements went first
