@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -30,7 +30,7 @@ from bot.config import ConfigError
 from bot.core.limits import SharedFailureBudget
 from bot.web.exports import ExportRoutes
 from bot.web.logs import RedactingAccessLogger
-from bot.web.pages import Pages
+from bot.web.pages import Pages, export_path, link_path
 from bot.web.passwordthrottle import PasswordThrottle
 from bot.web.ratelimit import FailureLimiter, IPAddress, IPNetwork, RateLimit, parse_networks
 from bot.web.routes import LinkRoutes
@@ -79,12 +79,12 @@ def settle_for_serving() -> None:
 
 def link_url(public_url: str, token: str) -> str:
     """The address to hand out for a link: ``<public_url>/l/<token>``."""
-    return f"{public_url.rstrip('/')}/l/{quote(token, safe='')}"
+    return public_url.rstrip("/") + link_path(token)
 
 
 def export_url(public_url: str, token: str) -> str:
     """The address to hand out for an export download: ``<public_url>/x/<token>``."""
-    return f"{public_url.rstrip('/')}/x/{quote(token, safe='')}"
+    return public_url.rstrip("/") + export_path(token)
 
 
 def create_app(veil: Veil, *, public_url: str,

@@ -48,6 +48,16 @@ footer { max-width: 48rem; margin: 1rem auto 0; color: var(--muted); font-size: 
 """
 
 
+def link_path(token: str) -> str:
+    """A link's path, ``/l/<token>``: the one place its shape is written (routes aside)."""
+    return f"/l/{quote(token, safe='')}"
+
+
+def export_path(token: str) -> str:
+    """An export download's path, ``/x/<token>``."""
+    return f"/x/{quote(token, safe='')}"
+
+
 def _document(base_path: str, title: str, body: str) -> bytes:
     css = html.escape(f"{base_path}/static/veil.css")
     return (
@@ -99,7 +109,7 @@ class Pages:
             "try again.</p>\n"))
 
     def page_url(self, token: str) -> str:
-        return f"{self.base_path}/l/{quote(token, safe='')}"
+        return self.base_path + link_path(token)
 
     def image_url(self, token: str) -> str:
         return f"{self.page_url(token)}/image"
@@ -155,7 +165,7 @@ class Pages:
         return _document(self.base_path, "A private image · Veil", body)
 
     def export_url(self, token: str) -> str:
-        return f"{self.base_path}/x/{quote(token, safe='')}"
+        return self.base_path + export_path(token)
 
     def export_ready(self, token: str, images: int, byte_size: int, expires_at: float,
                      now: float) -> bytes:
