@@ -72,6 +72,37 @@ def _env(data_dir: Path, **env: str) -> dict[str, str]:
     return {**clean, "VEIL_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT), **env}
 
 
+async def bot_command(command: str, cwd: Path, env: dict[str, str]
+                      ) -> subprocess.CompletedProcess:
+    """`python -m bot <command>` run to its end, as an operator would in a second terminal."""
+    return await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "bot", command], cwd=cwd, env=env,
+        capture_output=True, text=True, timeout=60)
+
+
+async def paused_migration(tmp_path: Path, data_dir: Path, target: dict[str, str],
+                           step: str) -> tuple[subprocess.Popen, Path]:
+    """`python -m bot migrate-storage` started and held at ``migrate:copied:<step>`` (the
+    failpoint pause); touch ``<gate>/release`` to let it go on."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    copying = await asyncio.to_thread(
+        subprocess.Popen, [sys.executable, "-m", "bot", "migrate-storage"], cwd=tmp_path,
+        text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=_env(data_dir, **target, VEIL_PAUSE=f"migrate:copied:{step}@{gate}"))
+    try:
+        deadline = time.monotonic() + 30
+        while not (gate / "reached").exists():
+            assert copying.poll() is None, copying.communicate()
+            assert time.monotonic() < deadline, f"the migration never reached the {step}"
+            await asyncio.sleep(0.05)
+    except BaseException:
+        copying.kill()
+        copying.wait()
+        raise
+    return copying, gate
+
+
 def start_web(data_dir: Path, **env: str) -> subprocess.Popen:
     """`python -m bot web` over ``data_dir`` (and the store ``env`` names), once it answers."""
     port = free_port()
@@ -162,29 +193,15 @@ async def test_no_process_starts_on_either_store_while_a_migration_copies(
     await filled_folder(data_dir)
     key = (data_dir / "master.key").read_text().split()[0]
     target = {"VEIL_DATABASE_URL": database_url_pg}
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    copying = await asyncio.to_thread(
-        subprocess.Popen, [sys.executable, "-m", "bot", "migrate-storage"], cwd=tmp_path,
-        text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env=_env(data_dir, **target, VEIL_PAUSE=f"migrate:copied:images@{gate}"))
+    copying, gate = await paused_migration(tmp_path, data_dir, target, "images")
     try:
-        deadline = time.monotonic() + 30
-        while not (gate / "reached").exists():
-            assert copying.poll() is None, copying.communicate()
-            assert time.monotonic() < deadline, "the migration never reached the images"
-            await asyncio.sleep(0.05)
-        on_source = await asyncio.to_thread(
-            subprocess.run, [sys.executable, "-m", "bot", "web"], cwd=tmp_path,
-            env=_env(data_dir, VEIL_WEB_PORT=str(free_port())), capture_output=True,
-            text=True, timeout=60)
+        on_source = await bot_command(
+            "web", tmp_path, _env(data_dir, VEIL_WEB_PORT=str(free_port())))
         line = one_line(on_source)
         assert line.startswith("Veil cannot start: migrate-storage is copying the data folder")
         assert "start again once it has said 'Done'" in line
-        on_target = await asyncio.to_thread(
-            subprocess.run, [sys.executable, "-m", "bot", "sweep"], cwd=tmp_path,
-            env=_env(tmp_path / "elsewhere", **target, VEIL_MASTER_KEY=key),
-            capture_output=True, text=True, timeout=60)
+        on_target = await bot_command(
+            "sweep", tmp_path, _env(tmp_path / "elsewhere", **target, VEIL_MASTER_KEY=key))
         assert "migrate-storage is copying the database at" in one_line(on_target)
         (gate / "release").touch()
         out, err = await asyncio.to_thread(copying.communicate, timeout=60)
@@ -194,10 +211,8 @@ async def test_no_process_starts_on_either_store_while_a_migration_copies(
             copying.wait()
     assert copying.returncode == 0, err
     assert "all 3 images open in the target" in out
-    started = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "bot", "check"], cwd=tmp_path,
-        env=_env(tmp_path / "elsewhere", **target, VEIL_MASTER_KEY=key),
-        capture_output=True, text=True, timeout=60)
+    started = await bot_command(
+        "check", tmp_path, _env(tmp_path / "elsewhere", **target, VEIL_MASTER_KEY=key))
     assert started.returncode == 0, started.stderr
     assert "3 images" in started.stdout
 
@@ -213,21 +228,15 @@ async def test_a_store_a_killed_migration_half_filled_refuses_processes_until_a_
                                      VEIL_FAILPOINT="migrate:copied:images")
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     on_target = _env(tmp_path / "elsewhere", **target, VEIL_MASTER_KEY=key)
-    refused = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "bot", "check"], cwd=tmp_path, env=on_target,
-        capture_output=True, text=True, timeout=60)
+    refused = await bot_command("check", tmp_path, on_target)
     line = one_line(refused)
     assert "is the target of a migrate-storage (from SQLite file" in line
     assert "has not finished: run `python -m bot migrate-storage` again" in line
-    on_source = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "bot", "check"], cwd=tmp_path,
-        env=_env(data_dir), capture_output=True, text=True, timeout=60)
+    on_source = await bot_command("check", tmp_path, _env(data_dir))
     assert on_source.returncode == 0, on_source.stderr  # the source is whole: it runs
     finished = await asyncio.to_thread(migrate, data_dir, **target)
     assert finished.returncode == 0, finished.stderr
-    started = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "bot", "check"], cwd=tmp_path, env=on_target,
-        capture_output=True, text=True, timeout=60)
+    started = await bot_command("check", tmp_path, on_target)
     assert started.returncode == 0, started.stderr
     assert "3 images" in started.stdout
 
@@ -239,18 +248,8 @@ async def test_ctrl_c_during_a_migration_says_it_is_unfinished_and_the_target_st
     await filled_folder(data_dir)
     key = (data_dir / "master.key").read_text().split()[0]
     target = {"VEIL_DATABASE_URL": database_url_pg}
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    copying = await asyncio.to_thread(
-        subprocess.Popen, [sys.executable, "-m", "bot", "migrate-storage"], cwd=tmp_path,
-        text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env=_env(data_dir, **target, VEIL_PAUSE=f"migrate:copied:users@{gate}"))
+    copying, gate = await paused_migration(tmp_path, data_dir, target, "users")
     try:
-        deadline = time.monotonic() + 30
-        while not (gate / "reached").exists():
-            assert copying.poll() is None, copying.communicate()
-            assert time.monotonic() < deadline, "the migration never reached the users"
-            await asyncio.sleep(0.05)
         copying.send_signal(signal.SIGINT)
         # asyncio.run turns Ctrl-C into cancelling the copy, at its next await once the pause
         # (a blocked process, like a slow disk) lets go.
@@ -265,8 +264,6 @@ async def test_ctrl_c_during_a_migration_says_it_is_unfinished_and_the_target_st
     assert "Traceback" not in err
     [line] = err.strip().splitlines()
     assert "interrupted before it finished" in line and "run migrate-storage again" in line
-    refused = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "bot", "check"], cwd=tmp_path,
-        env=_env(tmp_path / "elsewhere", **target, VEIL_MASTER_KEY=key),
-        capture_output=True, text=True, timeout=60)
+    refused = await bot_command(
+        "check", tmp_path, _env(tmp_path / "elsewhere", **target, VEIL_MASTER_KEY=key))
     assert "has not finished" in one_line(refused)
