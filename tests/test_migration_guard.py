@@ -5,6 +5,7 @@ processes: `python -m bot web` over the store, killed or stopped as an operator 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -72,6 +74,16 @@ def _env(data_dir: Path, **env: str) -> dict[str, str]:
     return {**clean, "VEIL_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT), **env}
 
 
+@pytest.fixture
+async def moving(tmp_path: Path, database_url_pg: str) -> tuple[Path, str, dict[str, str]]:
+    """A data folder with three images, its master key, and the PostgreSQL settings of the
+    store to move it to."""
+    data_dir = tmp_path / "data"
+    await filled_folder(data_dir)
+    key = (data_dir / "master.key").read_text().split()[0]
+    return data_dir, key, {"VEIL_DATABASE_URL": database_url_pg}
+
+
 async def bot_command(command: str, cwd: Path, env: dict[str, str]
                       ) -> subprocess.CompletedProcess:
     """`python -m bot <command>` run to its end, as an operator would in a second terminal."""
@@ -80,10 +92,12 @@ async def bot_command(command: str, cwd: Path, env: dict[str, str]
         capture_output=True, text=True, timeout=60)
 
 
+@contextlib.asynccontextmanager
 async def paused_migration(tmp_path: Path, data_dir: Path, target: dict[str, str],
-                           step: str) -> tuple[subprocess.Popen, Path]:
+                           step: str) -> AsyncIterator[tuple[subprocess.Popen, Path]]:
     """`python -m bot migrate-storage` started and held at ``migrate:copied:<step>`` (the
-    failpoint pause); touch ``<gate>/release`` to let it go on."""
+    failpoint pause); touch ``<gate>/release`` to let it go on. Killed on the way out if it is
+    still running."""
     gate = tmp_path / "gate"
     gate.mkdir()
     copying = await asyncio.to_thread(
@@ -96,11 +110,11 @@ async def paused_migration(tmp_path: Path, data_dir: Path, target: dict[str, str
             assert copying.poll() is None, copying.communicate()
             assert time.monotonic() < deadline, f"the migration never reached the {step}"
             await asyncio.sleep(0.05)
-    except BaseException:
-        copying.kill()
-        copying.wait()
-        raise
-    return copying, gate
+        yield copying, gate
+    finally:
+        if copying.poll() is None:
+            copying.kill()
+            copying.wait()
 
 
 def start_web(data_dir: Path, **env: str) -> subprocess.Popen:
@@ -143,10 +157,8 @@ async def users_in(database_url: str) -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("side", ["source", "target"])
 async def test_migrate_refuses_while_a_link_server_runs_and_copies_once_it_has_stopped(
-        tmp_path, database_url_pg, side):
-    data_dir = tmp_path / "data"
-    await filled_folder(data_dir)
-    key = (data_dir / "master.key").read_text().split()[0]
+        tmp_path, moving, database_url_pg, side):
+    data_dir, key, _ = moving
     target = {"VEIL_DATABASE_URL": with_password(database_url_pg)}
     web = await asyncio.to_thread(
         start_web, data_dir if side == "source" else tmp_path / "elsewhere",
@@ -172,11 +184,8 @@ async def test_migrate_refuses_while_a_link_server_runs_and_copies_once_it_has_s
 @pytest.mark.slow
 @pytest.mark.parametrize("side", ["source", "target"])
 async def test_a_process_killed_with_sigkill_does_not_block_a_migration(
-        tmp_path, database_url_pg, side):
-    data_dir = tmp_path / "data"
-    await filled_folder(data_dir)
-    key = (data_dir / "master.key").read_text().split()[0]
-    target = {"VEIL_DATABASE_URL": database_url_pg}
+        tmp_path, moving, side):
+    data_dir, key, target = moving
     web = await asyncio.to_thread(
         start_web, data_dir if side == "source" else tmp_path / "elsewhere",
         **({} if side == "source" else {**target, "VEIL_MASTER_KEY": key}))
@@ -188,13 +197,9 @@ async def test_a_process_killed_with_sigkill_does_not_block_a_migration(
 
 @pytest.mark.slow
 async def test_no_process_starts_on_either_store_while_a_migration_copies(
-        tmp_path, database_url_pg):
-    data_dir = tmp_path / "data"
-    await filled_folder(data_dir)
-    key = (data_dir / "master.key").read_text().split()[0]
-    target = {"VEIL_DATABASE_URL": database_url_pg}
-    copying, gate = await paused_migration(tmp_path, data_dir, target, "images")
-    try:
+        tmp_path, moving):
+    data_dir, key, target = moving
+    async with paused_migration(tmp_path, data_dir, target, "images") as (copying, gate):
         on_source = await bot_command(
             "web", tmp_path, _env(data_dir, VEIL_WEB_PORT=str(free_port())))
         line = one_line(on_source)
@@ -205,10 +210,6 @@ async def test_no_process_starts_on_either_store_while_a_migration_copies(
         assert "migrate-storage is copying the database at" in one_line(on_target)
         (gate / "release").touch()
         out, err = await asyncio.to_thread(copying.communicate, timeout=60)
-    finally:
-        if copying.poll() is None:
-            copying.kill()
-            copying.wait()
     assert copying.returncode == 0, err
     assert "all 3 images open in the target" in out
     started = await bot_command(
@@ -219,11 +220,8 @@ async def test_no_process_starts_on_either_store_while_a_migration_copies(
 
 @pytest.mark.slow
 async def test_a_store_a_killed_migration_half_filled_refuses_processes_until_a_run_finishes_it(
-        tmp_path, database_url_pg):
-    data_dir = tmp_path / "data"
-    await filled_folder(data_dir)
-    key = (data_dir / "master.key").read_text().split()[0]
-    target = {"VEIL_DATABASE_URL": database_url_pg}
+        tmp_path, moving):
+    data_dir, key, target = moving
     killed = await asyncio.to_thread(migrate, data_dir, **target,
                                      VEIL_FAILPOINT="migrate:copied:images")
     assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -243,23 +241,15 @@ async def test_a_store_a_killed_migration_half_filled_refuses_processes_until_a_
 
 @pytest.mark.slow
 async def test_ctrl_c_during_a_migration_says_it_is_unfinished_and_the_target_stays_closed(
-        tmp_path, database_url_pg):
-    data_dir = tmp_path / "data"
-    await filled_folder(data_dir)
-    key = (data_dir / "master.key").read_text().split()[0]
-    target = {"VEIL_DATABASE_URL": database_url_pg}
-    copying, gate = await paused_migration(tmp_path, data_dir, target, "users")
-    try:
+        tmp_path, moving):
+    data_dir, key, target = moving
+    async with paused_migration(tmp_path, data_dir, target, "users") as (copying, gate):
         copying.send_signal(signal.SIGINT)
         # asyncio.run turns Ctrl-C into cancelling the copy, at its next await once the pause
         # (a blocked process, like a slow disk) lets go.
         await asyncio.sleep(0.5)
         (gate / "release").touch()
         _, err = await asyncio.to_thread(copying.communicate, timeout=60)
-    finally:
-        if copying.poll() is None:
-            copying.kill()
-            copying.wait()
     assert copying.returncode == 130, err
     assert "Traceback" not in err
     [line] = err.strip().splitlines()
