@@ -92,6 +92,13 @@ async def bot_command(command: str, cwd: Path, env: dict[str, str]
         capture_output=True, text=True, timeout=60)
 
 
+def _as_in_a_terminal() -> None:
+    """Ctrl-C as a terminal delivers it: a test run started in the background (a CI runner's
+    `cmd &`) has SIGINT ignored, every child inherits that, and Python then never installs its
+    KeyboardInterrupt handler, so the copy would finish, deaf to the test's Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextlib.asynccontextmanager
 async def paused_migration(tmp_path: Path, data_dir: Path, target: dict[str, str],
                            step: str) -> AsyncIterator[tuple[subprocess.Popen, Path]]:
@@ -102,7 +109,7 @@ async def paused_migration(tmp_path: Path, data_dir: Path, target: dict[str, str
     gate.mkdir()
     copying = await asyncio.to_thread(
         subprocess.Popen, [sys.executable, "-m", "bot", "migrate-storage"], cwd=tmp_path,
-        text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_as_in_a_terminal,
         env=_env(data_dir, **target, VEIL_PAUSE=f"migrate:copied:{step}@{gate}"))
     try:
         deadline = time.monotonic() + 30
