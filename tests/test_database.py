@@ -111,7 +111,9 @@ async def test_a_long_listing_runs_without_blocking_the_event_loop(tmp_path):
                 ticks_inside = watch.ticks - ticks_inside
         sevens = len(range(0, 200_000, 7))
         assert (len(rows), inside) == (sevens - len(range(0, 500, 7)), sevens)
-        assert took > 0.05  # long enough for many ticks, had the loop been free
+        # Long enough for many 1 ms ticks had the loop been free (47 ms on the idle 2-core
+        # machine: a bound of 50 ms failed there, on a setup check, not on the adapter).
+        assert took > 0.02
         assert ticks >= 5 and ticks_inside >= 5, "the listing held the event loop"
     finally:
         await db.close()
