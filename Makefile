@@ -36,9 +36,12 @@ test: $(STAMP)
 
 # The edit-test loop, in under a minute: every test not marked slow, on SQLite only (the
 # PostgreSQL runs, marked by tests/conftest.py, cost a third of the CPU; `make test` has them),
-# on every core (one pytest-xdist worker per core; each test has its own folder and ports).
+# on every core (pytest-xdist workers; each test has its own folder and ports).
+# Two workers per core: many tests wait on a subprocess or a socket, and one worker per core kept
+# only 1.2 of 2 cores busy (idle 2-core machine, fresh clone: 74 s with -n 2, 55 s with -n 4).
+FAST_WORKERS ?= $(shell echo $$(( 2 * $$(nproc 2>/dev/null || echo 1) )))
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow and not postgresql" -n auto
+	$(PY) -m pytest -q -m "not slow and not postgresql" -n $(FAST_WORKERS)
 
 # Style and types: ruff, then mypy (configured in pyproject.toml). CI runs it before the tests.
 lint: $(STAMP)
